@@ -1,0 +1,327 @@
+"""The order service: the record of every order, and the front door of the sagas.
+
+It turns a validated request into an order (once per order id: a repeat with
+the same content gets the first outcome, different content is a conflict),
+starts the order's saga, and answers everyone waiting for that order when
+the saga has finished. The saga confirms or cancels the order through the
+same request/reply protocol as the other participants.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pykka
+
+from actors.errors import IdempotencyConflict, SystemNotRunning
+from actors.participant import Answer, ParticipantActor
+from actors.validation import OrderItem, OrderRequest
+from persistence.journal import Journal
+from sagas.actor import SagaFinished
+from sagas.metrics import Metrics
+
+__all__ = [
+    "CancelOrder",
+    "ConfirmOrder",
+    "GetOrder",
+    "GetOrders",
+    "InFlight",
+    "OrderCancelled",
+    "OrderConfirmed",
+    "OrderPlaced",
+    "OrderService",
+    "OrderView",
+    "OrdersState",
+    "PlaceOrder",
+    "answer",
+    "decide",
+    "evolve",
+]
+
+logger = logging.getLogger(__name__)
+
+PERSISTENCE_ID = "orders"
+
+PENDING, CONFIRMED, CANCELLED = "pending", "confirmed", "cancelled"
+
+
+# --- commands ---
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    order: OrderRequest
+    reply: pykka.Future[bool] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmOrder:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    order_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetOrder:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetOrders:
+    """Query: every order's view."""
+
+
+# --- events ---
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPlaced:
+    order_id: str
+    user_id: int
+    items: tuple[OrderItem, ...]
+    amount: Decimal
+    currency: str
+    card_last4: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderConfirmed:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCancelled:
+    order_id: str
+    reason: str
+
+
+# --- state ---
+
+
+@dataclass(slots=True)
+class OrderRecord:
+    placed: OrderPlaced
+    state: str = PENDING
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class OrdersState:
+    orders: dict[str, OrderRecord] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    order_id: str
+    state: str
+    reason: str | None
+    amount: Decimal
+    items: tuple[OrderItem, ...]
+
+
+# --- rules ---
+
+
+def decide(command: Any, state: OrdersState) -> list[Any]:
+    match command:
+        case PlaceOrder(order=order):
+            record = state.orders.get(order.order_id)
+            fingerprint = order.fingerprint()
+            if record is not None:
+                if record.placed.fingerprint != fingerprint:
+                    raise IdempotencyConflict(order.order_id)
+                return []
+            return [
+                OrderPlaced(order.order_id, order.user_id, order.items, order.amount,
+                            order.currency, order.card.last4, fingerprint)
+            ]
+        case ConfirmOrder(order_id=order_id):
+            return [OrderConfirmed(order_id)] if _status(state, order_id) == PENDING else []
+        case CancelOrder(order_id=order_id, reason=reason):
+            return [OrderCancelled(order_id, reason)] if _status(state, order_id) == PENDING else []
+    raise TypeError(f"orders: unknown command {type(command).__name__}")
+
+
+def answer(command: Any, state: OrdersState) -> Answer:
+    status = _status(state, command.order_id)
+    match command:
+        case ConfirmOrder():
+            return (True, None) if status == CONFIRMED else (False, f"order is {status or 'unknown'}")
+        case CancelOrder():
+            return (True, None) if status == CANCELLED else (False, f"order is {status or 'unknown'}")
+    raise TypeError(f"orders: unknown command {type(command).__name__}")
+
+
+def evolve(state: OrdersState, event: Any) -> OrdersState:
+    match event:
+        case OrderPlaced(order_id=order_id):
+            state.orders[order_id] = OrderRecord(event)
+        case OrderConfirmed(order_id=order_id):
+            state.orders[order_id].state = CONFIRMED
+        case OrderCancelled(order_id=order_id, reason=reason):
+            record = state.orders[order_id]
+            record.state, record.reason = CANCELLED, reason
+        case _:
+            raise TypeError(f"orders: unknown event {type(event).__name__}")
+    return state
+
+
+def view(record: OrderRecord) -> OrderView:
+    placed = record.placed
+    return OrderView(placed.order_id, record.state, record.reason, placed.amount, placed.items)
+
+
+def _status(state: OrdersState, order_id: str) -> str | None:
+    record = state.orders.get(order_id)
+    return record.state if record is not None else None
+
+
+# --- in-flight tracking ---
+
+
+class InFlight:
+    """The ids of sagas not yet finished, and a way to wait until there are none."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._condition = threading.Condition()
+
+    def add(self, saga_id: str) -> None:
+        with self._condition:
+            self._ids.add(saga_id)
+
+    def discard(self, saga_id: str) -> None:
+        with self._condition:
+            self._ids.discard(saga_id)
+            if not self._ids:
+                self._condition.notify_all()
+
+    def __contains__(self, saga_id: object) -> bool:
+        with self._condition:
+            return saga_id in self._ids
+
+    def __len__(self) -> int:
+        with self._condition:
+            return len(self._ids)
+
+    def wait_empty(self, timeout: float | None) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: not self._ids, timeout)
+
+
+# --- the actor ---
+
+
+class OrderService(ParticipantActor[OrdersState]):
+    """Owns the orders; starts a saga per new order and answers its waiters."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        start_saga: Callable[[OrderRequest], None],
+        in_flight: InFlight,
+        metrics: Metrics,
+    ) -> None:
+        super().__init__(journal, PERSISTENCE_ID)
+        self._start_saga = start_saga
+        self._in_flight = in_flight
+        self._metrics = metrics
+        self._waiters: dict[str, list[pykka.Future[bool]]] = {}
+
+    def initial_state(self) -> OrdersState:
+        return OrdersState()
+
+    def apply_event(self, state: OrdersState, event: Any) -> OrdersState:
+        return evolve(state, event)
+
+    def decide(self, command: Any, state: OrdersState) -> list[Any]:
+        return decide(command, state)
+
+    def answer(self, command: Any, state: OrdersState) -> Answer:
+        return answer(command, state)
+
+    def on_query(self, message: Any) -> Any:
+        match message:
+            case PlaceOrder():
+                self._place(message)
+            case SagaFinished():
+                self._finished(message)
+            case GetOrder(order_id=order_id):
+                record = self.state.orders.get(order_id)
+                return view(record) if record is not None else None
+            case GetOrders():
+                return {o: view(r) for o, r in self.state.orders.items()}
+            case _:
+                return super().on_query(message)
+        return None
+
+    def on_stop(self) -> None:
+        self._fail_waiters(SystemNotRunning("the order system stopped before the outcome was known"))
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._fail_waiters(SystemNotRunning("the order service failed; see the log"))
+
+    def _place(self, message: PlaceOrder) -> None:
+        order = message.order
+        try:
+            events = decide(message, self.state)
+        except IdempotencyConflict as conflict:
+            self._metrics.increment("idempotency_conflicts")
+            if message.reply is not None:
+                message.reply.set_exception(exc_info=(type(conflict), conflict, None))
+            return
+        if message.reply is not None:
+            self._waiters.setdefault(order.order_id, []).append(message.reply)
+        if not events:
+            self._metrics.increment("duplicates")
+            record = self.state.orders[order.order_id]
+            if order.order_id not in self._in_flight and record.state != PENDING:
+                self._answer_waiters(order.order_id)
+            return
+        self.persist(events)
+        self._metrics.increment("orders_placed")
+        self._in_flight.add(order.order_id)
+        logger.info("[%s] placed: %d item(s), %s %s", order.order_id, len(order.items),
+                    order.amount, order.currency, extra={"order_id": order.order_id})
+        try:
+            self._start_saga(order)
+        except Exception:
+            logger.exception("[%s] could not start the saga", order.order_id,
+                             extra={"order_id": order.order_id})
+            self.persist(decide(CancelOrder(order.order_id, "internal_error"), self.state))
+            self._in_flight.discard(order.order_id)
+            self._answer_waiters(order.order_id)
+
+    def _finished(self, finished: SagaFinished) -> None:
+        record = self.state.orders.get(finished.saga_id)
+        if record is None:
+            logger.error("[%s] saga finished for an unknown order", finished.saga_id)
+            return
+        if record.state == PENDING:
+            # Cannot happen: the saga's last steps confirm or cancel the order.
+            logger.error("[%s] saga finished but the order is still pending", finished.saga_id)
+        self._metrics.increment("orders_confirmed" if record.state == CONFIRMED else "orders_cancelled")
+        self._in_flight.discard(finished.saga_id)
+        self._answer_waiters(finished.saga_id)
+
+    def _answer_waiters(self, order_id: str) -> None:
+        confirmed = self.state.orders[order_id].state == CONFIRMED
+        for future in self._waiters.pop(order_id, []):
+            future.set(confirmed)
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for futures in waiters.values():
+            for future in futures:
+                future.set_exception(exc_info=(type(error), error, None))

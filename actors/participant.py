@@ -1,0 +1,77 @@
+"""The shell shared by every service that takes part in sagas.
+
+A participant answers `Request`s: its pure command handler decides which
+events happen, the events are journaled and applied, and the answer is read
+from the new state - so a repeated request gets the first result and
+changes nothing. Simulated faults (unavailable, crash) strike here, at the
+door of the real rules.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Generic, TypeVar
+
+import pykka
+
+from actors.simulation import CRASH_AFTER, CRASH_BEFORE, OK, UNAVAILABLE, FaultInjector, SimulatedCrash
+from persistence.eventsourced import EventSourcedActor
+from persistence.journal import Journal
+from sagas.protocol import Reply, Request
+
+__all__ = ["Answer", "ParticipantActor"]
+
+logger = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+Answer = tuple[bool, "str | None"]  # (ok, reason when not ok)
+
+
+class ParticipantActor(EventSourcedActor[S], Generic[S]):
+    """Serves saga requests; subclasses supply the domain's pure functions."""
+
+    def __init__(self, journal: Journal, persistence_id: str, faults: FaultInjector | None = None) -> None:
+        super().__init__(journal, persistence_id)
+        self.faults = faults
+
+    def decide(self, command: Any, state: S) -> list[Any]:
+        raise NotImplementedError
+
+    def answer(self, command: Any, state: S) -> Answer:
+        raise NotImplementedError
+
+    def on_query(self, message: Any) -> Any:
+        """Handle anything that is not a saga request (views, admin commands)."""
+        logger.warning("%s: unexpected message %s", self.persistence_id, type(message).__name__)
+        return None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Request):
+            self._serve(message)
+            return None
+        return self.on_query(message)
+
+    def _serve(self, request: Request) -> None:
+        fate = self.faults.fate() if self.faults is not None else OK
+        name = type(request.command).__name__
+        if fate == UNAVAILABLE:
+            self._reply(request, Reply.unavailable(request.correlation))
+            return
+        if fate == CRASH_BEFORE:
+            raise SimulatedCrash(f"{self.persistence_id} crashed before handling {name}")
+        self.persist(self.decide(request.command, self.state))
+        if fate == CRASH_AFTER:
+            raise SimulatedCrash(f"{self.persistence_id} crashed after handling {name}")
+        ok, reason = self.answer(request.command, self.state)
+        reply = Reply.success(request.correlation) if ok else Reply.rejected(request.correlation, reason or "rejected")
+        self._reply(request, reply)
+
+    @staticmethod
+    def _reply(request: Request, reply: Reply) -> None:
+        if request.reply_to is None:
+            return
+        try:
+            request.reply_to.tell(reply)
+        except pykka.ActorDeadError:
+            logger.debug("reply to a dead requester dropped (%s)", request.correlation)

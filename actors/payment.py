@@ -1,0 +1,235 @@
+"""The payment service: authorize, then capture or void, per order.
+
+A simulation of a card processor that follows the test-card convention of
+payment providers. The card number is used to decide and then forgotten:
+only its last four digits are kept. A void that overtakes its authorize
+leaves a tombstone, and the late authorize is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from actors.participant import Answer, ParticipantActor
+from actors.simulation import FaultInjector
+from actors.validation import PaymentCard
+from persistence.journal import Journal
+
+__all__ = [
+    "AuthorizePayment",
+    "CapturePayment",
+    "GetPayments",
+    "PaymentActor",
+    "PaymentAuthorized",
+    "PaymentCaptured",
+    "PaymentDeclined",
+    "PaymentState",
+    "PaymentView",
+    "PaymentVoided",
+    "VoidPayment",
+    "answer",
+    "card_verdict",
+    "decide",
+    "evolve",
+]
+
+PERSISTENCE_ID = "payment"
+
+# Test cards (as payment providers document them).
+APPROVED_CARD = "4242424242424242"
+DECLINED_CARDS = {
+    "4000000000000002": "card_declined",
+    "4000000000009995": "insufficient_funds",
+}
+EXPIRED_CARD = "expired_card"
+
+
+# --- commands ---
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizePayment:
+    order_id: str
+    amount: Decimal
+    currency: str
+    card: PaymentCard  # its repr is masked
+
+
+@dataclass(frozen=True, slots=True)
+class CapturePayment:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoidPayment:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetPayments:
+    """Query: every authorization's view."""
+
+
+# --- events ---
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentAuthorized:
+    order_id: str
+    amount: Decimal
+    currency: str
+    card_last4: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentDeclined:
+    order_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentCaptured:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentVoided:
+    order_id: str
+
+
+# --- state ---
+
+
+@dataclass(slots=True)
+class Authorization:
+    amount: Decimal
+    currency: str
+    card_last4: str
+    status: str  # "authorized", "captured" or "voided"
+
+
+@dataclass(slots=True)
+class PaymentState:
+    authorizations: dict[str, Authorization] = field(default_factory=dict)
+    declined: dict[str, str] = field(default_factory=dict)
+    voided_unseen: set[str] = field(default_factory=set)  # tombstones
+
+    def known(self, order_id: str) -> bool:
+        return (
+            order_id in self.authorizations
+            or order_id in self.declined
+            or order_id in self.voided_unseen
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentView:
+    state: str
+    amount: Decimal
+
+
+# --- rules ---
+
+
+def card_verdict(card: PaymentCard, today: datetime.date) -> str | None:
+    """Why the simulated processor declines `card`, or None if it approves."""
+    if card.number in DECLINED_CARDS:
+        return DECLINED_CARDS[card.number]
+    month, year = int(card.expiry[:2]), 2000 + int(card.expiry[3:])
+    if (year, month) < (today.year, today.month):
+        return EXPIRED_CARD
+    return None
+
+
+def decide(command: Any, state: PaymentState, today: datetime.date | None = None) -> list[Any]:
+    match command:
+        case AuthorizePayment(order_id=order_id, amount=amount, currency=currency, card=card):
+            if state.known(order_id):
+                return []  # answered from the first result
+            reason = card_verdict(card, today or datetime.date.today())
+            if reason is not None:
+                return [PaymentDeclined(order_id, reason)]
+            return [PaymentAuthorized(order_id, amount, currency, card.last4)]
+        case CapturePayment(order_id=order_id):
+            return [PaymentCaptured(order_id)] if _status(state, order_id) == "authorized" else []
+        case VoidPayment(order_id=order_id):
+            if _status(state, order_id) == "authorized" or not state.known(order_id):
+                return [PaymentVoided(order_id)]
+            return []
+    raise TypeError(f"payment: unknown command {type(command).__name__}")
+
+
+def answer(command: Any, state: PaymentState) -> Answer:
+    order_id = command.order_id
+    status = _status(state, order_id)
+    match command:
+        case AuthorizePayment():
+            if status in ("authorized", "captured"):
+                return True, None
+            if order_id in state.declined:
+                return False, state.declined[order_id]
+            return False, "voided"
+        case CapturePayment():
+            if status == "captured":
+                return True, None
+            return False, "voided" if status == "voided" else "not_authorized"
+        case VoidPayment():
+            if status == "captured":
+                return False, "already_captured"
+            return True, None
+    raise TypeError(f"payment: unknown command {type(command).__name__}")
+
+
+def evolve(state: PaymentState, event: Any) -> PaymentState:
+    match event:
+        case PaymentAuthorized(order_id=order_id, amount=amount, currency=currency, card_last4=last4):
+            state.authorizations[order_id] = Authorization(amount, currency, last4, "authorized")
+        case PaymentDeclined(order_id=order_id, reason=reason):
+            state.declined[order_id] = reason
+        case PaymentCaptured(order_id=order_id):
+            state.authorizations[order_id].status = "captured"
+        case PaymentVoided(order_id=order_id):
+            if order_id in state.authorizations:
+                state.authorizations[order_id].status = "voided"
+            else:
+                state.voided_unseen.add(order_id)
+        case _:
+            raise TypeError(f"payment: unknown event {type(event).__name__}")
+    return state
+
+
+def views(state: PaymentState) -> dict[str, PaymentView]:
+    return {o: PaymentView(a.status, a.amount) for o, a in state.authorizations.items()}
+
+
+def _status(state: PaymentState, order_id: str) -> str | None:
+    authorization = state.authorizations.get(order_id)
+    return authorization.status if authorization is not None else None
+
+
+# --- the actor ---
+
+
+class PaymentActor(ParticipantActor[PaymentState]):
+    def __init__(self, journal: Journal, faults: FaultInjector | None = None) -> None:
+        super().__init__(journal, PERSISTENCE_ID, faults)
+
+    def initial_state(self) -> PaymentState:
+        return PaymentState()
+
+    def apply_event(self, state: PaymentState, event: Any) -> PaymentState:
+        return evolve(state, event)
+
+    def decide(self, command: Any, state: PaymentState) -> list[Any]:
+        return decide(command, state)
+
+    def answer(self, command: Any, state: PaymentState) -> Answer:
+        return answer(command, state)
+
+    def on_query(self, message: Any) -> Any:
+        if isinstance(message, GetPayments):
+            return views(self.state)
+        return super().on_query(message)

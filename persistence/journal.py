@@ -1,0 +1,131 @@
+"""The journal contract and an in-memory journal.
+
+A journal stores, per *persistence id*, an append-only sequence of events
+numbered 1, 2, 3, ... Appends are atomic per batch and guarded by optimistic
+concurrency: the writer says which sequence number it last saw, so two
+incarnations of one actor can never interleave their events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["ConcurrencyError", "InMemoryJournal", "Journal", "PersistentEvent"]
+
+MAX_SEQUENCE_NR = 2**63 - 1
+
+
+class ConcurrencyError(Exception):
+    """An append did not start right after the journal's highest sequence number."""
+
+
+@dataclass(frozen=True, slots=True)
+class PersistentEvent:
+    """One stored event with its position in its persistence id's history."""
+
+    persistence_id: str
+    sequence_nr: int
+    event: Any
+    timestamp: float
+
+
+class Journal(Protocol):
+    """What every journal backend provides (see tests/test_journal_contract.py)."""
+
+    def append(
+        self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
+    ) -> int:
+        """Store `events` atomically after `expected_sequence_nr`; return the new highest.
+
+        Raises ConcurrencyError if `expected_sequence_nr` is not the current
+        highest sequence number of `persistence_id`.
+        """
+        ...
+
+    def replay(
+        self,
+        persistence_id: str,
+        from_sequence_nr: int = 1,
+        to_sequence_nr: int = MAX_SEQUENCE_NR,
+        max_count: int = MAX_SEQUENCE_NR,
+    ) -> list[PersistentEvent]:
+        """Events with from <= sequence_nr <= to, oldest first, at most `max_count`."""
+        ...
+
+    def highest_sequence_nr(self, persistence_id: str) -> int:
+        """The highest sequence number ever written (kept after deletion); 0 if none."""
+        ...
+
+    def persistence_ids(self, prefix: str = "") -> list[str]:
+        """Every persistence id with at least one write, sorted, filtered by prefix."""
+        ...
+
+    def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
+        """Delete the events up to and including `to_sequence_nr`."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; the journal must not be used afterwards."""
+        ...
+
+
+class InMemoryJournal:
+    """A journal in a dict: fast, thread-safe, gone with the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, list[PersistentEvent]] = {}
+        self._highest: dict[str, int] = {}
+
+    def append(
+        self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
+    ) -> int:
+        with self._lock:
+            highest = self._highest.get(persistence_id, 0)
+            if expected_sequence_nr != highest:
+                raise ConcurrencyError(
+                    f"{persistence_id}: expected sequence number "
+                    f"{expected_sequence_nr}, journal is at {highest}"
+                )
+            now = time.time()
+            stored = self._events.setdefault(persistence_id, [])
+            for offset, event in enumerate(events, start=1):
+                stored.append(PersistentEvent(persistence_id, highest + offset, event, now))
+            self._highest[persistence_id] = highest + len(events)
+            return highest + len(events)
+
+    def replay(
+        self,
+        persistence_id: str,
+        from_sequence_nr: int = 1,
+        to_sequence_nr: int = MAX_SEQUENCE_NR,
+        max_count: int = MAX_SEQUENCE_NR,
+    ) -> list[PersistentEvent]:
+        with self._lock:
+            stored = list(self._events.get(persistence_id, ()))
+        selected = [
+            e for e in stored if from_sequence_nr <= e.sequence_nr <= to_sequence_nr
+        ]
+        return selected[: max(max_count, 0)]
+
+    def highest_sequence_nr(self, persistence_id: str) -> int:
+        with self._lock:
+            return self._highest.get(persistence_id, 0)
+
+    def persistence_ids(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return sorted(p for p in self._highest if p.startswith(prefix))
+
+    def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
+        with self._lock:
+            stored = self._events.get(persistence_id, [])
+            self._events[persistence_id] = [
+                e for e in stored if e.sequence_nr > to_sequence_nr
+            ]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,28 @@
+"""A generic saga engine on pykka actors.
+
+A saga definition is stages of steps (action + compensation) with a pivot;
+`sagas.engine` is its state machine as pure functions, `sagas.actor` the
+actor that runs one saga, `sagas.timer` the scheduler behind every delay.
+Nothing here knows about orders.
+"""
+
+from sagas.actor import SagaActor, SagaFinished
+from sagas.definition import SagaContext, SagaDefinition, Step
+from sagas.metrics import Metrics
+from sagas.policy import RetryPolicy
+from sagas.protocol import Correlation, Reply, Request
+from sagas.timer import Timer
+
+__all__ = [
+    "Correlation",
+    "Metrics",
+    "Reply",
+    "Request",
+    "RetryPolicy",
+    "SagaActor",
+    "SagaContext",
+    "SagaDefinition",
+    "SagaFinished",
+    "Step",
+    "Timer",
+]

@@ -1,0 +1,226 @@
+"""The saga actor: a thin shell that runs one saga's state machine.
+
+It journals the durable events `sagas.engine.decide` returns, applies them,
+and turns them into messages: a request to a participant for each attempt,
+with a timeout scheduled on the timer; a scheduled retry for each backoff.
+It never sleeps, so it can take a reply while it waits for a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+import pykka
+
+from persistence.eventsourced import EventSourcedActor
+from persistence.journal import Journal
+from sagas.definition import SagaContext, SagaDefinition, command_for
+from sagas.engine import (
+    AbortDecided,
+    AttemptStarted,
+    AttemptTimedOut,
+    Replied,
+    Resume,
+    RetryDue,
+    RetryScheduled,
+    SagaAborted,
+    SagaCompleted,
+    SagaState,
+    Start,
+    TaskRejected,
+    decide,
+    evolve,
+    is_durable,
+)
+from sagas.metrics import Metrics
+from sagas.policy import RetryPolicy
+from sagas.protocol import Correlation, Reply, Request
+from sagas.timer import Recipient, Timer, TimerHandle
+
+__all__ = ["SagaActor", "SagaFinished", "saga_persistence_id"]
+
+logger = logging.getLogger(__name__)
+
+
+def saga_persistence_id(definition: SagaDefinition, saga_id: str) -> str:
+    return f"saga:{definition.name}:{saga_id}"
+
+
+class SagaFinished:
+    """What the saga's `on_finish` callback receives."""
+
+    __slots__ = ("committed", "reason", "saga_id")
+
+    def __init__(self, saga_id: str, committed: bool, reason: str | None) -> None:
+        self.saga_id, self.committed, self.reason = saga_id, committed, reason
+
+
+class _SagaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every record with the saga id and attaches the context as `extra`."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        assert self.extra is not None
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return f"[{self.extra['saga_id']}] {msg}", kwargs
+
+
+class SagaActor(EventSourcedActor[SagaState]):
+    """Runs one saga of `definition`, identified by `saga_id`.
+
+    Started with `data`, it begins the saga; started without, it recovers
+    the saga from the journal and resumes it (rolls forward after the commit
+    decision, rolls back before it). `on_finish` is called once the end is
+    journaled, then the actor stops.
+    """
+
+    def __init__(
+        self,
+        *,
+        definition: SagaDefinition,
+        saga_id: str,
+        journal: Journal,
+        participants: Mapping[str, Recipient],
+        timer: Timer,
+        policy: RetryPolicy,
+        on_finish: Callable[[SagaFinished], None],
+        metrics: Metrics,
+        data: Any = None,
+        ephemeral: Any = None,
+        seed: int | str | None = None,
+        log_context: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.definition = definition
+        super().__init__(journal, saga_persistence_id(definition, saga_id))
+        self.saga_id = saga_id
+        self._participants = participants
+        self._timer = timer
+        self._policy = policy
+        self._on_finish = on_finish
+        self._metrics = metrics
+        self._start_data = data
+        self._ephemeral = ephemeral
+        self._random = random.Random(f"{seed}:{saga_id}")
+        self._timeouts: dict[tuple[str, str], TimerHandle] = {}
+        self._finished = False
+        self.log = _SagaLog(logger, {"saga_id": saga_id, **(log_context or {})})
+
+    # --- event sourcing ---
+
+    def initial_state(self) -> SagaState:
+        return SagaState()
+
+    def apply_event(self, state: SagaState, event: Any) -> SagaState:
+        return evolve(self.definition, state, event)
+
+    def is_journaled(self, event: Any) -> bool:
+        return is_durable(event)
+
+    # --- lifecycle ---
+
+    def on_start(self) -> None:
+        self.recover()
+        if self.state.phase == "new":
+            if self._start_data is None:
+                self.log.warning("nothing journaled and no data to start with")
+                self._finish()
+                return
+            self._handle(Start(self.saga_id, self._start_data))
+        elif self.state.phase == "done":
+            self._finish()
+        else:
+            self.log.info("resuming (%s, stage %d)",
+                          "committed" if self.state.committed else self.state.phase,
+                          self.state.stage)
+            self._handle(Resume())
+
+    def on_stop(self) -> None:
+        self._cancel_timeouts()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Reply):
+            corr = message.correlation
+            if corr is None or corr.saga_id != self.saga_id:
+                return None
+            self._cancel_timeout(corr.kind, corr.step)
+            self._handle(Replied(corr.kind, corr.step, corr.attempt, message.ok,
+                                 message.reason, message.transient))
+        elif isinstance(message, (AttemptTimedOut, RetryDue, Replied)):
+            self._handle(message)
+        else:
+            self.log.warning("unexpected message %s", type(message).__name__)
+        return None
+
+    # --- the loop: decide, journal, apply, act ---
+
+    def _handle(self, command: Any) -> None:
+        if self._finished:
+            return
+        events = decide(self.definition, self.state, command, self._policy, self._random.random)
+        if not events:
+            return
+        self.persist(events)
+        for event in events:
+            self._react(event)
+
+    def _react(self, event: Any) -> None:
+        match event:
+            case AttemptStarted(kind=kind, step=step, attempt=attempt):
+                self._send(kind, step, attempt)
+            case RetryScheduled(kind=kind, step=step, attempt=attempt, delay=delay, reason=reason):
+                self._metrics.increment("retries")
+                self.log.debug("%s %s failed (%s); attempt %d in %.3fs",
+                               kind, step, reason, attempt, delay)
+                self._timer.schedule(delay, self.actor_ref, RetryDue(kind, step, attempt))
+            case TaskRejected(step=step, reason=reason):
+                self.log.info("%s rejected: %s", step, reason)
+            case AbortDecided(reason=reason, failed_step=failed, compensate=compensate):
+                self._cancel_timeouts()
+                self._metrics.increment("compensations", len(compensate))
+                self.log.info("rolling back (%s%s); compensating %s", reason,
+                              f" at {failed}" if failed else "", list(compensate) or "nothing")
+            case SagaCompleted():
+                self.log.info("completed")
+                self._finish()
+            case SagaAborted(reason=reason):
+                self.log.info("rolled back: %s", reason)
+                self._finish()
+
+    def _send(self, kind: str, step_name: str, attempt: int) -> None:
+        step = self.definition.step(step_name)
+        context = SagaContext(self.saga_id, self.state.data, self._ephemeral, self.state.reason)
+        command = command_for(step, kind, context)
+        correlation = Correlation(self.saga_id, kind, step_name, attempt)
+        self._cancel_timeout(kind, step_name)
+        self._timeouts[(kind, step_name)] = self._timer.schedule(
+            self._policy.attempt_timeout, self.actor_ref, AttemptTimedOut(kind, step_name, attempt)
+        )
+        try:
+            self._participants[step.participant].tell(Request(command, self.actor_ref, correlation))
+        except pykka.ActorDeadError:
+            # The participant is down right now: a transient failure like any other.
+            self.actor_ref.tell(Replied(kind, step_name, attempt, False, "unreachable", True))
+
+    def _cancel_timeout(self, kind: str, step: str) -> None:
+        handle = self._timeouts.pop((kind, step), None)
+        if handle is not None:
+            handle.cancel()
+
+    def _cancel_timeouts(self) -> None:
+        for handle in self._timeouts.values():
+            handle.cancel()
+        self._timeouts.clear()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._cancel_timeouts()
+        committed = self.state.outcome == "completed"
+        try:
+            self._on_finish(SagaFinished(self.saga_id, committed, self.state.reason))
+        finally:
+            self.stop()
+
