@@ -15,6 +15,7 @@ from typing import Any
 
 import pykka
 
+from actors.consistency import Check, check_consistency
 from actors.errors import SystemNotRunning
 from actors.inventory import GetStock, InventoryActor, StockView, stock_command
 from actors.order_saga import ORDER_SAGA, OrderSagaData
@@ -94,6 +95,9 @@ class OrderSystem:
         self._metrics = Metrics(METRIC_NAMES)
         self._in_flight = InFlight()
         self._sagas: dict[str, pykka.ActorRef[Any]] = {}
+        self._orders: pykka.ActorRef[Any] | None = None
+        self._inventory: pykka.ActorRef[Any] | None = None
+        self._payment: pykka.ActorRef[Any] | None = None
         self._sagas_lock = threading.Lock()
 
     # --- lifecycle ---
@@ -146,7 +150,8 @@ class OrderSystem:
             for ref in sagas:
                 _stop(ref)
             for ref in (self._orders, self._inventory, self._payment):
-                _stop(ref)
+                if ref is not None:
+                    _stop(ref)
             self._timer.stop()
             self._journal.close()
             logger.info("order system stopped")
@@ -189,6 +194,18 @@ class OrderSystem:
         counts["in_flight"] = len(self._in_flight)
         return counts
 
+    def check_consistency(self, initial_stock: Mapping[int, int] | None = None) -> list[Check]:
+        """Run the consistency checks (meaningful once `wait_idle()` is true).
+
+        `initial_stock` defaults to the `stock` this system was created with.
+        """
+        return check_consistency(
+            self._stock if initial_stock is None else initial_stock,
+            self.orders(),
+            self.inventory(),
+            self.payments(),
+        )
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no saga is in flight; False if some still are after `timeout`."""
         return self._in_flight.wait_empty(timeout)
@@ -229,18 +246,20 @@ class OrderSystem:
         except pykka.ActorDeadError:
             logger.debug("[%s] finished after the order service stopped", finished.saga_id)
 
-    def _tell(self, ref: pykka.ActorRef[Any], message: Any) -> None:
-        if not self._running:
+    def _tell(self, ref: pykka.ActorRef[Any] | None, message: Any) -> None:
+        if not self._running or ref is None:
             raise SystemNotRunning("the order system is not running; call start()")
         try:
             ref.tell(message)
         except pykka.ActorDeadError:
             raise SystemNotRunning("the order system is stopping") from None
 
-    def _ask(self, ref: pykka.ActorRef[Any], message: Any) -> Any:
+    def _ask(self, ref: pykka.ActorRef[Any] | None, message: Any) -> Any:
+        if ref is None:
+            raise SystemNotRunning("the order system is not running; call start()")
         try:
             return ref.ask(message, timeout=QUERY_TIMEOUT)
-        except (AttributeError, pykka.ActorDeadError):
+        except pykka.ActorDeadError:
             raise SystemNotRunning("the order system is not running; call start()") from None
 
 

@@ -1,0 +1,43 @@
+"""Shared helpers: request builders and the invariant assertion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+APPROVED = "4242424242424242"
+DECLINED = "4000000000000002"
+NO_FUNDS = "4000000000009995"
+OTHER_VALID = "5555555555554444"  # Luhn-valid, approved
+
+
+def make_request(
+    order_id: str = "ord-1",
+    items: list[tuple[int, int]] | None = None,
+    *,
+    card: str = APPROVED,
+    amount: Any = "19.98",
+    expiry: str = "12/30",
+    user_id: int = 42,
+    **payment_extra: Any,
+) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "order_id": order_id,
+        "items": [
+            {"product_id": p, "quantity": q} for p, q in (items if items is not None else [(101, 2)])
+        ],
+        "payment_info": {"card_number": card, "expiry": expiry, "amount": amount, **payment_extra},
+    }
+
+
+def assert_consistent(system: Any, initial_stock: dict[int, int] | None = None) -> None:
+    """Every consistency invariant holds (call once the system is idle)."""
+    failed = [c for c in system.check_consistency(initial_stock) if not c.ok]
+    assert not failed, "\n".join(f"{c.name}: {c.detail}" for c in failed)
+
+
+@pytest.fixture
+def request_factory():
+    return make_request

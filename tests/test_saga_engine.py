@@ -1,0 +1,253 @@
+"""The saga state machine, without threads: decide + evolve over plain data."""
+
+from __future__ import annotations
+
+import pytest
+
+from sagas.definition import SagaDefinition, Step
+from sagas.engine import (
+    AbortDecided,
+    AttemptStarted,
+    AttemptTimedOut,
+    CommitDecided,
+    Replied,
+    Resume,
+    RetryDue,
+    RetryScheduled,
+    SagaAborted,
+    SagaCompleted,
+    SagaStarted,
+    SagaState,
+    StageStarted,
+    Start,
+    TaskRejected,
+    TaskSucceeded,
+    decide,
+    evolve,
+    is_durable,
+)
+from sagas.policy import RetryPolicy
+
+SAGA = SagaDefinition(
+    name="trip",
+    stages=(
+        (Step("hotel", "h", action=lambda c: "book-hotel", compensation=lambda c: "cancel-hotel"),
+         Step("flight", "f", action=lambda c: "book-flight", compensation=lambda c: "cancel-flight")),
+        (Step("pay", "p", action=lambda c: "pay"), Step("notify", "n", action=lambda c: "notify")),
+    ),
+    pivot=1,
+    on_abort=(Step("apologize", "n", action=lambda c: f"sorry: {c.reason}"),),
+)
+POLICY = RetryPolicy(initial_interval=0.1, backoff_coefficient=2.0, maximum_interval=1.0, maximum_attempts=3)
+
+
+class Saga:
+    """A saga under test: feeds commands through decide and folds events."""
+
+    def __init__(self, policy: RetryPolicy = POLICY) -> None:
+        self.state = SagaState()
+        self.policy = policy
+        self.journal: list[object] = []
+
+    def send(self, command: object) -> list[object]:
+        events = decide(SAGA, self.state, command, self.policy, lambda: 0.5)
+        for event in events:
+            if is_durable(event):
+                self.journal.append(event)
+            self.state = evolve(SAGA, self.state, event)
+        return events
+
+    def ok(self, step: str, attempt: int = 1, kind: str = "do") -> list[object]:
+        return self.send(Replied(kind, step, attempt, True))
+
+    def fail(self, step: str, attempt: int = 1, *, transient: bool, kind: str = "do",
+             reason: str = "nope") -> list[object]:
+        return self.send(Replied(kind, step, attempt, False, reason, transient))
+
+
+def started(events: list[object]) -> set[tuple[str, str, int]]:
+    return {(e.kind, e.step, e.attempt) for e in events if isinstance(e, AttemptStarted)}
+
+
+def recovered(journal: list[object]) -> SagaState:
+    state = SagaState()
+    for event in journal:
+        state = evolve(SAGA, state, event)
+    return state
+
+
+def test_first_stage_steps_start_together():
+    saga = Saga()
+    events = saga.send(Start("t1", {"who": "ann"}))
+    assert events[:2] == [SagaStarted("t1", {"who": "ann"}), StageStarted(0)]
+    assert started(events) == {("do", "hotel", 1), ("do", "flight", 1)}
+
+
+def test_commit_decision_after_first_stage_then_second_stage_in_parallel():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    assert saga.ok("hotel") == [TaskSucceeded("do", "hotel")]  # waits for flight
+    events = saga.ok("flight")
+    assert CommitDecided() in events and StageStarted(1) in events
+    assert started(events) == {("do", "pay", 1), ("do", "notify", 1)}
+    saga.ok("pay")
+    assert saga.ok("notify")[-1] == SagaCompleted()
+    assert saga.state.outcome == "completed"
+
+
+def test_rejection_compensates_what_may_have_happened_and_runs_on_abort():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    events = saga.fail("hotel", transient=False, reason="full")
+    assert events[0] == TaskRejected("hotel", "full")
+    assert events[1] == AbortDecided("full", "hotel", ("flight",))
+    # flight is still in flight: it may take effect, so it is compensated now
+    assert started(events) == {("undo", "flight", 1), ("do", "apologize", 1)}
+    assert saga.ok("flight") == []  # the late answer is ignored
+    saga.ok("flight", kind="undo")
+    assert saga.ok("apologize")[-1] == SagaAborted("full")
+    assert saga.state.outcome == "aborted" and saga.state.reason == "full"
+
+
+def test_rejection_after_success_compensates_the_succeeded_step():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    events = saga.fail("flight", transient=False, reason="no seats")
+    assert AbortDecided("no seats", "flight", ("hotel",)) in events
+    assert ("undo", "hotel", 1) in started(events)
+    assert ("undo", "flight", 1) not in started(events)
+
+
+def test_transient_failure_is_retried_with_backoff():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    events = saga.fail("hotel", transient=True)
+    assert events == [RetryScheduled("do", "hotel", 2, pytest.approx(0.075), "nope")]
+    assert saga.send(RetryDue("do", "hotel", 2)) == [AttemptStarted("do", "hotel", 2)]
+    events = saga.fail("hotel", 2, transient=True)
+    assert events[0].delay == pytest.approx(0.15)  # doubled, jitter 0.5 -> 3/4 of it
+
+
+def test_timeout_counts_as_transient_and_stale_timeouts_are_ignored():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    assert isinstance(saga.send(AttemptTimedOut("do", "hotel", 1))[0], RetryScheduled)
+    assert saga.send(AttemptTimedOut("do", "hotel", 1)) == []
+    assert saga.fail("hotel", 1, transient=True) == []  # answer to an attempt no longer current
+
+
+def test_retries_exhausted_rolls_back_including_the_exhausted_step():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("flight")
+    for attempt in (1, 2):
+        saga.fail("hotel", attempt, transient=True)
+        saga.send(RetryDue("do", "hotel", attempt + 1))
+    events = saga.send(AttemptTimedOut("do", "hotel", 3))
+    abort = next(e for e in events if isinstance(e, AbortDecided))
+    assert abort.reason == "retries_exhausted"
+    assert set(abort.compensate) == {"hotel", "flight"}  # a timed-out booking may exist
+
+
+def test_after_the_commit_decision_nothing_is_abandoned():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    saga.ok("flight")
+    for attempt in range(1, 20):  # far beyond maximum_attempts
+        events = saga.fail("pay", attempt, transient=False, reason="oops")
+        assert events[0].__class__ is RetryScheduled
+        assert events[0].delay <= POLICY.maximum_interval
+        saga.send(RetryDue("do", "pay", attempt + 1))
+    saga.ok("notify")
+    assert saga.ok("pay", 20)[-1] == SagaCompleted()
+
+
+def test_compensations_are_retried_until_they_succeed():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    saga.fail("flight", transient=False)
+    for attempt in range(1, 12):
+        assert isinstance(saga.fail("hotel", attempt, kind="undo", transient=True)[0], RetryScheduled)
+        saga.send(RetryDue("undo", "hotel", attempt + 1))
+    saga.ok("apologize")
+    assert saga.ok("hotel", 12, kind="undo")[-1] == SagaAborted("nope")
+
+
+def test_only_decisions_are_journaled():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.fail("hotel", transient=True)
+    saga.ok("flight")
+    assert all(type(e) in (SagaStarted, StageStarted) for e in saga.journal)
+
+
+def test_recovery_without_decision_presumes_abort_and_compensates_every_started_step():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    state = recovered(saga.journal)
+    events = decide(SAGA, state, Resume(), POLICY, lambda: 0.5)
+    assert events[0] == AbortDecided("interrupted", None, ("hotel", "flight"))
+    assert started(events) == {("undo", "hotel", 1), ("undo", "flight", 1), ("do", "apologize", 1)}
+
+
+def test_recovery_after_commit_decision_rolls_forward():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    saga.ok("flight")
+    saga.ok("pay")
+    state = recovered(saga.journal)
+    assert state.committed
+    events = decide(SAGA, state, Resume(), POLICY, lambda: 0.5)
+    assert started(events) == {("do", "pay", 1), ("do", "notify", 1)}
+
+
+def test_recovery_while_compensating_resends_the_compensations():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    saga.fail("flight", transient=False)
+    state = recovered(saga.journal)
+    events = decide(SAGA, state, Resume(), POLICY, lambda: 0.5)
+    assert started(events) == {("undo", "hotel", 1), ("do", "apologize", 1)}
+
+
+def test_finished_saga_does_nothing_on_resume_or_late_messages():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    for step in ("hotel", "flight", "pay", "notify"):
+        saga.ok(step)
+    assert decide(SAGA, recovered(saga.journal), Resume(), POLICY, lambda: 0.5) == []
+    assert saga.ok("pay") == []
+    assert saga.send(Start("t1", None)) == []
+
+
+def test_definition_is_validated():
+    step = Step("a", "x", action=lambda c: None, compensation=lambda c: None)
+    with pytest.raises(ValueError, match="pivot"):
+        SagaDefinition("bad", ((step,),), pivot=2)
+    with pytest.raises(ValueError, match="unique"):
+        SagaDefinition("bad", ((step, step),), pivot=1)
+    with pytest.raises(ValueError, match="after the pivot"):
+        SagaDefinition("bad", ((Step("b", "x", lambda c: None),), (step,)), pivot=1)
+
+
+def test_backoff_is_exponential_capped_and_jittered():
+    policy = RetryPolicy(initial_interval=0.05, backoff_coefficient=2.0, maximum_interval=2.0)
+    assert policy.backoff(1, 1.0) == pytest.approx(0.05)
+    assert policy.backoff(3, 1.0) == pytest.approx(0.2)
+    assert policy.backoff(100, 1.0) == pytest.approx(2.0)
+    assert policy.backoff(10_000, 0.0) == pytest.approx(1.0)
+    assert policy.backoff(3, 0.0) == pytest.approx(0.1)
+
+
+def test_retry_policy_names_every_bad_parameter():
+    with pytest.raises(ValueError) as raised:
+        RetryPolicy(initial_interval=0, backoff_coefficient=0.5, maximum_attempts=0, attempt_timeout=-1)
+    message = str(raised.value)
+    for name in ("initial_interval", "backoff_coefficient", "maximum_attempts", "attempt_timeout"):
+        assert name in message
