@@ -21,7 +21,7 @@ import pykka
 from actors.errors import IdempotencyConflict, SystemNotRunning
 from actors.participant import Answer, ParticipantActor
 from actors.validation import OrderItem, OrderRequest
-from persistence.journal import Journal
+from persistence.journal import JournalWithSnapshots
 from sagas.actor import SagaFinished
 from sagas.metrics import Metrics
 
@@ -38,6 +38,7 @@ __all__ = [
     "OrderView",
     "OrdersState",
     "PlaceOrder",
+    "RecoverOrders",
     "answer",
     "decide",
     "evolve",
@@ -78,6 +79,17 @@ class GetOrder:
 @dataclass(frozen=True, slots=True)
 class GetOrders:
     """Query: every order's view."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverOrders:
+    """After a restart: cancel the pending orders whose saga never started.
+
+    The order was journaled but the process died before its saga was: no
+    request about it ever left, so there is nothing to compensate.
+    """
+
+    sagas_started: frozenset[str]
 
 
 # --- events ---
@@ -227,13 +239,14 @@ class OrderService(ParticipantActor[OrdersState]):
 
     def __init__(
         self,
-        journal: Journal,
+        journal: JournalWithSnapshots,
         *,
         start_saga: Callable[[OrderRequest], None],
         in_flight: InFlight,
         metrics: Metrics,
+        snapshot_every: int | None = None,
     ) -> None:
-        super().__init__(journal, PERSISTENCE_ID)
+        super().__init__(journal, PERSISTENCE_ID, snapshot_every=snapshot_every)
         self._start_saga = start_saga
         self._in_flight = in_flight
         self._metrics = metrics
@@ -262,6 +275,8 @@ class OrderService(ParticipantActor[OrdersState]):
                 return view(record) if record is not None else None
             case GetOrders():
                 return {o: view(r) for o, r in self.state.orders.items()}
+            case RecoverOrders(sagas_started=started):
+                return self._cancel_unstarted(started)
             case _:
                 return super().on_query(message)
         return None
@@ -302,6 +317,16 @@ class OrderService(ParticipantActor[OrdersState]):
             self.persist(decide(CancelOrder(order.order_id, "internal_error"), self.state))
             self._in_flight.discard(order.order_id)
             self._answer_waiters(order.order_id)
+
+    def _cancel_unstarted(self, sagas_started: frozenset[str]) -> list[str]:
+        unstarted = [
+            order_id for order_id, record in self.state.orders.items()
+            if record.state == PENDING and order_id not in sagas_started
+        ]
+        for order_id in unstarted:
+            logger.info("[%s] cancelled: its saga never started", order_id, extra={"order_id": order_id})
+            self.persist(decide(CancelOrder(order_id, "interrupted"), self.state))
+        return unstarted
 
     def _finished(self, finished: SagaFinished) -> None:
         record = self.state.orders.get(finished.saga_id)

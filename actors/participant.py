@@ -16,7 +16,7 @@ import pykka
 
 from actors.simulation import CRASH_AFTER, CRASH_BEFORE, OK, UNAVAILABLE, FaultInjector, SimulatedCrash
 from persistence.eventsourced import EventSourcedActor
-from persistence.journal import Journal
+from persistence.journal import JournalWithSnapshots
 from sagas.protocol import Reply, Request
 
 __all__ = ["Answer", "ParticipantActor"]
@@ -31,8 +31,15 @@ Answer = tuple[bool, "str | None"]  # (ok, reason when not ok)
 class ParticipantActor(EventSourcedActor[S], Generic[S]):
     """Serves saga requests; subclasses supply the domain's pure functions."""
 
-    def __init__(self, journal: Journal, persistence_id: str, faults: FaultInjector | None = None) -> None:
-        super().__init__(journal, persistence_id)
+    def __init__(
+        self,
+        journal: JournalWithSnapshots,
+        persistence_id: str,
+        faults: FaultInjector | None = None,
+        *,
+        snapshot_every: int | None = None,
+    ) -> None:
+        super().__init__(journal, persistence_id, snapshot_every=snapshot_every)
         self.faults = faults
 
     def decide(self, command: Any, state: S) -> list[Any]:
@@ -46,7 +53,7 @@ class ParticipantActor(EventSourcedActor[S], Generic[S]):
         logger.warning("%s: unexpected message %s", self.persistence_id, type(message).__name__)
         return None
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         if isinstance(message, Request):
             self._serve(message)
             return None

@@ -16,7 +16,7 @@ from typing import Any
 from actors.participant import Answer, ParticipantActor
 from actors.simulation import FaultInjector
 from actors.validation import PaymentCard
-from persistence.journal import Journal
+from persistence.journal import JournalWithSnapshots
 
 __all__ = [
     "AuthorizePayment",
@@ -214,8 +214,14 @@ def _status(state: PaymentState, order_id: str) -> str | None:
 
 
 class PaymentActor(ParticipantActor[PaymentState]):
-    def __init__(self, journal: Journal, faults: FaultInjector | None = None) -> None:
-        super().__init__(journal, PERSISTENCE_ID, faults)
+    def __init__(
+        self,
+        journal: JournalWithSnapshots,
+        faults: FaultInjector | None = None,
+        *,
+        snapshot_every: int | None = None,
+    ) -> None:
+        super().__init__(journal, PERSISTENCE_ID, faults, snapshot_every=snapshot_every)
 
     def initial_state(self) -> PaymentState:
         return PaymentState()

@@ -11,29 +11,36 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
 from actors.consistency import Check, check_consistency
 from actors.errors import SystemNotRunning
+from actors.codec import order_codec
+from actors.inventory import PERSISTENCE_ID as INVENTORY_ID
 from actors.inventory import GetStock, InventoryActor, StockView, stock_command
 from actors.order_saga import ORDER_SAGA, OrderSagaData
-from actors.orders import GetOrder, GetOrders, InFlight, OrderService, OrderView, PlaceOrder
+from actors.orders import GetOrder, GetOrders, InFlight, OrderService, OrderView, PlaceOrder, RecoverOrders
 from actors.payment import GetPayments, PaymentActor, PaymentView
 from actors.simulation import FaultInjector, FaultPlan, SimulatedLink
 from actors.validation import OrderRequest, validate_order
-from persistence.journal import InMemoryJournal, Journal
-from sagas.actor import SagaActor, SagaFinished
+from persistence.journal import InMemoryJournal, JournalWithSnapshots
+from persistence.sqlite import SQLiteJournal
+from sagas.actor import SagaActor, SagaFinished, saga_persistence_id
+from sagas.engine import FINAL_EVENTS, CommitDecided
 from sagas.metrics import Metrics
 from sagas.policy import RetryPolicy
 from sagas.timer import Timer
 
-__all__ = ["OrderFuture", "OrderSystem"]
+__all__ = ["OrderFuture", "OrderSystem", "RecoveryReport"]
 
 logger = logging.getLogger(__name__)
 
-QUERY_TIMEOUT = 10.0  # seconds a view query may take before something is badly wrong
+QUERY_TIMEOUT = 10.0
+RECOVERY_TIMEOUT = 600.0  # seconds an actor may take to replay its journal
+DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived actors  # seconds a view query may take before something is badly wrong
 
 METRIC_NAMES = (
     "orders_placed",
@@ -45,6 +52,16 @@ METRIC_NAMES = (
     "compensations",
     "restarts",
 )
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What `start()` found in the journal."""
+
+    sagas_resumed: int = 0
+    rolled_forward: int = 0  # the commit decision was recorded: driven to the end
+    rolled_back: int = 0  # no decision: presumed abort, compensated
+    orders_never_started: int = 0  # journaled, but the saga never began: cancelled
 
 
 class OrderFuture:
@@ -83,8 +100,14 @@ class OrderSystem:
         inventory_faults: FaultPlan | None = None,
         payment_faults: FaultPlan | None = None,
         retry: RetryPolicy | None = None,
+        snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
     ) -> None:
         _check_arguments(stock, inventory_faults, payment_faults, retry)
+        if snapshot_every is not None and (isinstance(snapshot_every, bool)
+                                           or not isinstance(snapshot_every, int) or snapshot_every < 1):
+            raise ValueError(f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
+        self._snapshot_every = snapshot_every
+        self._recovery = RecoveryReport()
         self._journal_path = journal_path
         self._stock = dict(stock or {})
         self._inventory_faults = inventory_faults or FaultPlan()
@@ -98,6 +121,8 @@ class OrderSystem:
         self._orders: pykka.ActorRef[Any] | None = None
         self._inventory: pykka.ActorRef[Any] | None = None
         self._payment: pykka.ActorRef[Any] | None = None
+        self._timer: Timer | None = None
+        self._journal: JournalWithSnapshots | None = None
         self._sagas_lock = threading.Lock()
 
     # --- lifecycle ---
@@ -110,32 +135,22 @@ class OrderSystem:
         self.stop()
 
     def start(self) -> OrderSystem:
+        """Start the actors; on an existing journal, recover and resume unfinished sagas.
+
+        If recovery fails (a corrupt journal, say) the error is raised and
+        nothing is left running.
+        """
         with self._lock:
             if self._running:
                 return self
-            self._journal: Journal = self._open_journal()
-            self._timer = Timer("order-system-timer")
-            self._timer.start()
-            self._seed = self._payment_faults.seed
-            inventory_dice = FaultInjector(self._inventory_faults, "inventory")
-            payment_dice = FaultInjector(self._payment_faults, "payment")
-            self._inventory = InventoryActor.start(self._journal, inventory_dice)
-            self._payment = PaymentActor.start(self._journal, payment_dice)
-            self._orders = OrderService.start(
-                self._journal,
-                start_saga=self._start_saga,
-                in_flight=self._in_flight,
-                metrics=self._metrics,
-            )
-            self._participants = {
-                "inventory": SimulatedLink(self._inventory, inventory_dice, self._timer),
-                "payment": SimulatedLink(self._payment, payment_dice, self._timer),
-                "orders": self._orders,
-            }
-            if self._stock and not self._ask(self._inventory, GetStock()):
-                self._ask(self._inventory, stock_command(self._stock))
+            try:
+                self._start_actors()
+                self._recovery = self._recover_sagas()
+            except BaseException:
+                self._shut_down()
+                raise
             self._running = True
-            logger.info("order system started")
+            logger.info("order system started%s", f" on {self._journal_path}" if self._journal_path else "")
             return self
 
     def stop(self) -> None:
@@ -144,17 +159,54 @@ class OrderSystem:
             if not self._running:
                 return
             self._running = False
-            with self._sagas_lock:
-                sagas = list(self._sagas.values())
-                self._sagas.clear()
-            for ref in sagas:
-                _stop(ref)
-            for ref in (self._orders, self._inventory, self._payment):
-                if ref is not None:
-                    _stop(ref)
-            self._timer.stop()
-            self._journal.close()
+            self._shut_down()
             logger.info("order system stopped")
+
+    def _start_actors(self) -> None:
+        self._journal = self._open_journal()
+        self._timer = Timer("order-system-timer")
+        self._timer.start()
+        self._seed = self._payment_faults.seed
+        inventory_dice = FaultInjector(self._inventory_faults, "inventory")
+        payment_dice = FaultInjector(self._payment_faults, "payment")
+        every = self._snapshot_every
+        self._inventory = InventoryActor.start_recovered(
+            self._journal, inventory_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)
+        self._payment = PaymentActor.start_recovered(
+            self._journal, payment_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)
+        self._orders = OrderService.start_recovered(
+            self._journal,
+            start_saga=self._start_saga,
+            in_flight=self._in_flight,
+            metrics=self._metrics,
+            snapshot_every=every,
+            timeout=RECOVERY_TIMEOUT,
+        )
+        self._participants = {
+            "inventory": SimulatedLink(self._inventory, inventory_dice, self._timer),
+            "payment": SimulatedLink(self._payment, payment_dice, self._timer),
+            "orders": self._orders,
+        }
+        if self._stock and self._journal.highest_sequence_nr(INVENTORY_ID) == 0:
+            self._ask(self._inventory, stock_command(self._stock))
+
+    def _shut_down(self) -> None:
+        """Stop whatever is running: sagas, services, timer, journal - in that order."""
+        with self._sagas_lock:
+            sagas = list(self._sagas.values())
+            self._sagas.clear()
+        for ref in sagas:
+            _stop(ref)
+        for ref in (self._orders, self._inventory, self._payment):
+            if ref is not None:
+                _stop(ref)
+        if self._timer is not None:
+            self._timer.stop()
+        if self._journal is not None:
+            self._journal.close()
+        self._orders = self._inventory = self._payment = None
+        self._timer = None
+        self._journal = None
 
     # --- orders ---
 
@@ -206,36 +258,68 @@ class OrderSystem:
             self.payments(),
         )
 
+    def recovery(self) -> RecoveryReport:
+        """What the last `start()` found in the journal."""
+        return self._recovery
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no saga is in flight; False if some still are after `timeout`."""
         return self._in_flight.wait_empty(timeout)
 
     # --- wiring ---
 
-    def _open_journal(self) -> Journal:
+    def _open_journal(self) -> JournalWithSnapshots:
         if self._journal_path is None:
             return InMemoryJournal()
-        raise NotImplementedError("a journal file needs the SQLite journal (not built yet)")
+        return SQLiteJournal(self._journal_path, order_codec())
+
+    def _recover_sagas(self) -> RecoveryReport:
+        """Resume every saga the journal shows unfinished; cancel orders whose saga never began."""
+        prefix = saga_persistence_id(ORDER_SAGA, "")
+        started: set[str] = set()
+        unfinished: list[tuple[str, bool]] = []
+        for persistence_id in self._journal.persistence_ids(prefix):
+            saga_id = persistence_id[len(prefix):]
+            started.add(saga_id)
+            events = [stored.event for stored in self._journal.replay(persistence_id)]
+            if events and isinstance(events[-1], FINAL_EVENTS):
+                continue
+            unfinished.append((saga_id, any(isinstance(e, CommitDecided) for e in events)))
+        never_started = self._ask(self._orders, RecoverOrders(frozenset(started)))
+        for saga_id, _ in unfinished:
+            self._in_flight.add(saga_id)
+            self._spawn_saga(saga_id)
+        report = RecoveryReport(
+            sagas_resumed=len(unfinished),
+            rolled_forward=sum(1 for _, committed in unfinished if committed),
+            rolled_back=sum(1 for _, committed in unfinished if not committed),
+            orders_never_started=len(never_started),
+        )
+        if report.sagas_resumed or report.orders_never_started:
+            logger.info("recovery: %s", report)
+        return report
 
     def _start_saga(self, order: OrderRequest) -> None:
         """Called by the order service, in its thread, for each new order."""
-        order_id = order.order_id
+        self._spawn_saga(order.order_id, OrderSagaData.from_order(order), order.card)
+
+    def _spawn_saga(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> None:
         ref = SagaActor.start(
             definition=ORDER_SAGA,
-            saga_id=order_id,
+            saga_id=saga_id,
             journal=self._journal,
             participants=self._participants,
             timer=self._timer,
             policy=self._retry,
             on_finish=self._saga_finished,
             metrics=self._metrics,
-            data=OrderSagaData.from_order(order),
-            ephemeral=order.card,
+            data=data,
+            ephemeral=card,
             seed=self._seed,
-            log_context={"order_id": order_id},
+            log_context={"order_id": saga_id},
         )
         with self._sagas_lock:
-            self._sagas[order_id] = ref
+            self._sagas[saga_id] = ref
 
     def _saga_finished(self, finished: SagaFinished) -> None:
         """Called by a saga actor, in its thread, once its end is journaled."""

@@ -13,13 +13,19 @@ from typing import Any, Generic, TypeVar
 
 import pykka
 
-from persistence.journal import Journal
+from persistence.journal import JournalWithSnapshots
 
-__all__ = ["EventSourcedActor"]
+__all__ = ["AwaitRecovery", "EventSourcedActor"]
 
 logger = logging.getLogger(__name__)
 
 S = TypeVar("S")
+
+
+class AwaitRecovery:
+    """Asked first by `start_recovered`: answered once the state is rebuilt."""
+
+    __slots__ = ()
 
 
 class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
@@ -31,10 +37,15 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
     first message.
     """
 
-    def __init__(self, journal: Journal, persistence_id: str) -> None:
+    def __init__(
+        self, journal: JournalWithSnapshots, persistence_id: str, *, snapshot_every: int | None = None
+    ) -> None:
         super().__init__()
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be >= 1 or None, got {snapshot_every}")
         self.journal = journal
         self.persistence_id = persistence_id
+        self.snapshot_every = snapshot_every
         self.state: S = self.initial_state()
         self.sequence_nr = 0
 
@@ -50,28 +61,62 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         return True
 
     def on_start(self) -> None:
-        self.recover()
+        self.recovery_error: Exception | None = None
+        try:
+            self.recover()
+        except Exception as error:
+            # Kept, not raised: pykka would only log it. The first message
+            # (see `start_recovered`) hands it to whoever started the actor.
+            logger.error("%s: recovery failed: %s", self.persistence_id, error)
+            self.recovery_error = error
+
+    def on_receive(self, message: Any) -> Any:
+        if self.recovery_error is not None:
+            self.stop()
+            raise self.recovery_error
+        if isinstance(message, AwaitRecovery):
+            return None
+        return self.handle(message)
+
+    def handle(self, message: Any) -> Any:
+        """Handle a message once the state is recovered (subclasses override)."""
+        logger.warning("%s: unexpected message %s", self.persistence_id, type(message).__name__)
+        return None
+
+    @classmethod
+    def start_recovered(cls, *args: Any, timeout: float | None = None, **kwargs: Any) -> pykka.ActorRef[Any]:
+        """Start the actor and wait until it has recovered; raise if recovery failed."""
+        ref = cls.start(*args, **kwargs)
+        ref.ask(AwaitRecovery(), timeout=timeout)
+        return ref
 
     def recover(self) -> None:
-        """Replay the journal into a fresh state."""
-        state = self.initial_state()
+        """Rebuild the state: the latest snapshot, then every event after it."""
+        state, after = self.initial_state(), 0
+        if self.snapshot_every is not None:
+            snapshot = self.journal.load_snapshot(self.persistence_id)
+            if snapshot is not None:
+                state, after = snapshot.snapshot, snapshot.sequence_nr
         count = 0
-        for stored in self.journal.replay(self.persistence_id):
+        for stored in self.journal.replay(self.persistence_id, from_sequence_nr=after + 1):
             state = self.apply_event(state, stored.event)
             count += 1
         self.state = state
         self.sequence_nr = self.journal.highest_sequence_nr(self.persistence_id)
-        if count:
-            logger.debug("%s: recovered %d events", self.persistence_id, count)
+        if count or after:
+            logger.debug("%s: recovered from snapshot #%d and %d events",
+                         self.persistence_id, after, count)
 
     def persist(self, events: Sequence[Any]) -> None:
         """Write the journaled `events` in one atomic append, then apply all of them."""
         journaled = [e for e in events if self.is_journaled(e)]
+        before = self.sequence_nr
         if journaled:
-            self.sequence_nr = self.journal.append(
-                self.persistence_id, journaled, self.sequence_nr
-            )
+            self.sequence_nr = self.journal.append(self.persistence_id, journaled, before)
         state = self.state
         for event in events:
             state = self.apply_event(state, event)
         self.state = state
+        every = self.snapshot_every
+        if every is not None and self.sequence_nr // every > before // every:
+            self.journal.save_snapshot(self.persistence_id, self.sequence_nr, state)

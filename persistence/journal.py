@@ -8,19 +8,41 @@ incarnations of one actor can never interleave their events.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["ConcurrencyError", "InMemoryJournal", "Journal", "PersistentEvent"]
+__all__ = [
+    "ConcurrencyError",
+    "InMemoryJournal",
+    "Journal",
+    "JournalCorrupted",
+    "JournalWithSnapshots",
+    "PersistentEvent",
+    "SelectedSnapshot",
+    "SnapshotStore",
+]
 
 MAX_SEQUENCE_NR = 2**63 - 1
 
 
 class ConcurrencyError(Exception):
     """An append did not start right after the journal's highest sequence number."""
+
+
+class JournalCorrupted(Exception):
+    """Stored data cannot be trusted; names the persistence id and sequence number.
+
+    Recovery stops on it: bad data is never skipped silently.
+    """
+
+    def __init__(self, persistence_id: str, sequence_nr: int, problem: str) -> None:
+        self.persistence_id = persistence_id
+        self.sequence_nr = sequence_nr
+        super().__init__(f"{persistence_id} #{sequence_nr}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +52,14 @@ class PersistentEvent:
     persistence_id: str
     sequence_nr: int
     event: Any
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class SelectedSnapshot:
+    persistence_id: str
+    sequence_nr: int
+    snapshot: Any
     timestamp: float
 
 
@@ -73,13 +103,28 @@ class Journal(Protocol):
         ...
 
 
+class SnapshotStore(Protocol):
+    """Snapshots of an actor's state, so recovery need not replay from the start."""
+
+    def save_snapshot(self, persistence_id: str, sequence_nr: int, snapshot: Any) -> None:
+        """Store `snapshot` as the state after event `sequence_nr` (replacing one there)."""
+        ...
+
+    def load_snapshot(
+        self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
+    ) -> SelectedSnapshot | None:
+        """The most recent snapshot at or below `max_sequence_nr`, if any."""
+        ...
+
+
 class InMemoryJournal:
-    """A journal in a dict: fast, thread-safe, gone with the process."""
+    """A journal and snapshot store in dicts: fast, thread-safe, gone with the process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[str, list[PersistentEvent]] = {}
         self._highest: dict[str, int] = {}
+        self._snapshots: dict[str, dict[int, SelectedSnapshot]] = {}
 
     def append(
         self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
@@ -127,5 +172,28 @@ class InMemoryJournal:
                 e for e in stored if e.sequence_nr > to_sequence_nr
             ]
 
+    def save_snapshot(self, persistence_id: str, sequence_nr: int, snapshot: Any) -> None:
+        # A deep copy: the actor goes on changing its state in place.
+        stored = SelectedSnapshot(persistence_id, sequence_nr, copy.deepcopy(snapshot), time.time())
+        with self._lock:
+            self._snapshots.setdefault(persistence_id, {})[sequence_nr] = stored
+
+    def load_snapshot(
+        self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
+    ) -> SelectedSnapshot | None:
+        with self._lock:
+            candidates = [
+                s for n, s in self._snapshots.get(persistence_id, {}).items() if n <= max_sequence_nr
+            ]
+        if not candidates:
+            return None
+        best = max(candidates, key=lambda s: s.sequence_nr)
+        return SelectedSnapshot(best.persistence_id, best.sequence_nr,
+                                copy.deepcopy(best.snapshot), best.timestamp)
+
     def close(self) -> None:
         pass
+
+
+class JournalWithSnapshots(Journal, SnapshotStore, Protocol):
+    """A backend that stores both events and snapshots (every backend here does)."""

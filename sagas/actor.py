@@ -16,7 +16,7 @@ from typing import Any
 import pykka
 
 from persistence.eventsourced import EventSourcedActor
-from persistence.journal import Journal
+from persistence.journal import JournalWithSnapshots
 from sagas.definition import SagaContext, SagaDefinition, command_for
 from sagas.engine import (
     AbortDecided,
@@ -81,7 +81,7 @@ class SagaActor(EventSourcedActor[SagaState]):
         *,
         definition: SagaDefinition,
         saga_id: str,
-        journal: Journal,
+        journal: JournalWithSnapshots,
         participants: Mapping[str, Recipient],
         timer: Timer,
         policy: RetryPolicy,
@@ -121,13 +121,18 @@ class SagaActor(EventSourcedActor[SagaState]):
     # --- lifecycle ---
 
     def on_start(self) -> None:
-        self.recover()
-        if self.state.phase == "new":
-            if self._start_data is None:
-                self.log.warning("nothing journaled and no data to start with")
-                self._finish()
-                return
+        if self._start_data is not None:
+            # A new saga: its journal is empty (the append's optimistic
+            # concurrency check would refuse it otherwise), so skip the read.
+            self.recovery_error = None
             self._handle(Start(self.saga_id, self._start_data))
+            return
+        super().on_start()
+        if self.recovery_error is not None:
+            return
+        if self.state.phase == "new":
+            self.log.warning("nothing journaled and no data to start with")
+            self._finish()
         elif self.state.phase == "done":
             self._finish()
         else:
@@ -139,7 +144,7 @@ class SagaActor(EventSourcedActor[SagaState]):
     def on_stop(self) -> None:
         self._cancel_timeouts()
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         if isinstance(message, Reply):
             corr = message.correlation
             if corr is None or corr.saga_id != self.saga_id:

@@ -21,6 +21,8 @@ from sagas.definition import SagaDefinition
 from sagas.policy import RetryPolicy
 
 __all__ = [
+    "DURABLE_EVENTS",
+    "FINAL_EVENTS",
     "AbortDecided",
     "AttemptStarted",
     "AttemptTimedOut",
@@ -159,6 +161,11 @@ class RetryScheduled:
     attempt: int  # the attempt that will run after the delay
     delay: float
     reason: str
+
+
+# The events a journal must be able to store, and the ones that end a saga.
+DURABLE_EVENTS = (SagaStarted, StageStarted, CommitDecided, AbortDecided, SagaCompleted, SagaAborted)
+FINAL_EVENTS = (SagaCompleted, SagaAborted)
 
 
 # --- state -----------------------------------------------------------------

@@ -1,0 +1,35 @@
+"""Which types the order system's journal may hold.
+
+Commands are absent on purpose: `AuthorizePayment` carries the card, and a
+journal refuses any type not listed here.
+"""
+
+from __future__ import annotations
+
+from actors import inventory, orders, payment
+from actors.order_saga import OrderSagaData
+from actors.validation import OrderItem
+from persistence.serialization import EventCodec
+from sagas.engine import DURABLE_EVENTS
+
+__all__ = ["order_codec"]
+
+
+def order_codec() -> EventCodec:
+    codec = EventCodec()
+    codec.register_all(
+        OrderItem,
+        OrderSagaData,
+        *DURABLE_EVENTS,
+        # inventory: events, and the state for snapshots
+        inventory.ProductsStocked, inventory.StockReserved, inventory.ReservationRejected,
+        inventory.StockCommitted, inventory.StockReleased,
+        inventory.InventoryState, inventory.Reservation,
+        # payment
+        payment.PaymentAuthorized, payment.PaymentDeclined, payment.PaymentCaptured,
+        payment.PaymentVoided, payment.PaymentState, payment.Authorization,
+        # orders
+        orders.OrderPlaced, orders.OrderConfirmed, orders.OrderCancelled,
+        orders.OrdersState, orders.OrderRecord,
+    )
+    return codec

@@ -1,0 +1,153 @@
+"""Events (and snapshots) as JSON with a type name and a schema version.
+
+Only registered dataclasses can be written, so a value that must never be
+stored - a card number, say - fails loudly instead of leaking to disk.
+Nested values are tagged so they come back with their types:
+`{"$type": name, ...fields}`, `{"$decimal": "19.98"}`, `{"$set": [...]}`,
+`{"$dict": [[key, value], ...]}`; JSON arrays come back as tuples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["EventCodec", "SerializationError"]
+
+Upcaster = Callable[[int, dict[str, Any]], dict[str, Any]]
+
+
+class SerializationError(Exception):
+    """A value cannot be written, or stored data cannot be read back."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    cls: type
+    name: str
+    version: int
+    upcast: Upcaster | None
+
+
+class EventCodec:
+    """A registry of the dataclasses a journal may hold."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, _Registration] = {}
+        self._by_class: dict[type, _Registration] = {}
+
+    def register(
+        self,
+        cls: type,
+        *,
+        name: str | None = None,
+        version: int = 1,
+        upcast: Upcaster | None = None,
+    ) -> None:
+        """Allow `cls` in the journal under `name` (default: the class name).
+
+        Bump `version` when the fields change, and give `upcast(old_version,
+        fields) -> fields` to turn stored older versions into the current one.
+        """
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls!r} is not a dataclass")
+        registration = _Registration(cls, name or cls.__name__, version, upcast)
+        existing = self._by_name.get(registration.name)
+        if existing is not None and existing.cls is not cls:
+            raise ValueError(f"type name {registration.name!r} is taken by {existing.cls!r}")
+        self._by_name[registration.name] = registration
+        self._by_class[cls] = registration
+
+    def register_all(self, *classes: type) -> None:
+        for cls in classes:
+            self.register(cls)
+
+    def knows(self, type_name: str) -> bool:
+        return type_name in self._by_name
+
+    def encode(self, value: Any) -> tuple[str, int, str]:
+        """(type name, version, JSON of the fields) of a registered dataclass."""
+        registration = self._registration_of(value)
+        fields = {f.name: self._to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return registration.name, registration.version, json.dumps(fields, separators=(",", ":"))
+
+    def decode(self, type_name: str, version: int, data: str) -> Any:
+        registration = self._by_name.get(type_name)
+        if registration is None:
+            raise SerializationError(f"unknown type {type_name!r}")
+        try:
+            fields = json.loads(data)
+        except (ValueError, TypeError) as error:
+            raise SerializationError(f"unreadable JSON for {type_name}: {error}") from None
+        if not isinstance(fields, dict):
+            raise SerializationError(f"{type_name}: stored data is not an object")
+        return self._build(registration, version, fields)
+
+    # --- internals ---
+
+    def _registration_of(self, value: Any) -> _Registration:
+        registration = self._by_class.get(type(value))
+        if registration is None:
+            raise SerializationError(
+                f"{type(value).__name__} is not registered for the journal "
+                "(only registered dataclasses are ever written)"
+            )
+        return registration
+
+    def _to_json(self, value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            return value
+        if isinstance(value, Decimal):
+            return {"$decimal": str(value)}
+        if isinstance(value, (tuple, list)):
+            return [self._to_json(v) for v in value]
+        if isinstance(value, (set, frozenset)):
+            return {"$set": sorted((self._to_json(v) for v in value), key=repr)}
+        if isinstance(value, dict):
+            return {"$dict": [[self._to_json(k), self._to_json(v)] for k, v in value.items()]}
+        registration = self._registration_of(value)
+        encoded = {f.name: self._to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"$type": registration.name, **encoded}
+
+    def _from_json(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return tuple(self._from_json(v) for v in value)
+        if not isinstance(value, dict):
+            return value
+        if "$decimal" in value:
+            return Decimal(value["$decimal"])
+        if "$set" in value:
+            return {self._from_json(v) for v in value["$set"]}
+        if "$dict" in value:
+            return {self._from_json(k): self._from_json(v) for k, v in value["$dict"]}
+        if "$type" in value:
+            fields = dict(value)
+            name = fields.pop("$type")
+            registration = self._by_name.get(name)
+            if registration is None:
+                raise SerializationError(f"unknown type {name!r}")
+            return self._build(registration, registration.version, fields)
+        raise SerializationError(f"untagged object in stored data: {sorted(value)}")
+
+    def _build(self, registration: _Registration, version: int, fields: dict[str, Any]) -> Any:
+        if version > registration.version:
+            raise SerializationError(
+                f"{registration.name} version {version} is newer than this code ({registration.version})"
+            )
+        if version < registration.version:
+            if registration.upcast is None:
+                raise SerializationError(
+                    f"{registration.name} version {version} is stored but no upcaster is registered"
+                )
+            fields = registration.upcast(version, fields)
+        values = {k: self._from_json(v) for k, v in fields.items()}
+        try:
+            return registration.cls(**values)
+        except TypeError as error:
+            raise SerializationError(f"{registration.name}: fields do not fit: {error}") from None
