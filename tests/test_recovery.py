@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import subprocess
 import sys
@@ -124,32 +125,24 @@ def test_order_journaled_but_saga_never_started_is_cancelled(tmp_path):
         assert_consistent(system, {1: 5})
 
 
-def test_corrupt_journal_stops_start_with_a_clear_error(tmp_path):
-    import sqlite3
-    path = tmp_path / "orders.db"
-    with OrderSystem(journal_path=path, stock={1: 5}) as system:
-        system.place_order(make_request("a", [(1, 1)]), timeout=5)
-    db = sqlite3.connect(path)
-    db.execute("UPDATE events SET data = 'garbage' WHERE persistence_id = 'saga:order:a' AND sequence_nr = 2")
-    db.commit()
-    db.close()
-    threads_before = set(threading.enumerate())
-    with pytest.raises(JournalCorrupted, match=r"saga:order:a #2"):
-        OrderSystem(journal_path=path).start()
-    assert set(threading.enumerate()) <= threads_before, "a failed start left threads running"
-
-
-def test_corrupt_service_journal_stops_start_and_leaves_nothing_running(tmp_path):
-    import sqlite3
+@pytest.mark.parametrize(("corruption", "error"), [
+    ("UPDATE events SET data = 'garbage' WHERE persistence_id = 'saga:order:a' AND sequence_nr = 2",
+     r"saga:order:a #2: event: unreadable JSON"),
+    ("UPDATE events SET type = 'Mystery' WHERE persistence_id = 'inventory' AND sequence_nr = 2",
+     r"inventory #2: event: unknown type 'Mystery'"),
+    ("DELETE FROM events WHERE persistence_id = 'orders' AND sequence_nr = 1",
+     r"orders #1: event missing"),
+])
+def test_corrupt_journal_stops_start_with_a_clear_error_and_nothing_running(tmp_path, corruption, error):
     path = tmp_path / "orders.db"
     with OrderSystem(journal_path=path, stock={1: 5}, snapshot_every=None) as system:
         system.place_order(make_request("a", [(1, 1)]), timeout=5)
     db = sqlite3.connect(path)
-    db.execute("UPDATE events SET type = 'Mystery' WHERE persistence_id = 'inventory' AND sequence_nr = 2")
+    db.execute(corruption)
     db.commit()
     db.close()
     threads_before = set(threading.enumerate())
-    with pytest.raises(JournalCorrupted, match=r"inventory #2: event: unknown type 'Mystery'"):
+    with pytest.raises(JournalCorrupted, match=error):
         OrderSystem(journal_path=path).start()
     assert set(threading.enumerate()) <= threads_before, "a failed start left threads running"
 
