@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sagas.timer import Recipient, Timer
+from supervision.timer import Recipient, Timer
 
 __all__ = ["FaultInjector", "FaultPlan", "SimulatedCrash", "SimulatedLink"]
 

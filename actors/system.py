@@ -32,7 +32,7 @@ from sagas.actor import SagaActor, SagaFinished, saga_persistence_id
 from sagas.engine import FINAL_EVENTS, CommitDecided
 from sagas.metrics import Metrics
 from sagas.policy import RetryPolicy
-from sagas.timer import Timer
+from supervision.timer import Timer
 
 __all__ = ["OrderFuture", "OrderSystem", "RecoveryReport"]
 

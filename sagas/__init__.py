@@ -2,7 +2,7 @@
 
 A saga definition is stages of steps (action + compensation) with a pivot;
 `sagas.engine` is its state machine as pure functions, `sagas.actor` the
-actor that runs one saga, `sagas.timer` the scheduler behind every delay.
+actor that runs one saga. Delays are messages scheduled on `supervision.timer`.
 Nothing here knows about orders.
 """
 
@@ -11,7 +11,6 @@ from sagas.definition import SagaContext, SagaDefinition, Step
 from sagas.metrics import Metrics
 from sagas.policy import RetryPolicy
 from sagas.protocol import Correlation, Reply, Request
-from sagas.timer import Timer
 
 __all__ = [
     "Correlation",
@@ -24,5 +23,4 @@ __all__ = [
     "SagaDefinition",
     "SagaFinished",
     "Step",
-    "Timer",
 ]

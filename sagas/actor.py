@@ -38,7 +38,7 @@ from sagas.engine import (
 from sagas.metrics import Metrics
 from sagas.policy import RetryPolicy
 from sagas.protocol import Correlation, Reply, Request
-from sagas.timer import Recipient, Timer, TimerHandle
+from supervision.timer import Recipient, Timer, TimerHandle
 
 __all__ = ["SagaActor", "SagaFinished", "saga_persistence_id"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sagas.timer import Recipient
+from supervision.timer import Recipient
 
 __all__ = ["Correlation", "Reply", "Request"]
 

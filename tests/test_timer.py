@@ -8,7 +8,7 @@ import time
 import pykka
 import pytest
 
-from sagas.timer import Timer
+from supervision.timer import Timer
 
 
 class Inbox:

@@ -1,0 +1,50 @@
+"""Supervision trees for pykka actors, after Erlang/OTP's supervisor.
+
+Generic: nothing here knows about orders. A `Supervisor` starts children
+from `ChildSpec`s, learns when one exits (`Monitored`), and restarts it by
+its restart type and the supervisor's strategy, with backoff, within an
+intensity limit past which it escalates to its own parent. An `Address`
+reaches whichever incarnation of a child is current.
+"""
+
+from supervision.address import Address
+from supervision.monitor import Kill, Killed, Monitored, kill, start_monitored
+from supervision.resource import ResourceActor
+from supervision.spec import (
+    ONE_FOR_ALL,
+    ONE_FOR_ONE,
+    PERMANENT,
+    REST_FOR_ONE,
+    TEMPORARY,
+    TRANSIENT,
+    Backoff,
+    ChildSpec,
+    Intensity,
+)
+from supervision.supervisor import Escalated, StartChild, Supervisor, WhichChildren, start_supervisor
+from supervision.timer import Timer
+
+__all__ = [
+    "ONE_FOR_ALL",
+    "ONE_FOR_ONE",
+    "PERMANENT",
+    "REST_FOR_ONE",
+    "TEMPORARY",
+    "TRANSIENT",
+    "Address",
+    "Backoff",
+    "ChildSpec",
+    "Escalated",
+    "Intensity",
+    "Kill",
+    "Killed",
+    "Monitored",
+    "ResourceActor",
+    "StartChild",
+    "Supervisor",
+    "Timer",
+    "WhichChildren",
+    "kill",
+    "start_monitored",
+    "start_supervisor",
+]

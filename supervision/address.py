@@ -1,0 +1,54 @@
+"""Stable addresses: one name for all the incarnations of a supervised child."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pykka
+
+__all__ = ["Address"]
+
+
+class Address:
+    """Reaches the current incarnation of a supervised actor.
+
+    A restarted child is a new pykka actor; whoever holds its address
+    reaches the new one. Between incarnations (during restart backoff)
+    `tell` raises `pykka.ActorDeadError`, like a dead ref: a transient
+    failure that the sender's retry covers.
+    """
+
+    __slots__ = ("_lock", "_ref", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._ref: pykka.ActorRef[Any] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Address {self.name}>"
+
+    @property
+    def ref(self) -> pykka.ActorRef[Any] | None:
+        return self._ref
+
+    def bind(self, ref: pykka.ActorRef[Any] | None) -> None:
+        with self._lock:
+            self._ref = ref
+
+    def tell(self, message: Any) -> None:
+        ref = self._ref
+        if ref is None:
+            raise pykka.ActorDeadError(f"{self.name} is not running (restarting?)")
+        ref.tell(message)
+
+    def ask(self, message: Any, *, timeout: float | None = None) -> Any:
+        ref = self._ref
+        if ref is None:
+            raise pykka.ActorDeadError(f"{self.name} is not running (restarting?)")
+        return ref.ask(message, timeout=timeout)
+
+    def is_alive(self) -> bool:
+        ref = self._ref
+        return ref is not None and ref.is_alive()

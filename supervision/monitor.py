@@ -1,0 +1,102 @@
+"""Knowing when an actor dies: the `Monitored` mixin (pykka has no links).
+
+A supervisor starts a child inside `start_monitored(start, hook)`; the
+child's `__init__` - which pykka runs in the starting thread - picks the
+hook up, and the child calls it exactly once when it exits: with `None` for
+a normal stop, or with the error that killed it. No polling, no thread per
+child, no race between starting an actor and watching it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pykka
+
+__all__ = ["ExitHook", "Kill", "Killed", "Monitored", "kill", "start_monitored"]
+
+ExitHook = Callable[[str, "BaseException | None"], None]
+"""Called with (actor_urn, error or None) when a monitored actor exits."""
+
+_current_hook: contextvars.ContextVar[ExitHook | None] = contextvars.ContextVar(
+    "supervision_exit_hook", default=None
+)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Tell this to a monitored actor to make it exit abnormally (fault tests)."""
+
+    reason: str = "killed"
+
+
+class Killed(Exception):
+    """Raised inside an actor that was told `Kill`."""
+
+
+class Monitored:
+    """Mixin for pykka actors that a supervisor can watch; list it first in the bases.
+
+    An actor marks a deliberate stop as a failure by setting `exit_reason`
+    before it stops (e.g. recovery failed, or a supervisor escalates).
+    """
+
+    exit_reason: BaseException | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._exit_hook = _current_hook.get()
+        self._exit_reported = False
+
+    def on_start(self) -> None:
+        try:
+            super().on_start()  # type: ignore[misc]
+        except BaseException as error:
+            self._report_exit(error)
+            raise
+
+    def on_stop(self) -> None:
+        try:
+            super().on_stop()  # type: ignore[misc]
+        finally:
+            self._report_exit(self.exit_reason)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        try:
+            super().on_failure(exception_type, exception_value, traceback)  # type: ignore[misc]
+        finally:
+            self._report_exit(exception_value or RuntimeError("actor failed"))
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Kill):
+            raise Killed(message.reason)
+        return super().on_receive(message)  # type: ignore[misc]
+
+    def _report_exit(self, error: BaseException | None) -> None:
+        if self._exit_reported:
+            return
+        self._exit_reported = True
+        if self._exit_hook is not None:
+            self._exit_hook(self.actor_urn, error)  # type: ignore[attr-defined]
+
+
+def start_monitored(start: Callable[[], R], hook: ExitHook) -> R:
+    """Run `start()` (which starts one `Monitored` actor) with `hook` as its exit hook."""
+    token = _current_hook.set(hook)
+    try:
+        return start()
+    finally:
+        _current_hook.reset(token)
+
+
+def kill(target: Any, reason: str = "killed") -> None:
+    """Make a monitored actor (a ref or an address) exit abnormally, as a crash would."""
+    try:
+        target.tell(Kill(reason))
+    except pykka.ActorDeadError:
+        pass
