@@ -18,7 +18,7 @@ from typing import Any
 
 import pykka
 
-from actors.errors import IdempotencyConflict, SystemNotRunning
+from actors.errors import IdempotencyConflict
 from actors.participant import Answer, ParticipantActor
 from actors.validation import OrderItem, OrderRequest
 from persistence.journal import JournalWithSnapshots
@@ -31,6 +31,7 @@ __all__ = [
     "GetOrder",
     "GetOrders",
     "InFlight",
+    "Waiters",
     "OrderCancelled",
     "OrderConfirmed",
     "OrderPlaced",
@@ -198,7 +199,32 @@ def _status(state: OrdersState, order_id: str) -> str | None:
     return record.state if record is not None else None
 
 
-# --- in-flight tracking ---
+# --- callers waiting, and sagas in flight (outside the actor: they survive its restarts) ---
+
+
+class Waiters:
+    """The futures of callers waiting for an order's outcome."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, list[pykka.Future[bool]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, order_id: str, future: pykka.Future[bool]) -> None:
+        with self._lock:
+            self._futures.setdefault(order_id, []).append(future)
+
+    def resolve(self, order_id: str, confirmed: bool) -> None:
+        with self._lock:
+            futures = self._futures.pop(order_id, [])
+        for future in futures:
+            future.set(confirmed)
+
+    def fail_all(self, error: Exception) -> None:
+        with self._lock:
+            waiting, self._futures = self._futures, {}
+        for futures in waiting.values():
+            for future in futures:
+                future.set_exception(exc_info=(type(error), error, None))
 
 
 class InFlight:
@@ -243,6 +269,7 @@ class OrderService(ParticipantActor[OrdersState]):
         *,
         start_saga: Callable[[OrderRequest], None],
         in_flight: InFlight,
+        waiters: Waiters,
         metrics: Metrics,
         snapshot_every: int | None = None,
     ) -> None:
@@ -250,7 +277,7 @@ class OrderService(ParticipantActor[OrdersState]):
         self._start_saga = start_saga
         self._in_flight = in_flight
         self._metrics = metrics
-        self._waiters: dict[str, list[pykka.Future[bool]]] = {}
+        self._waiters = waiters
 
     def initial_state(self) -> OrdersState:
         return OrdersState()
@@ -281,12 +308,6 @@ class OrderService(ParticipantActor[OrdersState]):
                 return super().on_query(message)
         return None
 
-    def on_stop(self) -> None:
-        self._fail_waiters(SystemNotRunning("the order system stopped before the outcome was known"))
-
-    def on_failure(self, *exc_info: Any) -> None:
-        self._fail_waiters(SystemNotRunning("the order service failed; see the log"))
-
     def _place(self, message: PlaceOrder) -> None:
         order = message.order
         try:
@@ -297,7 +318,7 @@ class OrderService(ParticipantActor[OrdersState]):
                 message.reply.set_exception(exc_info=(type(conflict), conflict, None))
             return
         if message.reply is not None:
-            self._waiters.setdefault(order.order_id, []).append(message.reply)
+            self._waiters.add(order.order_id, message.reply)
         if not events:
             self._metrics.increment("duplicates")
             record = self.state.orders[order.order_id]
@@ -334,19 +355,14 @@ class OrderService(ParticipantActor[OrdersState]):
             logger.error("[%s] saga finished for an unknown order", finished.saga_id)
             return
         if record.state == PENDING:
-            # Cannot happen: the saga's last steps confirm or cancel the order.
-            logger.error("[%s] saga finished but the order is still pending", finished.saga_id)
+            # The saga never began (it failed before journaling its start), so
+            # no request about the order left: cancel it.
+            logger.warning("[%s] saga ended without starting; cancelling the order", finished.saga_id,
+                           extra={"order_id": finished.saga_id})
+            self.persist(decide(CancelOrder(finished.saga_id, "interrupted"), self.state))
         self._metrics.increment("orders_confirmed" if record.state == CONFIRMED else "orders_cancelled")
         self._in_flight.discard(finished.saga_id)
         self._answer_waiters(finished.saga_id)
 
     def _answer_waiters(self, order_id: str) -> None:
-        confirmed = self.state.orders[order_id].state == CONFIRMED
-        for future in self._waiters.pop(order_id, []):
-            future.set(confirmed)
-
-    def _fail_waiters(self, error: Exception) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for futures in waiters.values():
-            for future in futures:
-                future.set_exception(exc_info=(type(error), error, None))
+        self._waiters.resolve(order_id, self.state.orders[order_id].state == CONFIRMED)

@@ -18,6 +18,7 @@ from actors.simulation import CRASH_AFTER, CRASH_BEFORE, OK, UNAVAILABLE, FaultI
 from persistence.eventsourced import EventSourcedActor
 from persistence.journal import JournalWithSnapshots
 from sagas.protocol import Reply, Request
+from supervision.monitor import Monitored
 
 __all__ = ["Answer", "ParticipantActor"]
 
@@ -28,7 +29,7 @@ S = TypeVar("S")
 Answer = tuple[bool, "str | None"]  # (ok, reason when not ok)
 
 
-class ParticipantActor(EventSourcedActor[S], Generic[S]):
+class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
     """Serves saga requests; subclasses supply the domain's pure functions."""
 
     def __init__(

@@ -1,16 +1,29 @@
 """`OrderSystem`: the public, embeddable face of the order engine.
 
-It wires the actors together - the order service, the inventory and payment
-services (simulated, behind a faulty wire), a saga actor per order in
-flight, the timer - and offers a small blocking API on top of them. It stops
-only the actors it started, never an embedding application's.
+It builds the supervision tree and offers a small blocking API on top:
+
+    order-system (rest_for_one)
+    |-- journal      the journal's writer
+    |-- timer        every delay: retries, timeouts, simulated latency
+    |-- services (one_for_one)
+    |   |-- inventory   simulated, behind a faulty wire
+    |   |-- payment     simulated, behind a faulty wire
+    |   `-- orders      the order service
+    `-- sagas (one_for_one)
+        `-- one saga actor per order in flight (transient)
+
+Everything talks through stable addresses, so a restarted actor is reached
+where its predecessor was. The system stops only the actors it started,
+never an embedding application's.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +35,16 @@ from actors.codec import order_codec
 from actors.inventory import PERSISTENCE_ID as INVENTORY_ID
 from actors.inventory import GetStock, InventoryActor, StockView, stock_command
 from actors.order_saga import ORDER_SAGA, OrderSagaData
-from actors.orders import GetOrder, GetOrders, InFlight, OrderService, OrderView, PlaceOrder, RecoverOrders
+from actors.orders import (
+    GetOrder,
+    GetOrders,
+    InFlight,
+    OrderService,
+    OrderView,
+    PlaceOrder,
+    RecoverOrders,
+    Waiters,
+)
 from actors.payment import GetPayments, PaymentActor, PaymentView
 from actors.simulation import FaultInjector, FaultPlan, SimulatedLink
 from actors.validation import OrderRequest, validate_order
@@ -32,15 +54,46 @@ from sagas.actor import SagaActor, SagaFinished, saga_persistence_id
 from sagas.engine import FINAL_EVENTS, CommitDecided
 from sagas.metrics import Metrics
 from sagas.policy import RetryPolicy
+from supervision import (
+    ONE_FOR_ONE,
+    REST_FOR_ONE,
+    TRANSIENT,
+    Address,
+    Backoff,
+    ChildSpec,
+    Intensity,
+    ResourceActor,
+    StartChild,
+    start_supervisor,
+)
 from supervision.timer import Timer
 
 __all__ = ["OrderFuture", "OrderSystem", "RecoveryReport"]
 
 logger = logging.getLogger(__name__)
 
-QUERY_TIMEOUT = 10.0
+QUERY_TIMEOUT = 10.0  # seconds a view query may take (it waits out a service restart)
 RECOVERY_TIMEOUT = 600.0  # seconds an actor may take to replay its journal
-DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived actors  # seconds a view query may take before something is badly wrong
+DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived actors
+
+# Supervision defaults, and why:
+# - services: the simulated services crash on purpose (FaultPlan.crash_rate)
+#   and restart in milliseconds from a snapshot, so a busy, flaky service may
+#   restart tens of times a second; the backoff stays short (2-20 ms) because
+#   every caller is waiting. A child that cannot start at all retries every
+#   ~20 ms and so passes 200 restarts in 5 s: that escalates.
+# - sagas: one transient child per order in flight; a crash is a bug, a
+#   restart is cheap (resume from the journal). 1000 in 10 s with backoff of
+#   at most 5 ms tolerates a burst, and a saga that always crashes escalates.
+# - root: a subtree that escalated is restarted from the journal twice at
+#   most in 30 s; the third time the system stops with the error instead of
+#   looping.
+SERVICES_INTENSITY = Intensity(max_restarts=200, within_seconds=5.0)
+SERVICES_BACKOFF = Backoff(min_backoff=0.002, max_backoff=0.02, random_factor=0.2, reset_after=1.0)
+SAGAS_INTENSITY = Intensity(max_restarts=1000, within_seconds=10.0)
+SAGAS_BACKOFF = Backoff(min_backoff=0.001, max_backoff=0.005, random_factor=0.2, reset_after=1.0)
+ROOT_INTENSITY = Intensity(max_restarts=2, within_seconds=30.0)
+ROOT_BACKOFF = Backoff(min_backoff=0.05, max_backoff=0.5, random_factor=0.2, reset_after=30.0)
 
 METRIC_NAMES = (
     "orders_placed",
@@ -95,35 +148,33 @@ class OrderSystem:
     def __init__(
         self,
         *,
-        journal_path: str | None = None,
+        journal_path: str | os.PathLike[str] | None = None,
         stock: Mapping[int, int] | None = None,
         inventory_faults: FaultPlan | None = None,
         payment_faults: FaultPlan | None = None,
         retry: RetryPolicy | None = None,
         snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
     ) -> None:
-        _check_arguments(stock, inventory_faults, payment_faults, retry)
-        if snapshot_every is not None and (isinstance(snapshot_every, bool)
-                                           or not isinstance(snapshot_every, int) or snapshot_every < 1):
-            raise ValueError(f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
-        self._snapshot_every = snapshot_every
-        self._recovery = RecoveryReport()
+        _check_arguments(stock, inventory_faults, payment_faults, retry, snapshot_every)
         self._journal_path = journal_path
         self._stock = dict(stock or {})
         self._inventory_faults = inventory_faults or FaultPlan()
         self._payment_faults = payment_faults or FaultPlan()
         self._retry = retry or RetryPolicy()
+        self._snapshot_every = snapshot_every
         self._lock = threading.Lock()
         self._running = False
+        self._failure: BaseException | None = None
+        self._recovery = RecoveryReport()
         self._metrics = Metrics(METRIC_NAMES)
         self._in_flight = InFlight()
-        self._sagas: dict[str, pykka.ActorRef[Any]] = {}
-        self._orders: pykka.ActorRef[Any] | None = None
-        self._inventory: pykka.ActorRef[Any] | None = None
-        self._payment: pykka.ActorRef[Any] | None = None
-        self._timer: Timer | None = None
+        self._waiters = Waiters()
+        self._root: pykka.ActorRef[Any] | None = None
         self._journal: JournalWithSnapshots | None = None
-        self._sagas_lock = threading.Lock()
+        self._orders = Address("orders")
+        self._inventory = Address("inventory")
+        self._payment = Address("payment")
+        self._sagas = Address("sagas")
 
     # --- lifecycle ---
 
@@ -135,7 +186,7 @@ class OrderSystem:
         self.stop()
 
     def start(self) -> OrderSystem:
-        """Start the actors; on an existing journal, recover and resume unfinished sagas.
+        """Start the supervision tree; on an existing journal, recover and resume sagas.
 
         If recovery fails (a corrupt journal, say) the error is raised and
         nothing is left running.
@@ -143,70 +194,32 @@ class OrderSystem:
         with self._lock:
             if self._running:
                 return self
+            self._failure = None
             try:
-                self._start_actors()
+                self._root = self._start_tree()
+                if self._stock and self._journal.highest_sequence_nr(INVENTORY_ID) == 0:
+                    self._inventory.ask(stock_command(self._stock), timeout=QUERY_TIMEOUT)
                 self._recovery = self._recover_sagas()
             except BaseException:
-                self._shut_down()
+                self._stop_tree()
                 raise
             self._running = True
             logger.info("order system started%s", f" on {self._journal_path}" if self._journal_path else "")
             return self
 
     def stop(self) -> None:
-        """Stop this system's actors (and only them). Orders in flight are left pending."""
+        """Stop this system's actors (and only them), in the reverse of their start order.
+
+        Orders still in flight stay pending (journaled ones resume at the next
+        start); their waiting callers get SystemNotRunning. Call `wait_idle()`
+        first to drain.
+        """
         with self._lock:
             if not self._running:
                 return
             self._running = False
-            self._shut_down()
+            self._stop_tree()
             logger.info("order system stopped")
-
-    def _start_actors(self) -> None:
-        self._journal = self._open_journal()
-        self._timer = Timer("order-system-timer")
-        self._timer.start()
-        self._seed = self._payment_faults.seed
-        inventory_dice = FaultInjector(self._inventory_faults, "inventory")
-        payment_dice = FaultInjector(self._payment_faults, "payment")
-        every = self._snapshot_every
-        self._inventory = InventoryActor.start_recovered(
-            self._journal, inventory_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)
-        self._payment = PaymentActor.start_recovered(
-            self._journal, payment_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)
-        self._orders = OrderService.start_recovered(
-            self._journal,
-            start_saga=self._start_saga,
-            in_flight=self._in_flight,
-            metrics=self._metrics,
-            snapshot_every=every,
-            timeout=RECOVERY_TIMEOUT,
-        )
-        self._participants = {
-            "inventory": SimulatedLink(self._inventory, inventory_dice, self._timer),
-            "payment": SimulatedLink(self._payment, payment_dice, self._timer),
-            "orders": self._orders,
-        }
-        if self._stock and self._journal.highest_sequence_nr(INVENTORY_ID) == 0:
-            self._ask(self._inventory, stock_command(self._stock))
-
-    def _shut_down(self) -> None:
-        """Stop whatever is running: sagas, services, timer, journal - in that order."""
-        with self._sagas_lock:
-            sagas = list(self._sagas.values())
-            self._sagas.clear()
-        for ref in sagas:
-            _stop(ref)
-        for ref in (self._orders, self._inventory, self._payment):
-            if ref is not None:
-                _stop(ref)
-        if self._timer is not None:
-            self._timer.stop()
-        if self._journal is not None:
-            self._journal.close()
-        self._orders = self._inventory = self._payment = None
-        self._timer = None
-        self._journal = None
 
     # --- orders ---
 
@@ -222,7 +235,7 @@ class OrderSystem:
         except ValueError as invalid:
             future.set_exception(exc_info=(type(invalid), invalid, None))
             return OrderFuture(future, _order_id_of(request))
-        self._tell(self._orders, PlaceOrder(order, future))
+        self._call(lambda: self._orders.tell(PlaceOrder(order, future)))
         return OrderFuture(future, order.order_id)
 
     def place_order(self, request: Any, *, timeout: float | None = None) -> bool:
@@ -266,15 +279,80 @@ class OrderSystem:
         """True once no saga is in flight; False if some still are after `timeout`."""
         return self._in_flight.wait_empty(timeout)
 
-    # --- wiring ---
+    # --- the supervision tree ---
+
+    def _start_tree(self) -> pykka.ActorRef[Any]:
+        journal = self._journal = self._open_journal()
+        timer = Timer("order-system-timer")
+        inventory_dice = FaultInjector(self._inventory_faults, "inventory")
+        payment_dice = FaultInjector(self._payment_faults, "payment")
+        self._participants = {
+            "inventory": SimulatedLink(self._inventory, inventory_dice, timer),
+            "payment": SimulatedLink(self._payment, payment_dice, timer),
+            "orders": self._orders,
+        }
+        self._timer = timer
+        self._seed = self._payment_faults.seed
+        every = self._snapshot_every
+        restarted = self._count_restart
+        services = [
+            ChildSpec("inventory", address=self._inventory, start=lambda: InventoryActor.start_recovered(
+                journal, inventory_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)),
+            ChildSpec("payment", address=self._payment, start=lambda: PaymentActor.start_recovered(
+                journal, payment_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)),
+            ChildSpec("orders", address=self._orders, start=lambda: OrderService.start_recovered(
+                journal, start_saga=self._start_saga, in_flight=self._in_flight, waiters=self._waiters,
+                metrics=self._metrics, snapshot_every=every, timeout=RECOVERY_TIMEOUT)),
+        ]
+        root_children = [
+            ChildSpec("journal", lambda: ResourceActor.start("journal", journal.open, journal.close)),
+            ChildSpec("timer", lambda: ResourceActor.start("timer", timer.start, timer.stop)),
+            ChildSpec("services", lambda: start_supervisor(
+                name="services", children=services, strategy=ONE_FOR_ONE,
+                intensity=SERVICES_INTENSITY, backoff=SERVICES_BACKOFF, on_restart=restarted)),
+            ChildSpec("sagas", address=self._sagas, start=lambda: start_supervisor(
+                name="sagas", strategy=ONE_FOR_ONE,
+                intensity=SAGAS_INTENSITY, backoff=SAGAS_BACKOFF, on_restart=restarted)),
+        ]
+        return start_supervisor(
+            name="order-system", children=root_children, strategy=REST_FOR_ONE,
+            intensity=ROOT_INTENSITY, backoff=ROOT_BACKOFF, on_restart=restarted,
+            on_exit=self._root_exited,
+        )
+
+    def _stop_tree(self) -> None:
+        root, self._root = self._root, None
+        if root is not None:
+            try:
+                root.stop(block=True, timeout=RECOVERY_TIMEOUT)
+            except pykka.ActorDeadError:
+                pass
+        if self._journal is not None:
+            self._journal.close()  # in case the tree never got to start it
+        self._waiters.fail_all(SystemNotRunning("the order system stopped before the outcome was known"))
+
+    def _root_exited(self, urn: str, error: BaseException | None) -> None:
+        """The root supervisor exited: by `stop()`, or by escalation (then the system is down)."""
+        if error is None:
+            return
+        logger.critical("order system stopped after repeated failures: %s", error)
+        self._failure = error
+        self._running = False
+        self._waiters.fail_all(SystemNotRunning(f"the order system failed: {error}"))
+
+    def _count_restart(self, child_id: str) -> None:
+        self._metrics.increment("restarts")
 
     def _open_journal(self) -> JournalWithSnapshots:
         if self._journal_path is None:
             return InMemoryJournal()
         return SQLiteJournal(self._journal_path, order_codec())
 
+    # --- sagas ---
+
     def _recover_sagas(self) -> RecoveryReport:
         """Resume every saga the journal shows unfinished; cancel orders whose saga never began."""
+        assert self._journal is not None
         prefix = saga_persistence_id(ORDER_SAGA, "")
         started: set[str] = set()
         unfinished: list[tuple[str, bool]] = []
@@ -285,7 +363,7 @@ class OrderSystem:
             if events and isinstance(events[-1], FINAL_EVENTS):
                 continue
             unfinished.append((saga_id, any(isinstance(e, CommitDecided) for e in events)))
-        never_started = self._ask(self._orders, RecoverOrders(frozenset(started)))
+        never_started = self._orders.ask(RecoverOrders(frozenset(started)), timeout=QUERY_TIMEOUT)
         for saga_id, _ in unfinished:
             self._in_flight.add(saga_id)
             self._spawn_saga(saga_id)
@@ -304,54 +382,60 @@ class OrderSystem:
         self._spawn_saga(order.order_id, OrderSagaData.from_order(order), order.card)
 
     def _spawn_saga(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> None:
-        ref = SagaActor.start(
-            definition=ORDER_SAGA,
-            saga_id=saga_id,
-            journal=self._journal,
-            participants=self._participants,
-            timer=self._timer,
-            policy=self._retry,
-            on_finish=self._saga_finished,
-            metrics=self._metrics,
-            data=data,
-            ephemeral=card,
-            seed=self._seed,
-            log_context={"order_id": saga_id},
-        )
-        with self._sagas_lock:
-            self._sagas[saga_id] = ref
+        """Start a supervised saga actor; its restarts recover from the journal."""
+        address = Address(f"saga:{saga_id}")
+        first = [True]
+
+        def start() -> pykka.ActorRef[Any]:
+            # Only the first incarnation begins the saga (and holds the card);
+            # a restarted one resumes from the journal, as after a crash.
+            begin, first[0] = first[0], False
+            return SagaActor.start(
+                definition=ORDER_SAGA,
+                saga_id=saga_id,
+                journal=self._journal,
+                participants=self._participants,
+                timer=self._timer,
+                policy=self._retry,
+                on_finish=self._saga_finished,
+                metrics=self._metrics,
+                data=data if begin else None,
+                ephemeral=card if begin else None,
+                seed=self._seed,
+                log_context={"order_id": saga_id},
+                address=address,
+            )
+
+        self._sagas.ask(StartChild(ChildSpec(saga_id, start, restart=TRANSIENT, address=address)),
+                        timeout=QUERY_TIMEOUT)
 
     def _saga_finished(self, finished: SagaFinished) -> None:
         """Called by a saga actor, in its thread, once its end is journaled."""
-        with self._sagas_lock:
-            self._sagas.pop(finished.saga_id, None)
         try:
             self._orders.tell(finished)
         except pykka.ActorDeadError:
-            logger.debug("[%s] finished after the order service stopped", finished.saga_id)
+            logger.warning("[%s] finished while the order service was down; it resumes at the next start",
+                           finished.saga_id)
 
-    def _tell(self, ref: pykka.ActorRef[Any] | None, message: Any) -> None:
-        if not self._running or ref is None:
-            raise SystemNotRunning("the order system is not running; call start()")
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            raise SystemNotRunning("the order system is stopping") from None
+    # --- calling actors that may be restarting ---
 
-    def _ask(self, ref: pykka.ActorRef[Any] | None, message: Any) -> Any:
-        if ref is None:
-            raise SystemNotRunning("the order system is not running; call start()")
-        try:
-            return ref.ask(message, timeout=QUERY_TIMEOUT)
-        except pykka.ActorDeadError:
-            raise SystemNotRunning("the order system is not running; call start()") from None
+    def _call(self, send: Callable[[], Any]) -> Any:
+        """Run `send`; while the target restarts (ActorDeadError) try again, until QUERY_TIMEOUT."""
+        deadline = time.monotonic() + QUERY_TIMEOUT
+        while True:
+            if not self._running:
+                reason = f"the order system failed: {self._failure}" if self._failure else \
+                    "the order system is not running; call start()"
+                raise SystemNotRunning(reason)
+            try:
+                return send()
+            except pykka.ActorDeadError:
+                if time.monotonic() > deadline:
+                    raise SystemNotRunning("the order system is not answering") from None
+                time.sleep(0.002)  # the caller's thread, never an actor's
 
-
-def _stop(ref: pykka.ActorRef[Any]) -> None:
-    try:
-        ref.stop(block=True, timeout=QUERY_TIMEOUT)
-    except pykka.ActorDeadError:
-        pass
+    def _ask(self, address: Address, message: Any) -> Any:
+        return self._call(lambda: address.ask(message, timeout=QUERY_TIMEOUT))
 
 
 def _order_id_of(request: Any) -> str | None:
@@ -364,8 +448,12 @@ def _check_arguments(
     inventory_faults: FaultPlan | None,
     payment_faults: FaultPlan | None,
     retry: RetryPolicy | None,
+    snapshot_every: int | None,
 ) -> None:
     problems = []
+    if snapshot_every is not None and (isinstance(snapshot_every, bool)
+                                       or not isinstance(snapshot_every, int) or snapshot_every < 1):
+        problems.append(f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
     if stock is not None:
         if not isinstance(stock, Mapping):
             problems.append(f"stock must be a mapping of product id to quantity, got {type(stock).__name__}")

@@ -7,6 +7,7 @@ journal on start, and persists events before applying them.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
@@ -15,17 +16,18 @@ import pykka
 
 from persistence.journal import JournalWithSnapshots
 
-__all__ = ["AwaitRecovery", "EventSourcedActor"]
+__all__ = ["EventSourcedActor"]
 
 logger = logging.getLogger(__name__)
 
 S = TypeVar("S")
 
 
-class AwaitRecovery:
-    """Asked first by `start_recovered`: answered once the state is rebuilt."""
-
-    __slots__ = ()
+# Set around `cls.start()` by `start_recovered`; read by `__init__`, which
+# pykka runs in the starting thread.
+_recovery_waiter: contextvars.ContextVar[pykka.ThreadingFuture[None] | None] = contextvars.ContextVar(
+    "recovery_waiter", default=None
+)
 
 
 class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
@@ -48,6 +50,8 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.snapshot_every = snapshot_every
         self.state: S = self.initial_state()
         self.sequence_nr = 0
+        self.exit_reason: BaseException | None = None
+        self._recovery_waiter = _recovery_waiter.get()
 
     def initial_state(self) -> S:
         raise NotImplementedError
@@ -61,33 +65,40 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         return True
 
     def on_start(self) -> None:
-        self.recovery_error: Exception | None = None
         try:
             self.recover()
-        except Exception as error:
-            # Kept, not raised: pykka would only log it. The first message
-            # (see `start_recovered`) hands it to whoever started the actor.
+            self.on_recovered()
+        except BaseException as error:
+            # pykka would only log it: hand it to whoever waits in start_recovered.
             logger.error("%s: recovery failed: %s", self.persistence_id, error)
-            self.recovery_error = error
+            self.exit_reason = error
+            if self._recovery_waiter is not None:
+                self._recovery_waiter.set_exception(exc_info=(type(error), error, error.__traceback__))
+            raise
+        if self._recovery_waiter is not None:
+            self._recovery_waiter.set(None)
+
+    def on_recovered(self) -> None:
+        """Called once the state is rebuilt, before the first message (override to act)."""
 
     def on_receive(self, message: Any) -> Any:
-        if self.recovery_error is not None:
-            self.stop()
-            raise self.recovery_error
-        if isinstance(message, AwaitRecovery):
-            return None
         return self.handle(message)
 
     def handle(self, message: Any) -> Any:
-        """Handle a message once the state is recovered (subclasses override)."""
+        """Handle one message (subclasses override)."""
         logger.warning("%s: unexpected message %s", self.persistence_id, type(message).__name__)
         return None
 
     @classmethod
     def start_recovered(cls, *args: Any, timeout: float | None = None, **kwargs: Any) -> pykka.ActorRef[Any]:
-        """Start the actor and wait until it has recovered; raise if recovery failed."""
-        ref = cls.start(*args, **kwargs)
-        ref.ask(AwaitRecovery(), timeout=timeout)
+        """Start the actor and wait until it has recovered; raise what recovery raised."""
+        waiter: pykka.ThreadingFuture[None] = pykka.ThreadingFuture()
+        token = _recovery_waiter.set(waiter)
+        try:
+            ref = cls.start(*args, **kwargs)
+        finally:
+            _recovery_waiter.reset(token)
+        waiter.get(timeout=timeout)
         return ref
 
     def recover(self) -> None:

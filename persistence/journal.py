@@ -98,8 +98,12 @@ class Journal(Protocol):
         """Delete the events up to and including `to_sequence_nr`."""
         ...
 
+    def open(self) -> None:
+        """(Re)acquire resources after `close()`; a new journal is already open."""
+        ...
+
     def close(self) -> None:
-        """Release resources; the journal must not be used afterwards."""
+        """Release resources; the journal must not be used until opened again."""
         ...
 
 
@@ -190,6 +194,9 @@ class InMemoryJournal:
         best = max(candidates, key=lambda s: s.sequence_nr)
         return SelectedSnapshot(best.persistence_id, best.sequence_nr,
                                 copy.deepcopy(best.snapshot), best.timestamp)
+
+    def open(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -96,17 +96,25 @@ class SQLiteJournal:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
         self.path = os.fspath(path)
         self.codec = codec
+        self._synchronous = synchronous.upper()
         self._max_batch = max_batch if group_commit else 1
-        _create_private_file(self.path)
-        self._writer = self._connect(synchronous.upper())
-        self._writer.executescript(SCHEMA)
-        self._reader = self._connect(synchronous.upper())
         self._reader_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._closed = False
+        self._closed = True
         self.transactions = 0  # for measurements: operations / transactions = batch size
         self.operations = 0
+        self.open()
+
+    def open(self) -> None:
+        """Open the file (creating it, private to its owner) and start the writer; idempotent."""
+        if not self._closed:
+            return
+        _create_private_file(self.path)
+        self._writer = self._connect(self._synchronous)
+        self._writer.executescript(SCHEMA)
+        self._reader = self._connect(self._synchronous)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._closed = False
         self._thread.start()
 
     # --- journal ---

@@ -38,6 +38,7 @@ from sagas.engine import (
 from sagas.metrics import Metrics
 from sagas.policy import RetryPolicy
 from sagas.protocol import Correlation, Reply, Request
+from supervision.monitor import Monitored
 from supervision.timer import Recipient, Timer, TimerHandle
 
 __all__ = ["SagaActor", "SagaFinished", "saga_persistence_id"]
@@ -67,7 +68,7 @@ class _SagaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{self.extra['saga_id']}] {msg}", kwargs
 
 
-class SagaActor(EventSourcedActor[SagaState]):
+class SagaActor(Monitored, EventSourcedActor[SagaState]):
     """Runs one saga of `definition`, identified by `saga_id`.
 
     Started with `data`, it begins the saga; started without, it recovers
@@ -91,6 +92,7 @@ class SagaActor(EventSourcedActor[SagaState]):
         ephemeral: Any = None,
         seed: int | str | None = None,
         log_context: Mapping[str, Any] | None = None,
+        address: Recipient | None = None,
     ) -> None:
         self.definition = definition
         super().__init__(journal, saga_persistence_id(definition, saga_id))
@@ -106,6 +108,9 @@ class SagaActor(EventSourcedActor[SagaState]):
         self._timeouts: dict[tuple[str, str], TimerHandle] = {}
         self._finished = False
         self.log = _SagaLog(logger, {"saga_id": saga_id, **(log_context or {})})
+        # Where replies and timers reach this saga: its stable address when
+        # supervised, so a restarted incarnation gets them.
+        self.address: Recipient = address if address is not None else self.actor_ref
 
     # --- event sourcing ---
 
@@ -120,18 +125,17 @@ class SagaActor(EventSourcedActor[SagaState]):
 
     # --- lifecycle ---
 
-    def on_start(self) -> None:
+    def recover(self) -> None:
+        if self._start_data is None:
+            super().recover()
+        # A new saga's journal is empty (the first append's optimistic
+        # concurrency check would refuse it otherwise): no read needed.
+
+    def on_recovered(self) -> None:
         if self._start_data is not None:
-            # A new saga: its journal is empty (the append's optimistic
-            # concurrency check would refuse it otherwise), so skip the read.
-            self.recovery_error = None
             self._handle(Start(self.saga_id, self._start_data))
-            return
-        super().on_start()
-        if self.recovery_error is not None:
-            return
-        if self.state.phase == "new":
-            self.log.warning("nothing journaled and no data to start with")
+        elif self.state.phase == "new":
+            self.log.warning("nothing journaled: the saga never began")
             self._finish()
         elif self.state.phase == "done":
             self._finish()
@@ -178,7 +182,7 @@ class SagaActor(EventSourcedActor[SagaState]):
                 self._metrics.increment("retries")
                 self.log.debug("%s %s failed (%s); attempt %d in %.3fs",
                                kind, step, reason, attempt, delay)
-                self._timer.schedule(delay, self.actor_ref, RetryDue(kind, step, attempt))
+                self._timer.schedule(delay, self.address, RetryDue(kind, step, attempt))
             case TaskRejected(step=step, reason=reason):
                 self.log.info("%s rejected: %s", step, reason)
             case AbortDecided(reason=reason, failed_step=failed, compensate=compensate):
@@ -200,10 +204,10 @@ class SagaActor(EventSourcedActor[SagaState]):
         correlation = Correlation(self.saga_id, kind, step_name, attempt)
         self._cancel_timeout(kind, step_name)
         self._timeouts[(kind, step_name)] = self._timer.schedule(
-            self._policy.attempt_timeout, self.actor_ref, AttemptTimedOut(kind, step_name, attempt)
+            self._policy.attempt_timeout, self.address, AttemptTimedOut(kind, step_name, attempt)
         )
         try:
-            self._participants[step.participant].tell(Request(command, self.actor_ref, correlation))
+            self._participants[step.participant].tell(Request(command, self.address, correlation))
         except pykka.ActorDeadError:
             # The participant is down right now: a transient failure like any other.
             self.actor_ref.tell(Replied(kind, step_name, attempt, False, "unreachable", True))

@@ -16,13 +16,15 @@ from typing import Any, TypeVar
 
 import pykka
 
+from supervision.address import Address
+
 __all__ = ["ExitHook", "Kill", "Killed", "Monitored", "kill", "start_monitored"]
 
 ExitHook = Callable[[str, "BaseException | None"], None]
 """Called with (actor_urn, error or None) when a monitored actor exits."""
 
-_current_hook: contextvars.ContextVar[ExitHook | None] = contextvars.ContextVar(
-    "supervision_exit_hook", default=None
+_current: contextvars.ContextVar[tuple[ExitHook, Address | None] | None] = contextvars.ContextVar(
+    "supervision_monitor", default=None
 )
 
 R = TypeVar("R")
@@ -50,8 +52,13 @@ class Monitored:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._exit_hook = _current_hook.get()
+        current = _current.get()
+        self._exit_hook, address = current if current is not None else (None, None)
         self._exit_reported = False
+        if address is not None:
+            # Bound before the actor's thread runs, so a reply to a message it
+            # sends from on_start already finds it.
+            address.bind(self.actor_ref)  # type: ignore[attr-defined]
 
     def on_start(self) -> None:
         try:
@@ -85,13 +92,16 @@ class Monitored:
             self._exit_hook(self.actor_urn, error)  # type: ignore[attr-defined]
 
 
-def start_monitored(start: Callable[[], R], hook: ExitHook) -> R:
-    """Run `start()` (which starts one `Monitored` actor) with `hook` as its exit hook."""
-    token = _current_hook.set(hook)
+def start_monitored(start: Callable[[], R], hook: ExitHook, address: Address | None = None) -> R:
+    """Run `start()` (which starts one `Monitored` actor) with `hook` as its exit hook.
+
+    If `address` is given, the new actor binds it to itself as it is created.
+    """
+    token = _current.set((hook, address))
     try:
         return start()
     finally:
-        _current_hook.reset(token)
+        _current.reset(token)
 
 
 def kill(target: Any, reason: str = "killed") -> None:

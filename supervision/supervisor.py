@@ -189,7 +189,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 pass  # the supervisor is gone; nothing to restart
 
-        ref = start_monitored(child.spec.start, hook)
+        ref = start_monitored(child.spec.start, hook, child.address)
         child.ref, child.urn, child.started_at = ref, ref.actor_urn, time.monotonic()
         child.address.bind(ref)
 
