@@ -252,6 +252,10 @@ class InFlight:
         with self._condition:
             return len(self._ids)
 
+    def ids(self) -> list[str]:
+        with self._condition:
+            return sorted(self._ids)
+
     def wait_empty(self, timeout: float | None) -> bool:
         with self._condition:
             return self._condition.wait_for(lambda: not self._ids, timeout)
@@ -350,6 +354,8 @@ class OrderService(ParticipantActor[OrdersState]):
         return unstarted
 
     def _finished(self, finished: SagaFinished) -> None:
+        if finished.saga_id not in self._in_flight:
+            return  # told twice (a saga resumed after it had finished): already answered
         record = self.state.orders.get(finished.saga_id)
         if record is None:
             logger.error("[%s] saga finished for an unknown order", finished.saga_id)

@@ -62,6 +62,7 @@ from supervision import (
     Backoff,
     ChildSpec,
     Intensity,
+    AddChild,
     ResourceActor,
     StartChild,
     start_supervisor,
@@ -79,17 +80,18 @@ DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived acto
 # Supervision defaults, and why:
 # - services: the simulated services crash on purpose (FaultPlan.crash_rate)
 #   and restart in milliseconds from a snapshot, so a busy, flaky service may
-#   restart tens of times a second; the backoff stays short (2-20 ms) because
-#   every caller is waiting. A child that cannot start at all retries every
-#   ~20 ms and so passes 200 restarts in 5 s: that escalates.
+#   restart a hundred times a second and still make progress; the backoff
+#   stays short (1-4 ms) because every caller is waiting. A child that cannot
+#   start at all retries every ~4 ms and so passes 1000 restarts within 5 s:
+#   that is a crash loop, and it escalates.
 # - sagas: one transient child per order in flight; a crash is a bug, a
 #   restart is cheap (resume from the journal). 1000 in 10 s with backoff of
 #   at most 5 ms tolerates a burst, and a saga that always crashes escalates.
 # - root: a subtree that escalated is restarted from the journal twice at
 #   most in 30 s; the third time the system stops with the error instead of
 #   looping.
-SERVICES_INTENSITY = Intensity(max_restarts=200, within_seconds=5.0)
-SERVICES_BACKOFF = Backoff(min_backoff=0.002, max_backoff=0.02, random_factor=0.2, reset_after=1.0)
+SERVICES_INTENSITY = Intensity(max_restarts=1000, within_seconds=5.0)
+SERVICES_BACKOFF = Backoff(min_backoff=0.001, max_backoff=0.004, random_factor=0.1, reset_after=1.0)
 SAGAS_INTENSITY = Intensity(max_restarts=1000, within_seconds=10.0)
 SAGAS_BACKOFF = Backoff(min_backoff=0.001, max_backoff=0.005, random_factor=0.2, reset_after=1.0)
 ROOT_INTENSITY = Intensity(max_restarts=2, within_seconds=30.0)
@@ -310,9 +312,7 @@ class OrderSystem:
             ChildSpec("services", lambda: start_supervisor(
                 name="services", children=services, strategy=ONE_FOR_ONE,
                 intensity=SERVICES_INTENSITY, backoff=SERVICES_BACKOFF, on_restart=restarted)),
-            ChildSpec("sagas", address=self._sagas, start=lambda: start_supervisor(
-                name="sagas", strategy=ONE_FOR_ONE,
-                intensity=SAGAS_INTENSITY, backoff=SAGAS_BACKOFF, on_restart=restarted)),
+            ChildSpec("sagas", address=self._sagas, start=self._start_sagas_supervisor),
         ]
         return start_supervisor(
             name="order-system", children=root_children, strategy=REST_FOR_ONE,
@@ -377,18 +377,41 @@ class OrderSystem:
             logger.info("recovery: %s", report)
         return report
 
+    def _start_sagas_supervisor(self) -> pykka.ActorRef[Any]:
+        ref = start_supervisor(name="sagas", strategy=ONE_FOR_ONE, intensity=SAGAS_INTENSITY,
+                               backoff=SAGAS_BACKOFF, on_restart=self._count_restart)
+        # When this subtree is restarted, its sagas were stopped with it:
+        # resume every one still in flight from its journal.
+        for saga_id in self._in_flight.ids():
+            try:
+                ref.ask(StartChild(self._saga_spec(saga_id)), timeout=QUERY_TIMEOUT)
+            except ValueError:
+                pass  # started meanwhile by the order service
+        return ref
+
     def _start_saga(self, order: OrderRequest) -> None:
         """Called by the order service, in its thread, for each new order."""
         self._spawn_saga(order.order_id, OrderSagaData.from_order(order), order.card)
 
     def _spawn_saga(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> None:
-        """Start a supervised saga actor; its restarts recover from the journal."""
+        """Have the sagas supervisor start a saga actor (no waiting: the caller is the order service)."""
+        spec = self._saga_spec(saga_id, data, card)
+        deadline = time.monotonic() + QUERY_TIMEOUT
+        while True:
+            try:
+                self._sagas.tell(AddChild(spec))
+                return
+            except pykka.ActorDeadError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)  # the sagas supervisor is restarting
+
+    def _saga_spec(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> ChildSpec:
+        """A transient child; only its first incarnation begins the saga (and holds the card)."""
         address = Address(f"saga:{saga_id}")
-        first = [True]
+        first = [data is not None]
 
         def start() -> pykka.ActorRef[Any]:
-            # Only the first incarnation begins the saga (and holds the card);
-            # a restarted one resumes from the journal, as after a crash.
             begin, first[0] = first[0], False
             return SagaActor.start(
                 definition=ORDER_SAGA,
@@ -406,8 +429,7 @@ class OrderSystem:
                 address=address,
             )
 
-        self._sagas.ask(StartChild(ChildSpec(saga_id, start, restart=TRANSIENT, address=address)),
-                        timeout=QUERY_TIMEOUT)
+        return ChildSpec(saga_id, start, restart=TRANSIENT, address=address)
 
     def _saga_finished(self, finished: SagaFinished) -> None:
         """Called by a saga actor, in its thread, once its end is journaled."""

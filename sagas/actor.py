@@ -105,7 +105,7 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         self._start_data = data
         self._ephemeral = ephemeral
         self._random = random.Random(f"{seed}:{saga_id}")
-        self._timeouts: dict[tuple[str, str], TimerHandle] = {}
+        self._timeouts: dict[tuple[str, str], tuple[int, TimerHandle]] = {}
         self._finished = False
         self.log = _SagaLog(logger, {"saga_id": saga_id, **(log_context or {})})
         # Where replies and timers reach this saga: its stable address when
@@ -147,13 +147,14 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
 
     def on_stop(self) -> None:
         self._cancel_timeouts()
+        super().on_stop()
 
     def handle(self, message: Any) -> Any:
         if isinstance(message, Reply):
             corr = message.correlation
             if corr is None or corr.saga_id != self.saga_id:
                 return None
-            self._cancel_timeout(corr.kind, corr.step)
+            self._cancel_timeout(corr.kind, corr.step, corr.attempt)
             self._handle(Replied(corr.kind, corr.step, corr.attempt, message.ok,
                                  message.reason, message.transient))
         elif isinstance(message, (AttemptTimedOut, RetryDue, Replied)):
@@ -203,22 +204,25 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         command = command_for(step, kind, context)
         correlation = Correlation(self.saga_id, kind, step_name, attempt)
         self._cancel_timeout(kind, step_name)
-        self._timeouts[(kind, step_name)] = self._timer.schedule(
+        self._timeouts[(kind, step_name)] = (attempt, self._timer.schedule(
             self._policy.attempt_timeout, self.address, AttemptTimedOut(kind, step_name, attempt)
-        )
+        ))
         try:
             self._participants[step.participant].tell(Request(command, self.address, correlation))
         except pykka.ActorDeadError:
             # The participant is down right now: a transient failure like any other.
             self.actor_ref.tell(Replied(kind, step_name, attempt, False, "unreachable", True))
 
-    def _cancel_timeout(self, kind: str, step: str) -> None:
-        handle = self._timeouts.pop((kind, step), None)
-        if handle is not None:
-            handle.cancel()
+    def _cancel_timeout(self, kind: str, step: str, attempt: int | None = None) -> None:
+        """Cancel the pending timeout of (kind, step) - only of `attempt`, if given:
+        a late reply to an earlier attempt must not disarm the current one."""
+        pending = self._timeouts.get((kind, step))
+        if pending is not None and (attempt is None or pending[0] == attempt):
+            del self._timeouts[(kind, step)]
+            pending[1].cancel()
 
     def _cancel_timeouts(self) -> None:
-        for handle in self._timeouts.values():
+        for _, handle in self._timeouts.values():
             handle.cancel()
         self._timeouts.clear()
 

@@ -21,7 +21,7 @@ from supervision.spec import (
     ChildSpec,
     Intensity,
 )
-from supervision.supervisor import Escalated, StartChild, Supervisor, WhichChildren, start_supervisor
+from supervision.supervisor import AddChild, Escalated, StartChild, Supervisor, WhichChildren, start_supervisor
 from supervision.timer import Timer
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "REST_FOR_ONE",
     "TEMPORARY",
     "TRANSIENT",
+    "AddChild",
     "Address",
     "Backoff",
     "ChildSpec",

@@ -34,7 +34,7 @@ from supervision.spec import (
 )
 from supervision.timer import Timer, TimerHandle
 
-__all__ = ["Escalated", "StartChild", "Supervisor", "WhichChildren", "start_supervisor"]
+__all__ = ["AddChild", "Escalated", "StartChild", "Supervisor", "WhichChildren", "start_supervisor"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,14 @@ class Escalated(Exception):
 @dataclass(frozen=True, slots=True)
 class StartChild:
     """Ask: add a child and start it; answers its Address (raises if it cannot start)."""
+
+    spec: ChildSpec
+
+
+@dataclass(frozen=True, slots=True)
+class AddChild:
+    """Tell: add a child and start it without waiting; if it cannot start,
+    it is restarted with backoff like a child that crashed."""
 
     spec: ChildSpec
 
@@ -153,6 +161,8 @@ class Supervisor(Monitored, pykka.ThreadingActor):
                 self._restart(child_ids)
             case StartChild(spec=spec):
                 return self._add_and_start(spec)
+            case AddChild(spec=spec):
+                self._add(spec)
             case WhichChildren():
                 return [(c.spec.id, c.ref is not None and c.ref.is_alive(), c.restarts)
                         for c in self._children]
@@ -178,6 +188,18 @@ class Supervisor(Monitored, pykka.ThreadingActor):
         self._start(child)  # raises if it cannot start: nothing was added
         self._children.append(child)
         return child.address
+
+    def _add(self, spec: ChildSpec) -> None:
+        if any(c.spec.id == spec.id for c in self._children):
+            logger.warning("%s: a child %r exists already; not added again", self.name, spec.id)
+            return
+        child = _Child(spec, spec.address or Address(spec.id))
+        self._children.append(child)
+        try:
+            self._start(child)
+        except Exception as error:  # noqa: BLE001 - restarted like a crash
+            logger.warning("%s: starting %s failed: %r", self.name, spec.id, error)
+            self._failed(child, error)
 
     def _start(self, child: _Child) -> None:
         child_id = child.spec.id
