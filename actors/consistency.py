@@ -25,29 +25,33 @@ class Check:
 
 
 def check_consistency(
-    initial_stock: Mapping[int, int],
+    initial_stock: Mapping[int, int] | None,
     orders: Mapping[str, OrderView],
     inventory: Mapping[int, StockView],
     payments: Mapping[str, PaymentView],
 ) -> list[Check]:
     """Check a quiescent system: every saga has finished.
 
-    `initial_stock` is the on-hand stock before the first order.
+    `initial_stock` is the on-hand stock before the first order; None takes
+    every unit the inventory ever received (its journal's own record).
     """
     confirmed = {o: v for o, v in orders.items() if v.state == "confirmed"}
     sold: dict[int, int] = {}
     for view in confirmed.values():
         for item in view.items:
             sold[item.product_id] = sold.get(item.product_id, 0) + item.quantity
+    if initial_stock is None:
+        initial_stock = {p: v.received for p, v in inventory.items()}
 
     pending = sorted(o for o, v in orders.items() if v.state == "pending")
     reserved = {p: v.reserved for p, v in inventory.items() if v.reserved}
     authorized = sorted(o for o, p in payments.items() if p.state == "authorized")
-    unconserved = {
-        p: (inventory[p].on_hand if p in inventory else None, initial_stock.get(p, 0) - sold.get(p, 0))
-        for p in set(initial_stock) | set(sold) | set(inventory)
-        if (inventory[p].on_hand if p in inventory else 0) != initial_stock.get(p, 0) - sold.get(p, 0)
-    }
+    unconserved = {}
+    for product in sorted(set(initial_stock) | set(sold) | set(inventory)):
+        expected = initial_stock.get(product, 0) - sold.get(product, 0)
+        on_hand = inventory[product].on_hand if product in inventory else 0
+        if on_hand != expected:
+            unconserved[product] = (on_hand, expected)
     wrong_capture = sorted(
         o for o, v in confirmed.items()
         if o not in payments or payments[o].state != "captured" or payments[o].amount != v.amount

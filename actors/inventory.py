@@ -118,6 +118,7 @@ class Reservation:
 class InventoryState:
     on_hand: dict[int, int] = field(default_factory=dict)
     reserved: dict[int, int] = field(default_factory=dict)
+    received: dict[int, int] = field(default_factory=dict)  # every unit ever stocked
     reservations: dict[str, Reservation] = field(default_factory=dict)
 
     def available(self, product_id: int) -> int:
@@ -128,6 +129,7 @@ class InventoryState:
 class StockView:
     on_hand: int
     reserved: int
+    received: int = 0  # units ever stocked: on_hand = received - units sold
 
     @property
     def available(self) -> int:
@@ -186,6 +188,7 @@ def evolve(state: InventoryState, event: Any) -> InventoryState:
         case ProductsStocked(stock=stock):
             for product_id, quantity in stock:
                 state.on_hand[product_id] = state.on_hand.get(product_id, 0) + quantity
+                state.received[product_id] = state.received.get(product_id, 0) + quantity
                 state.reserved.setdefault(product_id, 0)
         case StockReserved(order_id=order_id, items=items):
             for item in items:
@@ -213,7 +216,9 @@ def evolve(state: InventoryState, event: Any) -> InventoryState:
 
 
 def views(state: InventoryState) -> dict[int, StockView]:
-    return {p: StockView(state.on_hand[p], state.reserved[p]) for p in sorted(state.on_hand)}
+    return {
+        p: StockView(state.on_hand[p], state.reserved[p], state.received[p]) for p in sorted(state.on_hand)
+    }
 
 
 def _status(state: InventoryState, order_id: str) -> str | None:

@@ -264,14 +264,9 @@ class OrderSystem:
     def check_consistency(self, initial_stock: Mapping[int, int] | None = None) -> list[Check]:
         """Run the consistency checks (meaningful once `wait_idle()` is true).
 
-        `initial_stock` defaults to the `stock` this system was created with.
+        `initial_stock` defaults to every unit the inventory ever received.
         """
-        return check_consistency(
-            self._stock if initial_stock is None else initial_stock,
-            self.orders(),
-            self.inventory(),
-            self.payments(),
-        )
+        return check_consistency(initial_stock, self.orders(), self.inventory(), self.payments())
 
     def recovery(self) -> RecoveryReport:
         """What the last `start()` found in the journal."""

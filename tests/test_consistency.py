@@ -1,0 +1,64 @@
+"""The consistency checker itself: each check really fails on a broken state."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from actors.consistency import check_consistency
+from actors.inventory import StockView
+from actors.orders import OrderView
+from actors.payment import PaymentView
+from actors.validation import OrderItem
+
+STOCK = {1: 10, 2: 5}
+
+
+def good():
+    orders = {
+        "a": OrderView("a", "confirmed", None, Decimal("9.00"), (OrderItem(1, 3),)),
+        "b": OrderView("b", "cancelled", "card_declined", Decimal("4.00"), (OrderItem(2, 1),)),
+        "c": OrderView("c", "cancelled", "insufficient_stock", Decimal("1.00"), (OrderItem(2, 9),)),
+    }
+    inventory = {1: StockView(7, 0, 10), 2: StockView(5, 0, 5)}
+    payments = {"a": PaymentView("captured", Decimal("9.00")), "c": PaymentView("voided", Decimal("1.00"))}
+    return orders, inventory, payments
+
+
+def failing(orders, inventory, payments, initial=STOCK):
+    return {c.name for c in check_consistency(initial, orders, inventory, payments) if not c.ok}
+
+
+def test_a_consistent_state_passes_every_check():
+    assert failing(*good()) == set()
+    assert failing(*good(), initial=None) == set()  # initial stock from what was received
+    assert len(check_consistency(STOCK, *good())) == 6
+
+
+@pytest.mark.parametrize(("break_it", "check"), [
+    (lambda o, i, p: o.update(a=OrderView("a", "pending", None, Decimal("9.00"), (OrderItem(1, 3),))),
+     "no order pending"),
+    (lambda o, i, p: i.update({2: StockView(5, 2, 5)}), "nothing reserved"),
+    (lambda o, i, p: p.update(c=PaymentView("authorized", Decimal("1.00"))), "no payment left authorized"),
+    (lambda o, i, p: i.update({1: StockView(8, 0, 10)}), "stock conserved"),
+    (lambda o, i, p: p.update(a=PaymentView("captured", Decimal("8.99"))),
+     "every confirmed order captured exactly its amount"),
+    (lambda o, i, p: p.update(a=PaymentView("voided", Decimal("9.00"))),
+     "every confirmed order captured exactly its amount"),
+    (lambda o, i, p: p.pop("a"), "every confirmed order captured exactly its amount"),
+    (lambda o, i, p: p.update(b=PaymentView("captured", Decimal("4.00"))),
+     "every confirmed order captured exactly its amount"),
+    (lambda o, i, p: i.update({2: StockView(-1, 0, 5)}), "no product oversold"),
+])
+def test_each_check_fails_on_its_broken_state(break_it, check):
+    orders, inventory, payments = good()
+    break_it(orders, inventory, payments)
+    assert check in failing(orders, inventory, payments)
+
+
+def test_failures_name_what_is_wrong():
+    orders, inventory, payments = good()
+    inventory[1] = StockView(8, 0, 10)
+    (stock,) = [c for c in check_consistency(STOCK, orders, inventory, payments) if not c.ok]
+    assert stock.detail == "1: on hand 8, expected 7"

@@ -1,0 +1,105 @@
+"""demo.py runs in the suite with small numbers, and its checks can fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import demo
+from actors import OrderSystem
+from actors.consistency import Check
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--orders", "80", "--concurrency", "8", "--products", "4", "--latency", "0,0.003"]
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "demo.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_json_summary_with_every_check_passing():
+    result = run_demo(*SMALL, "--json", "--crash-rate", "0.05")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    orders = summary["orders"]
+    assert orders["submitted"] == 80 and orders["pending"] == 0
+    assert orders["confirmed"] + orders["cancelled"] == orders["distinct"]
+    assert orders["duplicates_answered_from_first_outcome"] == 80 - orders["distinct"]
+    assert {c["name"] for c in summary["checks"]} >= {
+        "no order pending", "nothing reserved", "no payment left authorized", "stock conserved",
+        "every confirmed order captured exactly its amount", "no product oversold"}
+    assert all(c["ok"] for c in summary["checks"]) and summary["ok"]
+    assert set(summary["performance"]["latency_ms"]) == {"p50", "p95", "p99"}
+    assert summary["activity"]["restarts"] > 0  # crashes really happened
+
+
+def test_human_summary_and_plain_progress_lines_when_not_a_terminal():
+    result = run_demo(*SMALL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "\r" not in out
+    assert "80/80 orders" in out
+    for section in ("== Orders ==", "== Performance ==", "== Stock ==", "== Payments ==",
+                    "== Consistency checks ==", "[PASS] stock conserved", "all checks passed"):
+        assert section in out
+
+
+def test_kill_and_recover():
+    result = run_demo(*SMALL, "--orders", "150", "--kill-and-recover", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    recovery = summary["recovery"]
+    assert recovery["reported_before_kill"] >= 1
+    assert recovery["rolled_forward"] + recovery["rolled_back"] == recovery["sagas_resumed"]
+    names = {c["name"]: c["ok"] for c in summary["checks"]}
+    assert names["outcomes reported before the kill unchanged"] is True
+    assert all(names.values())
+    assert "killed the child (SIGKILL)" in result.stderr
+
+
+def test_a_kept_journal_continues_from_its_state(tmp_path):
+    journal = str(tmp_path / "kept.db")
+    first = json.loads(run_demo(*SMALL, "--journal", journal, "--json").stdout)
+    second = json.loads(run_demo(*SMALL, "--journal", journal, "--json").stdout)
+    assert second["orders"]["in_journal"] == first["orders"]["in_journal"] + second["orders"]["distinct"]
+    assert second["ok"]
+    for product, stock in second["stock"].items():
+        assert stock["before_on_hand"] == first["stock"][product]["on_hand"]
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--orders", "0"], "must be at least 1"),
+    (["--orders", "many"], "expected a whole number"),
+    (["--failure-rate", "1.5"], "between 0 and 1"),
+    (["--latency", "0.5"], "expected MIN,MAX"),
+    (["--latency", "0.5,0.1"], "MIN <= MAX"),
+    (["--failure-rate", "0.6", "--crash-rate", "0.6"], "must not exceed 1"),
+])
+def test_bad_options_exit_2_with_a_clear_message(option, message):
+    result = run_demo(*option)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_same_seed_same_workload():
+    args = demo.parse_args(["--seed", "3", "--orders", "50"])
+    assert demo.make_workload(args, 1) == demo.make_workload(args, 1)
+    other = demo.parse_args(["--seed", "4", "--orders", "50"])
+    assert demo.make_workload(args, 1) != demo.make_workload(other, 1)
+
+
+def test_exit_status_is_1_when_a_check_fails(monkeypatch, capsys):
+    original = OrderSystem.check_consistency
+
+    def broken(self, initial_stock=None):
+        return [*original(self, initial_stock), Check("stock conserved", False, "101: on hand 3, expected 2")]
+
+    monkeypatch.setattr(OrderSystem, "check_consistency", broken)
+    assert demo.main([*SMALL, "--orders", "20"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] stock conserved" in out and "SOME CHECKS FAILED" in out
