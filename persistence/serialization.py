@@ -20,6 +20,8 @@ __all__ = ["EventCodec", "SerializationError"]
 
 Upcaster = Callable[[int, dict[str, Any]], dict[str, Any]]
 
+_dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
 
 class SerializationError(Exception):
     """A value cannot be written, or stored data cannot be read back."""
@@ -31,6 +33,7 @@ class _Registration:
     name: str
     version: int
     upcast: Upcaster | None
+    fields: tuple[str, ...]
 
 
 class EventCodec:
@@ -55,7 +58,8 @@ class EventCodec:
         """
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"{cls!r} is not a dataclass")
-        registration = _Registration(cls, name or cls.__name__, version, upcast)
+        fields = tuple(f.name for f in dataclasses.fields(cls))
+        registration = _Registration(cls, name or cls.__name__, version, upcast, fields)
         existing = self._by_name.get(registration.name)
         if existing is not None and existing.cls is not cls:
             raise ValueError(f"type name {registration.name!r} is taken by {existing.cls!r}")
@@ -72,8 +76,9 @@ class EventCodec:
     def encode(self, value: Any) -> tuple[str, int, str]:
         """(type name, version, JSON of the fields) of a registered dataclass."""
         registration = self._registration_of(value)
-        fields = {f.name: self._to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return registration.name, registration.version, json.dumps(fields, separators=(",", ":"))
+        to_json = self._to_json
+        fields = {name: to_json(getattr(value, name)) for name in registration.fields}
+        return registration.name, registration.version, _dumps(fields)
 
     def decode(self, type_name: str, version: int, data: str) -> Any:
         registration = self._by_name.get(type_name)
@@ -112,7 +117,7 @@ class EventCodec:
         if isinstance(value, dict):
             return {"$dict": [[self._to_json(k), self._to_json(v)] for k, v in value.items()]}
         registration = self._registration_of(value)
-        encoded = {f.name: self._to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        encoded = {name: self._to_json(getattr(value, name)) for name in registration.fields}
         return {"$type": registration.name, **encoded}
 
     def _from_json(self, value: Any) -> Any:

@@ -62,13 +62,24 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 class _Operation:
-    """A unit of work for the writer thread; the caller waits on `done`."""
+    """A unit of work for the writer thread; the caller waits until `done` is released.
 
-    __slots__ = ("done", "error", "run", "result")
+    An append carries its rows (`append`), checked against the writer's
+    record of each stream's highest sequence number; anything else carries
+    a function to run inside the transaction.
+    """
 
-    def __init__(self, run: Callable[[sqlite3.Connection], Any]) -> None:
+    __slots__ = ("append", "done", "error", "result", "run")
+
+    def __init__(
+        self,
+        run: Callable[[sqlite3.Connection], Any] | None = None,
+        append: tuple[str, int, list[tuple[Any, ...]]] | None = None,
+    ) -> None:
         self.run = run
-        self.done = threading.Event()
+        self.append = append
+        self.done = threading.Lock()
+        self.done.acquire()  # released by the writer: cheaper than an Event
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -113,6 +124,7 @@ class SQLiteJournal:
         self._writer.executescript(SCHEMA)
         self._reader = self._connect(self._synchronous)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._highest: dict[str, int] = {}  # the writer's record, read from the file once per stream
         self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -126,25 +138,7 @@ class SQLiteJournal:
             (persistence_id, expected_sequence_nr + i, now, *self.codec.encode(event))
             for i, event in enumerate(events, start=1)
         ]
-        new_highest = expected_sequence_nr + len(rows)
-
-        def run(db: sqlite3.Connection) -> int:
-            highest = _highest(db, persistence_id)
-            if highest != expected_sequence_nr:
-                raise ConcurrencyError(
-                    f"{persistence_id}: expected sequence number {expected_sequence_nr}, "
-                    f"journal is at {highest}"
-                )
-            if rows:
-                db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
-                db.execute(
-                    "INSERT INTO streams (persistence_id, highest_sequence_nr) VALUES (?, ?) "
-                    "ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = excluded.highest_sequence_nr",
-                    (persistence_id, new_highest),
-                )
-            return new_highest
-
-        return self._submit(run)
+        return self._submit(_Operation(append=(persistence_id, expected_sequence_nr, rows)))
 
     def replay(
         self,
@@ -212,7 +206,7 @@ class SQLiteJournal:
                 (to_sequence_nr, persistence_id),
             )
 
-        self._submit(run)
+        self._submit(_Operation(run))
 
     # --- snapshots ---
 
@@ -222,7 +216,7 @@ class SQLiteJournal:
         def run(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?)", row)
 
-        self._submit(run)
+        self._submit(_Operation(run))
 
     def load_snapshot(
         self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
@@ -269,12 +263,11 @@ class SQLiteJournal:
         except SerializationError as error:
             raise JournalCorrupted(persistence_id, sequence_nr, f"{what}: {error}") from None
 
-    def _submit(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _submit(self, operation: _Operation) -> Any:
         if self._closed:
             raise RuntimeError(f"journal {self.path} is closed")
-        operation = _Operation(run)
         self._queue.put(operation)
-        operation.done.wait()
+        operation.done.acquire()
         if operation.error is not None:
             raise operation.error
         return operation.result
@@ -295,18 +288,27 @@ class SQLiteJournal:
                 self._write(batch)
 
     def _write(self, batch: list[_Operation]) -> None:
+        """One transaction, one fsync, for every operation in the batch."""
         db = self._writer
+        highest: dict[str, int] = {}  # this batch's view of each stream it touches
+        rows: list[tuple[Any, ...]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for operation in batch:
+                if operation.append is not None:
+                    self._check_append(db, operation, highest, rows)
+                    continue
+                self._insert(db, rows, highest)  # keep the order of appends and other work
                 db.execute("SAVEPOINT operation")
                 try:
-                    operation.result = operation.run(db)
+                    operation.result = operation.run(db)  # type: ignore[misc]
                 except Exception as error:  # noqa: BLE001 - handed to the caller
                     db.execute("ROLLBACK TO operation")
                     operation.error = error
                 db.execute("RELEASE operation")
+            self._insert(db, rows, highest)
             db.execute("COMMIT")
+            self._highest.update(highest)
             self.transactions += 1
             self.operations += len(batch)
         except Exception as error:  # the transaction failed: nothing in it is durable
@@ -318,7 +320,37 @@ class SQLiteJournal:
                     operation.error = error
         finally:
             for operation in batch:
-                operation.done.set()
+                operation.done.release()
+
+    def _check_append(self, db: sqlite3.Connection, operation: _Operation,
+                      highest: dict[str, int], rows: list[tuple[Any, ...]]) -> None:
+        """Optimistic concurrency, checked in memory: the writer is the only writer."""
+        assert operation.append is not None
+        persistence_id, expected, new_rows = operation.append
+        current = highest.get(persistence_id)
+        if current is None:
+            current = self._highest.get(persistence_id)
+            if current is None:
+                current = _highest(db, persistence_id)
+        if current != expected:
+            operation.error = ConcurrencyError(
+                f"{persistence_id}: expected sequence number {expected}, journal is at {current}"
+            )
+            return
+        highest[persistence_id] = operation.result = expected + len(new_rows)
+        rows.extend(new_rows)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]], highest: dict[str, int]) -> None:
+        if not rows:
+            return
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.executemany(
+            "INSERT INTO streams (persistence_id, highest_sequence_nr) VALUES (?, ?) "
+            "ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = excluded.highest_sequence_nr",
+            list(highest.items()),
+        )
+        rows.clear()
 
 
 def _highest(db: sqlite3.Connection, persistence_id: str) -> int:
