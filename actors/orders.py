@@ -9,6 +9,7 @@ same request/reply protocol as the other participants.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -329,19 +330,13 @@ class OrderService(ParticipantActor[OrdersState]):
             if order.order_id not in self._in_flight and record.state != PENDING:
                 self._answer_waiters(order.order_id)
             return
-        self.persist(events)
         self._metrics.increment("orders_placed")
         self._in_flight.add(order.order_id)
         logger.info("[%s] placed: %d item(s), %s %s", order.order_id, len(order.items),
                     order.amount, order.currency, extra={"order_id": order.order_id})
-        try:
-            self._start_saga(order)
-        except Exception:
-            logger.exception("[%s] could not start the saga", order.order_id,
-                             extra={"order_id": order.order_id})
-            self.persist(decide(CancelOrder(order.order_id, "internal_error"), self.state))
-            self._in_flight.discard(order.order_id)
-            self._answer_waiters(order.order_id)
+        # The saga starts once the order is durable: a saga must never act for
+        # an order that a crash could make the order service forget.
+        self.persist_async(events, lambda: functools.partial(self._start_saga, order))
 
     def _cancel_unstarted(self, sagas_started: frozenset[str]) -> list[str]:
         unstarted = [

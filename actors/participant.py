@@ -9,6 +9,7 @@ door of the real rules.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Generic, TypeVar
 
@@ -68,12 +69,18 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
             return
         if fate == CRASH_BEFORE:
             raise SimulatedCrash(f"{self.persistence_id} crashed before handling {name}")
-        self.persist(self.decide(request.command, self.state))
+        events = self.decide(request.command, self.state)
         if fate == CRASH_AFTER:
+            self.persist(events)  # the effect is durable; the reply never leaves
             raise SimulatedCrash(f"{self.persistence_id} crashed after handling {name}")
+        # Work the reply out now, from the new state; send it once the events are durable.
+        self.persist_async(events, lambda: functools.partial(self._reply, request, self._answer(request)))
+
+    def _answer(self, request: Request) -> Reply:
         ok, reason = self.answer(request.command, self.state)
-        reply = Reply.success(request.correlation) if ok else Reply.rejected(request.correlation, reason or "rejected")
-        self._reply(request, reply)
+        if ok:
+            return Reply.success(request.correlation)
+        return Reply.rejected(request.correlation, reason or "rejected")
 
     @staticmethod
     def _reply(request: Request, reply: Reply) -> None:

@@ -389,17 +389,15 @@ class OrderSystem:
         self._spawn_saga(order.order_id, OrderSagaData.from_order(order), order.card)
 
     def _spawn_saga(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> None:
-        """Have the sagas supervisor start a saga actor (no waiting: the caller is the order service)."""
-        spec = self._saga_spec(saga_id, data, card)
-        deadline = time.monotonic() + QUERY_TIMEOUT
-        while True:
-            try:
-                self._sagas.tell(AddChild(spec))
-                return
-            except pykka.ActorDeadError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.002)  # the sagas supervisor is restarting
+        """Have the sagas supervisor start a saga actor, without waiting (callers are actors).
+
+        If the sagas supervisor is down, its next incarnation resumes every
+        saga in flight from the journal, this one included.
+        """
+        try:
+            self._sagas.tell(AddChild(self._saga_spec(saga_id, data, card)))
+        except pykka.ActorDeadError:
+            logger.warning("[%s] sagas supervisor restarting: the saga starts with it", saga_id)
 
     def _saga_spec(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> ChildSpec:
         """A transient child; only its first incarnation begins the saga (and holds the card)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import pykka
@@ -21,6 +21,15 @@ __all__ = ["EventSourcedActor"]
 logger = logging.getLogger(__name__)
 
 S = TypeVar("S")
+
+
+class _JournalFailed:
+    """Told to an actor whose asynchronous write failed: it stops with the error."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 # Set around `cls.start()` by `start_recovered`; read by `__init__`, which
@@ -82,6 +91,8 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         """Called once the state is rebuilt, before the first message (override to act)."""
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _JournalFailed):
+            raise message.error
         return self.handle(message)
 
     def handle(self, message: Any) -> Any:
@@ -103,6 +114,7 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
 
     def recover(self) -> None:
         """Rebuild the state: the latest snapshot, then every event after it."""
+        self.journal.flush()  # a predecessor's writes may still be on their way
         state, after = self.initial_state(), 0
         if self.snapshot_every is not None:
             snapshot = self.journal.load_snapshot(self.persistence_id)
@@ -124,10 +136,54 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         before = self.sequence_nr
         if journaled:
             self.sequence_nr = self.journal.append(self.persistence_id, journaled, before)
+        self._apply(events, before)
+        self._snapshot_if_due(before)
+
+    def persist_async(self, events: Sequence[Any], prepare: Callable[[], Callable[[], None]]) -> None:
+        """Apply `events` now; tell the world about them once they are in the journal.
+
+        `prepare()` runs here, on the new state, and returns what to do once
+        the events are durable (e.g. send a reply worked out from the new
+        state); that runs later, in the journal's thread. The actor does not
+        wait, so it takes its next message while the journal writes and
+        group-commits with other actors. With no events this is a barrier:
+        the action runs once everything persisted before is durable. If the
+        write fails, the actor's state has run ahead of its journal: it is
+        stopped with the error, and a supervisor restarts it from the journal.
+        """
+        journaled = [e for e in events if self.is_journaled(e)]
+        before = self.sequence_nr
+        self.sequence_nr = before + len(journaled)
+        self._apply(events, before)
+        on_durable = prepare()
+        actor = self.actor_ref
+
+        def done(highest: int | None, error: BaseException | None) -> None:
+            if error is None:
+                on_durable()
+                return
+            try:
+                actor.tell(_JournalFailed(error))
+            except pykka.ActorDeadError:
+                pass
+
+        try:
+            self.journal.append_async(self.persistence_id, journaled, before, done)
+        except BaseException:
+            self.stop()  # the state already includes events that were never written
+            raise
+        self._snapshot_if_due(before)
+
+    def _apply(self, events: Sequence[Any], before: int) -> None:
         state = self.state
         for event in events:
             state = self.apply_event(state, event)
         self.state = state
+
+    def _snapshot_if_due(self, before: int) -> None:
         every = self.snapshot_every
         if every is not None and self.sequence_nr // every > before // every:
-            self.journal.save_snapshot(self.persistence_id, self.sequence_nr, state)
+            # An empty append waits for every earlier write (and fails if one
+            # failed), so a snapshot is never ahead of the stored events.
+            self.journal.append(self.persistence_id, [], self.sequence_nr)
+            self.journal.save_snapshot(self.persistence_id, self.sequence_nr, self.state)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "AppendCallback",
     "ConcurrencyError",
     "InMemoryJournal",
     "Journal",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 MAX_SEQUENCE_NR = 2**63 - 1
+
+AppendCallback = Callable[["int | None", "BaseException | None"], None]
 
 
 class ConcurrencyError(Exception):
@@ -76,6 +79,21 @@ class Journal(Protocol):
         """
         ...
 
+    def append_async(
+        self,
+        persistence_id: str,
+        events: Sequence[Any],
+        expected_sequence_nr: int,
+        on_done: AppendCallback,
+    ) -> None:
+        """Like `append`, without waiting: `on_done(new_highest, None)` once the
+        events are durable, or `on_done(None, error)`; possibly from another thread.
+
+        Appends (and empty ones, which are barriers) complete in the order
+        they were made; a value that cannot be stored raises here, at once.
+        """
+        ...
+
     def replay(
         self,
         persistence_id: str,
@@ -96,6 +114,14 @@ class Journal(Protocol):
 
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         """Delete the events up to and including `to_sequence_nr`."""
+        ...
+
+    def flush(self) -> None:
+        """Return once every write submitted before the call is done (durable or failed).
+
+        Recovery starts with it: a restarted actor must not read its history
+        while its predecessor's asynchronous writes are still on their way.
+        """
         ...
 
     def open(self) -> None:
@@ -147,6 +173,20 @@ class InMemoryJournal:
             self._highest[persistence_id] = highest + len(events)
             return highest + len(events)
 
+    def append_async(
+        self,
+        persistence_id: str,
+        events: Sequence[Any],
+        expected_sequence_nr: int,
+        on_done: AppendCallback,
+    ) -> None:
+        try:
+            highest = self.append(persistence_id, events, expected_sequence_nr)
+        except ConcurrencyError as error:
+            on_done(None, error)
+        else:
+            on_done(highest, None)
+
     def replay(
         self,
         persistence_id: str,
@@ -194,6 +234,9 @@ class InMemoryJournal:
         best = max(candidates, key=lambda s: s.sequence_nr)
         return SelectedSnapshot(best.persistence_id, best.sequence_nr,
                                 copy.deepcopy(best.snapshot), best.timestamp)
+
+    def flush(self) -> None:
+        pass  # every write is done when its call returns
 
     def open(self) -> None:
         pass

@@ -21,6 +21,7 @@ from typing import Any
 
 from persistence.journal import (
     MAX_SEQUENCE_NR,
+    AppendCallback,
     ConcurrencyError,
     JournalCorrupted,
     PersistentEvent,
@@ -69,17 +70,20 @@ class _Operation:
     a function to run inside the transaction.
     """
 
-    __slots__ = ("append", "done", "error", "result", "run")
+    __slots__ = ("append", "callback", "done", "error", "result", "run")
 
     def __init__(
         self,
         run: Callable[[sqlite3.Connection], Any] | None = None,
         append: tuple[str, int, list[tuple[Any, ...]]] | None = None,
+        callback: AppendCallback | None = None,
     ) -> None:
         self.run = run
         self.append = append
+        self.callback = callback  # set: nobody waits, the writer calls it instead
         self.done = threading.Lock()
-        self.done.acquire()  # released by the writer: cheaper than an Event
+        if callback is None:
+            self.done.acquire()  # released by the writer: cheaper than an Event
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -132,13 +136,30 @@ class SQLiteJournal:
     # --- journal ---
 
     def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
-        now = time.time()
+        return self._submit(_Operation(append=self._rows(persistence_id, events, expected_sequence_nr)))
+
+    def append_async(
+        self,
+        persistence_id: str,
+        events: Sequence[Any],
+        expected_sequence_nr: int,
+        on_done: AppendCallback,
+    ) -> None:
+        operation = _Operation(append=self._rows(persistence_id, events, expected_sequence_nr),
+                               callback=on_done)
+        if self._closed:
+            raise RuntimeError(f"journal {self.path} is closed")
+        self._queue.put(operation)
+
+    def _rows(self, persistence_id: str, events: Sequence[Any],
+              expected_sequence_nr: int) -> tuple[str, int, list[tuple[Any, ...]]]:
         # Encode in the caller's thread: a value that cannot be stored fails here, at its source.
+        now = time.time()
         rows = [
             (persistence_id, expected_sequence_nr + i, now, *self.codec.encode(event))
             for i, event in enumerate(events, start=1)
         ]
-        return self._submit(_Operation(append=(persistence_id, expected_sequence_nr, rows)))
+        return persistence_id, expected_sequence_nr, rows
 
     def replay(
         self,
@@ -207,6 +228,9 @@ class SQLiteJournal:
             )
 
         self._submit(_Operation(run))
+
+    def flush(self) -> None:
+        self._submit(_Operation(lambda db: None))  # queued behind every earlier write
 
     # --- snapshots ---
 
@@ -320,7 +344,13 @@ class SQLiteJournal:
                     operation.error = error
         finally:
             for operation in batch:
-                operation.done.release()
+                if operation.callback is None:
+                    operation.done.release()
+                    continue
+                try:
+                    operation.callback(operation.result, operation.error)
+                except Exception:  # noqa: BLE001 - a callback must not stop the writer
+                    logger.exception("journal %s: append callback failed", self.path)
 
     def _check_append(self, db: sqlite3.Connection, operation: _Operation,
                       highest: dict[str, int], rows: list[tuple[Any, ...]]) -> None:
