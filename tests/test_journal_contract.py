@@ -186,3 +186,30 @@ def test_snapshot_is_a_copy_of_the_state_at_save_time(journal):
     state.total = 99
     state.seen["x"] = Decimal(1)
     assert journal.load_snapshot(PID).snapshot == Counter(1, {})
+
+
+# --- asynchronous appends ---
+
+
+def test_append_async_reports_each_append_in_order(journal):
+    done: list[tuple[int | None, str | None]] = []
+    finished = threading.Event()
+
+    def callback(highest, error):
+        done.append((highest, type(error).__name__ if error else None))
+        if len(done) == 4:
+            finished.set()
+
+    journal.append_async(PID, [Happened(1)], 0, callback)
+    journal.append_async(PID, [Happened(2), Happened(3)], 1, callback)
+    journal.append_async(PID, [], 3, callback)  # a barrier
+    journal.append_async(PID, [Happened(9)], 1, callback)  # stale: refused
+    assert finished.wait(5)
+    assert done == [(1, None), (3, None), (3, None), (None, "ConcurrencyError")]
+    assert [e.event.n for e in journal.replay(PID)] == [1, 2, 3]
+
+
+def test_flush_returns_after_earlier_async_writes(journal):
+    journal.append_async(PID, [Happened(n) for n in range(100)], 0, lambda h, e: None)
+    journal.flush()
+    assert journal.highest_sequence_nr(PID) == 100
