@@ -20,6 +20,7 @@ __all__ = ["EventCodec", "SerializationError"]
 
 Upcaster = Callable[[int, dict[str, Any]], dict[str, Any]]
 
+_PLAIN = frozenset({str, int, bool, float, type(None)})
 _dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
@@ -104,21 +105,25 @@ class EventCodec:
         return registration
 
     def _to_json(self, value: Any) -> Any:
-        if value is None or isinstance(value, (bool, int, str)):
+        kind = type(value)
+        if kind in _PLAIN:
             return value
-        if isinstance(value, float):
-            return value
-        if isinstance(value, Decimal):
-            return {"$decimal": str(value)}
-        if isinstance(value, (tuple, list)):
+        if kind is tuple or kind is list:
             return [self._to_json(v) for v in value]
+        if kind is Decimal:
+            return {"$decimal": str(value)}
+        registration = self._by_class.get(kind)
+        if registration is not None:
+            encoded = {name: self._to_json(getattr(value, name)) for name in registration.fields}
+            return {"$type": registration.name, **encoded}
         if isinstance(value, (set, frozenset)):
             return {"$set": sorted((self._to_json(v) for v in value), key=repr)}
         if isinstance(value, dict):
             return {"$dict": [[self._to_json(k), self._to_json(v)] for k, v in value.items()]}
-        registration = self._registration_of(value)
-        encoded = {name: self._to_json(getattr(value, name)) for name in registration.fields}
-        return {"$type": registration.name, **encoded}
+        if isinstance(value, (bool, int, str, float)):  # subclasses, e.g. IntEnum
+            return value
+        self._registration_of(value)  # raises: not registered
+        raise AssertionError("unreachable")
 
     def _from_json(self, value: Any) -> Any:
         if isinstance(value, list):

@@ -117,7 +117,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
             raise ValueError(f"{name}: child ids must be unique: {ids}")
         self.name = name
         self._initial = list(children)
-        self._children: list[_Child] = []
+        self._children: dict[str, _Child] = {}  # in start order
         self._strategy = strategy
         self._intensity = intensity
         self._backoff = backoff
@@ -146,7 +146,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
 
     def _shut_down(self) -> None:
         self._stopping = True
-        self._stop_children(self._children)
+        self._stop_children(list(self._children.values()))
         self._timer.stop()
 
     # --- messages ---
@@ -165,7 +165,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
                 self._add(spec)
             case WhichChildren():
                 return [(c.spec.id, c.ref is not None and c.ref.is_alive(), c.restarts)
-                        for c in self._children]
+                        for c in self._children.values()]
             case _StartChildren():
                 self._start_initial()
             case _:
@@ -177,24 +177,24 @@ class Supervisor(Monitored, pykka.ThreadingActor):
             try:
                 self._add_and_start(spec)
             except BaseException:
-                self._stop_children(self._children)
+                self._stop_children(list(self._children.values()))
                 self._children.clear()
                 raise
 
     def _add_and_start(self, spec: ChildSpec) -> Address:
-        if any(c.spec.id == spec.id for c in self._children):
+        if spec.id in self._children:
             raise ValueError(f"{self.name}: a child {spec.id!r} exists already")
         child = _Child(spec, spec.address or Address(spec.id))
         self._start(child)  # raises if it cannot start: nothing was added
-        self._children.append(child)
+        self._children[spec.id] = child
         return child.address
 
     def _add(self, spec: ChildSpec) -> None:
-        if any(c.spec.id == spec.id for c in self._children):
+        if spec.id in self._children:
             logger.warning("%s: a child %r exists already; not added again", self.name, spec.id)
             return
         child = _Child(spec, spec.address or Address(spec.id))
-        self._children.append(child)
+        self._children[spec.id] = child
         try:
             self._start(child)
         except Exception as error:  # noqa: BLE001 - restarted like a crash
@@ -225,7 +225,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
         child.address.bind(None)
         restart_type = child.spec.restart
         if restart_type == TEMPORARY or (restart_type == TRANSIENT and error is None):
-            self._children.remove(child)
+            del self._children[child_id]
             return
         logger.warning("%s: child %s exited%s", self.name, child_id,
                        f" abnormally: {error!r}" if error is not None else "")
@@ -282,9 +282,10 @@ class Supervisor(Monitored, pykka.ThreadingActor):
 
     def _group(self, child: _Child) -> list[_Child]:
         if self._strategy == ONE_FOR_ALL:
-            return list(self._children)
+            return list(self._children.values())
         if self._strategy == REST_FOR_ONE:
-            return self._children[self._children.index(child):]
+            children = list(self._children.values())
+            return children[children.index(child):]
         return [child]
 
     def _stop_children(self, children: Sequence[_Child]) -> None:
@@ -305,10 +306,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
                                  child.spec.shutdown_timeout)
 
     def _find(self, child_id: str) -> _Child | None:
-        for child in self._children:
-            if child.spec.id == child_id:
-                return child
-        return None
+        return self._children.get(child_id)
 
 
 def start_supervisor(*, on_exit: ExitHook | None = None, **kwargs: Any) -> pykka.ActorRef[Supervisor]:
