@@ -217,7 +217,27 @@ def bench_group_commit(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     ratio = results["on"]["orders_per_s"] / results["off"]["orders_per_s"]
     print(f"  64 clients: group commit on {results['on']['orders_per_s']:.0f} orders/s, "
           f"off {results['off']['orders_per_s']:.0f} orders/s: {ratio:.1f}x", flush=True)
-    return {"on": results["on"], "off": results["off"], "ratio": ratio}
+    # The journal alone, where fsync is the only bound: 64 writers appending at once.
+    journal_rates = {}
+    for label, group in (("on", True), ("off", False)):
+        journal = SQLiteJournal(os.path.join(folder, f"gcj-{label}.db"), order_codec(), group_commit=group)
+        per_writer = max(20, args.orders // 40)
+        event = StockReleased("x")
+
+        def write(writer: int, journal: SQLiteJournal = journal, per_writer: int = per_writer) -> None:
+            for n in range(per_writer):
+                journal.append(f"w{writer}", [event], n)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(64) as pool:
+            list(pool.map(write, range(64)))
+        journal_rates[label] = 64 * per_writer / (time.perf_counter() - started)
+        journal.close()
+    journal_ratio = journal_rates["on"] / journal_rates["off"]
+    print(f"  journal alone, 64 writers: on {journal_rates['on']:.0f} appends/s, "
+          f"off {journal_rates['off']:.0f} appends/s: {journal_ratio:.1f}x", flush=True)
+    return {"on": results["on"], "off": results["off"], "ratio": ratio,
+            "journal_appends_per_s": journal_rates, "journal_ratio": journal_ratio}
 
 
 # --- 5. recovery time ---
