@@ -237,7 +237,7 @@ class OrderSystem:
         except ValueError as invalid:
             future.set_exception(exc_info=(type(invalid), invalid, None))
             return OrderFuture(future, _order_id_of(request))
-        self._call(lambda: self._orders.tell(PlaceOrder(order, future)))
+        self._call(self._orders, lambda a: a.tell(PlaceOrder(order, future)))
         return OrderFuture(future, order.order_id)
 
     def place_order(self, request: Any, *, timeout: float | None = None) -> bool:
@@ -434,8 +434,11 @@ class OrderSystem:
 
     # --- calling actors that may be restarting ---
 
-    def _call(self, send: Callable[[], Any]) -> Any:
-        """Run `send`; while the target restarts (ActorDeadError) try again, until QUERY_TIMEOUT."""
+    def _call(self, address: Address, send: Callable[[Address], Any]) -> Any:
+        """Run `send(address)`; while the target restarts, wait for its next incarnation.
+
+        Runs in the caller's thread, for at most QUERY_TIMEOUT.
+        """
         deadline = time.monotonic() + QUERY_TIMEOUT
         while True:
             if not self._running:
@@ -443,14 +446,15 @@ class OrderSystem:
                     "the order system is not running; call start()"
                 raise SystemNotRunning(reason)
             try:
-                return send()
+                return send(address)
             except pykka.ActorDeadError:
-                if time.monotonic() > deadline:
-                    raise SystemNotRunning("the order system is not answering") from None
-                time.sleep(0.002)  # the caller's thread, never an actor's
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SystemNotRunning(f"the order system is not answering ({address.name})") from None
+                address.wait_for_incarnation(min(remaining, 0.1))
 
     def _ask(self, address: Address, message: Any) -> Any:
-        return self._call(lambda: address.ask(message, timeout=QUERY_TIMEOUT))
+        return self._call(address, lambda a: a.ask(message, timeout=QUERY_TIMEOUT))
 
 
 def _order_id_of(request: Any) -> str | None:

@@ -19,12 +19,12 @@ class Address:
     failure that the sender's retry covers.
     """
 
-    __slots__ = ("_lock", "_ref", "name")
+    __slots__ = ("_changed", "_ref", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._ref: pykka.ActorRef[Any] | None = None
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
 
     def __repr__(self) -> str:
         return f"<Address {self.name}>"
@@ -34,8 +34,16 @@ class Address:
         return self._ref
 
     def bind(self, ref: pykka.ActorRef[Any] | None) -> None:
-        with self._lock:
+        with self._changed:
             self._ref = ref
+            self._changed.notify_all()
+
+    def wait_for_incarnation(self, timeout: float) -> bool:
+        """Block the calling thread (never an actor's) until a live incarnation is bound."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._ref is not None and self._ref.is_alive(), timeout
+            )
 
     def tell(self, message: Any) -> None:
         ref = self._ref
