@@ -197,7 +197,7 @@ class Progress:
         text = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} orders"
                 f"  confirmed {self.confirmed}  cancelled {self.cancelled}  {rate:.0f} orders/s")
         if self.tty:
-            self.stream.write("\r" + text)
+            self.stream.write("\r" + text + "\x1b[K")  # clear what a longer line left
         else:
             self.stream.write(text + "\n")
         self.stream.flush()

@@ -21,7 +21,6 @@ import platform
 import random
 import resource
 import sqlite3
-import statistics
 import sys
 import tempfile
 import threading
@@ -224,7 +223,8 @@ def bench_group_commit(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         per_writer = max(20, args.orders // 40)
         event = StockReleased("x")
 
-        def write(writer: int, journal: SQLiteJournal = journal, per_writer: int = per_writer) -> None:
+        def write(writer: int, journal: SQLiteJournal = journal, per_writer: int = per_writer,
+                  event: StockReleased = event) -> None:
             for n in range(per_writer):
                 journal.append(f"w{writer}", [event], n)
 

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from actors import FaultPlan, OrderSystem
-from actors.inventory import ReserveStock
-from actors.order_saga import ORDER_SAGA, OrderSagaData
+from actors import OrderSystem
+from actors.order_saga import OrderSagaData
 from actors.orders import OrderPlaced
 from actors.validation import OrderItem, validate_order
 from persistence import JournalCorrupted, SQLiteJournal
 from actors.codec import order_codec
 from sagas.engine import CommitDecided, SagaStarted, StageStarted
-from tests.conftest import APPROVED, DECLINED, assert_consistent, make_request
+from tests.conftest import DECLINED, assert_consistent, make_request
 from tests.helpers.crash_child import STOCK
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pykka
 import pytest
 
 from actors import FaultPlan, OrderSystem, RetryPolicy, SystemNotRunning
-from supervision import Intensity, WhichChildren, kill
+from supervision import Intensity, kill
 from tests.conftest import DECLINED, APPROVED, assert_consistent, make_request
 
 RETRY = RetryPolicy(initial_interval=0.002, maximum_interval=0.02, maximum_attempts=8, attempt_timeout=0.2)
