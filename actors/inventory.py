@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.participant import Answer, ParticipantActor
-from actors.simulation import FaultInjector
 from actors.validation import OrderItem
-from persistence.journal import JournalWithSnapshots
 
 __all__ = [
     "CommitStock",
@@ -234,14 +232,7 @@ def stock_command(stock: Mapping[int, int]) -> StockProducts:
 
 
 class InventoryActor(ParticipantActor[InventoryState]):
-    def __init__(
-        self,
-        journal: JournalWithSnapshots,
-        faults: FaultInjector | None = None,
-        *,
-        snapshot_every: int | None = None,
-    ) -> None:
-        super().__init__(journal, PERSISTENCE_ID, faults, snapshot_every=snapshot_every)
+    PERSISTENCE_ID = PERSISTENCE_ID
 
     def initial_state(self) -> InventoryState:
         return InventoryState()

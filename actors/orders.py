@@ -268,6 +268,8 @@ class InFlight:
 class OrderService(ParticipantActor[OrdersState]):
     """Owns the orders; starts a saga per new order and answers its waiters."""
 
+    PERSISTENCE_ID = PERSISTENCE_ID
+
     def __init__(
         self,
         journal: JournalWithSnapshots,
@@ -278,7 +280,7 @@ class OrderService(ParticipantActor[OrdersState]):
         metrics: Metrics,
         snapshot_every: int | None = None,
     ) -> None:
-        super().__init__(journal, PERSISTENCE_ID, snapshot_every=snapshot_every)
+        super().__init__(journal, snapshot_every=snapshot_every)
         self._start_saga = start_saga
         self._in_flight = in_flight
         self._metrics = metrics

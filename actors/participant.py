@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pykka
 
@@ -33,15 +33,16 @@ Answer = tuple[bool, "str | None"]  # (ok, reason when not ok)
 class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
     """Serves saga requests; subclasses supply the domain's pure functions."""
 
+    PERSISTENCE_ID: ClassVar[str]  # each service's one stream in the journal
+
     def __init__(
         self,
         journal: JournalWithSnapshots,
-        persistence_id: str,
         faults: FaultInjector | None = None,
         *,
         snapshot_every: int | None = None,
     ) -> None:
-        super().__init__(journal, persistence_id, snapshot_every=snapshot_every)
+        super().__init__(journal, self.PERSISTENCE_ID, snapshot_every=snapshot_every)
         self.faults = faults
 
     def decide(self, command: Any, state: S) -> list[Any]:

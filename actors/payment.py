@@ -14,9 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from actors.participant import Answer, ParticipantActor
-from actors.simulation import FaultInjector
 from actors.validation import PaymentCard
-from persistence.journal import JournalWithSnapshots
 
 __all__ = [
     "AuthorizePayment",
@@ -214,14 +212,7 @@ def _status(state: PaymentState, order_id: str) -> str | None:
 
 
 class PaymentActor(ParticipantActor[PaymentState]):
-    def __init__(
-        self,
-        journal: JournalWithSnapshots,
-        faults: FaultInjector | None = None,
-        *,
-        snapshot_every: int | None = None,
-    ) -> None:
-        super().__init__(journal, PERSISTENCE_ID, faults, snapshot_every=snapshot_every)
+    PERSISTENCE_ID = PERSISTENCE_ID
 
     def initial_state(self) -> PaymentState:
         return PaymentState()
