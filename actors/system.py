@@ -349,15 +349,12 @@ class OrderSystem:
         """Resume every saga the journal shows unfinished; cancel orders whose saga never began."""
         assert self._journal is not None
         prefix = saga_persistence_id(ORDER_SAGA, "")
-        started: set[str] = set()
+        started = {pid[len(prefix):] for pid in self._journal.persistence_ids(prefix)}
         unfinished: list[tuple[str, bool]] = []
-        for persistence_id in self._journal.persistence_ids(prefix):
-            saga_id = persistence_id[len(prefix):]
-            started.add(saga_id)
+        for persistence_id in self._journal.open_persistence_ids(prefix, FINAL_EVENTS):
             events = [stored.event for stored in self._journal.replay(persistence_id)]
-            if events and isinstance(events[-1], FINAL_EVENTS):
-                continue
-            unfinished.append((saga_id, any(isinstance(e, CommitDecided) for e in events)))
+            committed = any(isinstance(e, CommitDecided) for e in events)
+            unfinished.append((persistence_id[len(prefix):], committed))
         never_started = self._orders.ask(RecoverOrders(frozenset(started)), timeout=QUERY_TIMEOUT)
         for saga_id, _ in unfinished:
             self._in_flight.add(saga_id)

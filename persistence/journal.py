@@ -112,6 +112,15 @@ class Journal(Protocol):
         """Every persistence id with at least one write, sorted, filtered by prefix."""
         ...
 
+    def open_persistence_ids(self, prefix: str, final_types: tuple[type, ...]) -> list[str]:
+        """Ids with the prefix whose last event is not of one of `final_types`, sorted.
+
+        How a restart finds the unfinished work (sagas without a final event)
+        without reading every stream. A stream whose last event was deleted
+        counts as open.
+        """
+        ...
+
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         """Delete the events up to and including `to_sequence_nr`."""
         ...
@@ -208,6 +217,15 @@ class InMemoryJournal:
     def persistence_ids(self, prefix: str = "") -> list[str]:
         with self._lock:
             return sorted(p for p in self._highest if p.startswith(prefix))
+
+    def open_persistence_ids(self, prefix: str, final_types: tuple[type, ...]) -> list[str]:
+        with self._lock:
+            return sorted(
+                p for p, events in self._events.items()
+                if p.startswith(prefix)
+                and not (events and events[-1].sequence_nr == self._highest[p]
+                         and isinstance(events[-1].event, final_types))
+            )
 
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         with self._lock:

@@ -74,6 +74,13 @@ class EventCodec:
     def knows(self, type_name: str) -> bool:
         return type_name in self._by_name
 
+    def name_of(self, cls: type) -> str:
+        """The stored type name of a registered class."""
+        registration = self._by_class.get(cls)
+        if registration is None:
+            raise SerializationError(f"{cls.__name__} is not registered for the journal")
+        return registration.name
+
     def encode(self, value: Any) -> tuple[str, int, str]:
         """(type name, version, JSON of the fields) of a registered dataclass."""
         registration = self._registration_of(value)

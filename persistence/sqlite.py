@@ -217,6 +217,19 @@ class SQLiteJournal:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def open_persistence_ids(self, prefix: str, final_types: tuple[type, ...]) -> list[str]:
+        names = [self.codec.name_of(cls) for cls in final_types]
+        marks = ", ".join("?" * len(names)) or "NULL"
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT s.persistence_id FROM streams s LEFT JOIN events e "
+                "ON e.persistence_id = s.persistence_id AND e.sequence_nr = s.highest_sequence_nr "
+                f"WHERE substr(s.persistence_id, 1, ?) = ? AND (e.type IS NULL OR e.type NOT IN ({marks})) "
+                "ORDER BY s.persistence_id",
+                (len(prefix), prefix, *names),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM events WHERE persistence_id = ? AND sequence_nr <= ?",

@@ -213,3 +213,21 @@ def test_flush_returns_after_earlier_async_writes(journal):
     journal.append_async(PID, [Happened(n) for n in range(100)], 0, lambda h, e: None)
     journal.flush()
     assert journal.highest_sequence_nr(PID) == 100
+
+
+@dataclass(frozen=True)
+class Finished:
+    n: int
+
+
+CODEC.register(Finished)
+
+
+def test_open_persistence_ids_are_those_without_a_final_last_event(journal):
+    journal.append("job:a", [Happened(1), Finished(2)], 0)
+    journal.append("job:b", [Happened(1)], 0)
+    journal.append("job:c", [Finished(1), Happened(2)], 0)
+    journal.append("job:d", [Happened(1), Finished(2)], 0)
+    journal.delete_to("job:d", 2)  # its last event is gone: it cannot be known finished
+    journal.append("other", [Happened(1)], 0)
+    assert journal.open_persistence_ids("job:", (Finished,)) == ["job:b", "job:c", "job:d"]

@@ -125,8 +125,10 @@ def test_order_journaled_but_saga_never_started_is_cancelled(tmp_path):
 
 
 @pytest.mark.parametrize(("corruption", "error"), [
-    ("UPDATE events SET data = 'garbage' WHERE persistence_id = 'saga:order:a' AND sequence_nr = 2",
-     r"saga:order:a #2: event: unreadable JSON"),
+    ("UPDATE events SET type = 'Mystery' WHERE persistence_id = 'saga:order:a' AND sequence_nr = 5",
+     r"saga:order:a #5: event: unknown type 'Mystery'"),
+    ("UPDATE events SET data = 'garbage' WHERE persistence_id = 'orders' AND sequence_nr = 2",
+     r"orders #2: event: unreadable JSON"),
     ("UPDATE events SET type = 'Mystery' WHERE persistence_id = 'inventory' AND sequence_nr = 2",
      r"inventory #2: event: unknown type 'Mystery'"),
     ("DELETE FROM events WHERE persistence_id = 'orders' AND sequence_nr = 1",
