@@ -246,7 +246,7 @@ class InventoryActor(ParticipantActor[InventoryState]):
     def answer(self, command: Any, state: InventoryState) -> Answer:
         return answer(command, state)
 
-    def on_query(self, message: Any) -> Any:
+    def on_other_message(self, message: Any) -> Any:
         match message:
             case GetStock():
                 return views(self.state)
@@ -254,4 +254,4 @@ class InventoryActor(ParticipantActor[InventoryState]):
                 # Administrative: applied directly, without simulated faults.
                 self.persist(decide(message, self.state))
                 return None
-        return super().on_query(message)
+        return super().on_other_message(message)

@@ -298,7 +298,7 @@ class OrderService(ParticipantActor[OrdersState]):
     def answer(self, command: Any, state: OrdersState) -> Answer:
         return answer(command, state)
 
-    def on_query(self, message: Any) -> Any:
+    def on_other_message(self, message: Any) -> Any:
         match message:
             case PlaceOrder():
                 self._place(message)
@@ -312,7 +312,7 @@ class OrderService(ParticipantActor[OrdersState]):
             case RecoverOrders(sagas_started=started):
                 return self._cancel_unstarted(started)
             case _:
-                return super().on_query(message)
+                return super().on_other_message(message)
         return None
 
     def _place(self, message: PlaceOrder) -> None:

@@ -51,7 +51,7 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
     def answer(self, command: Any, state: S) -> Answer:
         raise NotImplementedError
 
-    def on_query(self, message: Any) -> Any:
+    def on_other_message(self, message: Any) -> Any:
         """Handle anything that is not a saga request (views, admin commands)."""
         logger.warning("%s: unexpected message %s", self.persistence_id, type(message).__name__)
         return None
@@ -60,7 +60,7 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         if isinstance(message, Request):
             self._serve(message)
             return None
-        return self.on_query(message)
+        return self.on_other_message(message)
 
     def _serve(self, request: Request) -> None:
         fate = self.faults.fate() if self.faults is not None else OK

@@ -226,7 +226,7 @@ class PaymentActor(ParticipantActor[PaymentState]):
     def answer(self, command: Any, state: PaymentState) -> Answer:
         return answer(command, state)
 
-    def on_query(self, message: Any) -> Any:
+    def on_other_message(self, message: Any) -> Any:
         if isinstance(message, GetPayments):
             return views(self.state)
-        return super().on_query(message)
+        return super().on_other_message(message)

@@ -71,11 +71,6 @@ class Timer:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    @property
-    def pending(self) -> int:
-        with self._condition:
-            return len(self._heap)
-
     def schedule(self, delay: float, target: Recipient, message: Any) -> TimerHandle:
         handle = TimerHandle(target, message)
         due = time.monotonic() + max(delay, 0.0)
