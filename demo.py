@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
 
-from actors import FaultPlan, OrderSystem, RetryPolicy
+from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
 
 GOOD_CARDS = ("4242424242424242", "5555555555554444")
 DECLINED_CARDS = ("4000000000000002", "4000000000009995")
@@ -78,21 +78,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="A concurrency simulation of the order engine, with consistency checks at the end.",
     )
     parser.add_argument("--orders", type=_positive_int, default=1000, help="orders to place (default 1000)")
-    parser.add_argument("--concurrency", type=_positive_int, default=64,
-                        help="customers ordering at once (default 64)")
-    parser.add_argument("--products", type=_positive_int, default=8, help="products in the catalogue (default 8)")
-    parser.add_argument("--failure-rate", type=_rate, default=0.1,
-                        help="chance a service call is refused as unavailable (default 0.1)")
-    parser.add_argument("--crash-rate", type=_rate, default=0.02,
-                        help="chance a service call crashes the service actor (default 0.02)")
-    parser.add_argument("--latency", type=_latency, default=(0.001, 0.02), metavar="MIN,MAX",
-                        help="seconds on the wire per call (default 0.001,0.02)")
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=64, help="customers ordering at once (default 64)"
+    )
+    parser.add_argument(
+        "--products", type=_positive_int, default=8, help="products in the catalogue (default 8)"
+    )
+    parser.add_argument(
+        "--failure-rate",
+        type=_rate,
+        default=0.1,
+        help="chance a service call is refused as unavailable (default 0.1)",
+    )
+    parser.add_argument(
+        "--crash-rate",
+        type=_rate,
+        default=0.02,
+        help="chance a service call crashes the service actor (default 0.02)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=_latency,
+        default=(0.001, 0.02),
+        metavar="MIN,MAX",
+        help="seconds on the wire per call (default 0.001,0.02)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="seeds the workload and the faults (default 7)")
-    parser.add_argument("--journal", metavar="PATH",
-                        help="keep the journal in PATH; running again on it continues from its state")
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="keep the journal in PATH; running again on it continues from its state",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    parser.add_argument("--kill-and-recover", action="store_true",
-                        help="run the simulation in a child process, SIGKILL it part-way, then recover")
+    parser.add_argument(
+        "--kill-and-recover",
+        action="store_true",
+        help="run the simulation in a child process, SIGKILL it part-way, then recover",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -132,28 +154,39 @@ def make_workload(args: argparse.Namespace, run: int) -> Workload:
         if draw > 0.97:
             items[0]["quantity"] = stock[chosen[0]] + rng.randint(1, 5)  # more than there ever was
         amount = sum(prices[item["product_id"]] * item["quantity"] for item in items)
-        requests.append({
-            "user_id": rng.randint(1, 5000),
-            "order_id": f"r{run}-{i:05d}",
-            "items": items,
-            "payment_info": {
-                "card_number": rng.choice(DECLINED_CARDS) if rng.random() < 0.05 else rng.choice(GOOD_CARDS),
-                "expiry": "12/30",
-                "amount": str(amount),
-            },
-        })
+        requests.append(
+            {
+                "user_id": rng.randint(1, 5000),
+                "order_id": f"r{run}-{i:05d}",
+                "items": items,
+                "payment_info": {
+                    "card_number": rng.choice(DECLINED_CARDS)
+                    if rng.random() < 0.05
+                    else rng.choice(GOOD_CARDS),
+                    "expiry": "12/30",
+                    "amount": str(amount),
+                },
+            }
+        )
     return Workload(stock, requests)
 
 
 def build_system(args: argparse.Namespace, journal: str, stock: dict[int, int] | None) -> OrderSystem:
     low, high = args.latency
-    faults = dict(failure_rate=args.failure_rate, crash_rate=args.crash_rate, min_latency=low, max_latency=high)
+    faults = {
+        "failure_rate": args.failure_rate,
+        "crash_rate": args.crash_rate,
+        "min_latency": low,
+        "max_latency": high,
+    }
     return OrderSystem(
         journal_path=journal,
         stock=stock,
         inventory_faults=FaultPlan(**faults, seed=args.seed),
         payment_faults=FaultPlan(**faults, seed=args.seed + 1),
-        retry=RetryPolicy(initial_interval=0.01, maximum_interval=0.25, maximum_attempts=6, attempt_timeout=0.5),
+        retry=RetryPolicy(
+            initial_interval=0.01, maximum_interval=0.25, maximum_attempts=6, attempt_timeout=0.5
+        ),
     )
 
 
@@ -194,8 +227,10 @@ class Progress:
         rate = self.done / max(now - self.started, 1e-9)
         width = 24
         filled = int(width * self.done / self.total)
-        text = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} orders"
-                f"  confirmed {self.confirmed}  cancelled {self.cancelled}  {rate:.0f} orders/s")
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} orders"
+            f"  confirmed {self.confirmed}  cancelled {self.cancelled}  {rate:.0f} orders/s"
+        )
         if self.tty:
             self.stream.write("\r" + text + "\x1b[K")  # clear what a longer line left
         else:
@@ -214,8 +249,13 @@ class RunResult:
     elapsed: float = 0.0
 
 
-def place_all(system: OrderSystem, requests: list[dict[str, Any]], concurrency: int,
-              progress: Progress, report: IO[str] | None = None) -> RunResult:
+def place_all(
+    system: OrderSystem,
+    requests: list[dict[str, Any]],
+    concurrency: int,
+    progress: Progress,
+    report: IO[str] | None = None,
+) -> RunResult:
     result = RunResult()
     lock = threading.Lock()
 
@@ -223,7 +263,7 @@ def place_all(system: OrderSystem, requests: list[dict[str, Any]], concurrency: 
         started = time.perf_counter()
         try:
             outcome: bool | None = system.place_order(request, timeout=120)
-        except Exception as error:  # noqa: BLE001 - counted and shown, never hidden
+        except Exception as error:
             outcome = None
             with lock:
                 result.errors[type(error).__name__] += 1
@@ -264,8 +304,13 @@ def next_run(args: argparse.Namespace, journal: str) -> int:
 # --- the summary ---
 
 
-def summarize(system: OrderSystem, stock_before: dict[int, Any], result: RunResult | None,
-              workload: Workload, recovery: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(
+    system: OrderSystem,
+    stock_before: dict[int, Any],
+    result: RunResult | None,
+    workload: Workload,
+    recovery: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     system.wait_idle(60)
     orders = system.orders()
     inventory = system.inventory()
@@ -273,11 +318,20 @@ def summarize(system: OrderSystem, stock_before: dict[int, Any], result: RunResu
     metrics = system.metrics()
     checks = system.check_consistency()
     if recovery is not None and "reported" in recovery:
-        changed = sorted(o for o, ok in recovery["reported"].items()
-                         if orders[o].state != ("confirmed" if ok else "cancelled"))
-        from actors.consistency import Check
-        checks.append(Check("outcomes reported before the kill unchanged", not changed,
-                            ", ".join(changed[:5]) or f"{len(recovery['reported'])} outcomes"))
+        changed = sorted(
+            o
+            for o, ok in recovery["reported"].items()
+            if orders[o].state != ("confirmed" if ok else "cancelled")
+        )
+        from saga_actors.actors.consistency import Check
+
+        checks.append(
+            Check(
+                "outcomes reported before the kill unchanged",
+                not changed,
+                ", ".join(changed[:5]) or f"{len(recovery['reported'])} outcomes",
+            )
+        )
     all_orders = orders
     mine = {r["order_id"] for r in workload.requests}
     orders = {o: v for o, v in all_orders.items() if o in mine}  # this run's (checks cover all)
@@ -297,14 +351,19 @@ def summarize(system: OrderSystem, stock_before: dict[int, Any], result: RunResu
         },
         "activity": {k: metrics[k] for k in ("retries", "compensations", "restarts")},
         "stock": {
-            str(p): {"before_on_hand": stock_before.get(p, {}).get("on_hand", 0),
-                     "before_reserved": stock_before.get(p, {}).get("reserved", 0),
-                     "on_hand": v.on_hand, "reserved": v.reserved}
+            str(p): {
+                "before_on_hand": stock_before.get(p, {}).get("on_hand", 0),
+                "before_reserved": stock_before.get(p, {}).get("reserved", 0),
+                "on_hand": v.on_hand,
+                "reserved": v.reserved,
+            }
             for p, v in inventory.items()
         },
         "payments": {
-            "captured": len(captured), "captured_total": str(sum((p.amount for p in captured), Decimal(0))),
-            "voided": len(voided), "voided_total": str(sum((p.amount for p in voided), Decimal(0))),
+            "captured": len(captured),
+            "captured_total": str(sum((p.amount for p in captured), Decimal(0))),
+            "voided": len(voided),
+            "voided_total": str(sum((p.amount for p in voided), Decimal(0))),
         },
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
         "ok": all(c.ok for c in checks),
@@ -313,8 +372,10 @@ def summarize(system: OrderSystem, stock_before: dict[int, Any], result: RunResu
         summary["performance"] = {
             "seconds": round(result.elapsed, 3),
             "orders_per_second": round(len(result.latencies) / result.elapsed, 1),
-            "latency_ms": {q: round(1000 * percentile(result.latencies, v), 1)
-                           for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+            "latency_ms": {
+                q: round(1000 * percentile(result.latencies, v), 1)
+                for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+            },
             "errors": dict(result.errors),
         }
     if recovery is not None:
@@ -339,23 +400,32 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
         r = summary["recovery"]
         w("\n== Recovery after SIGKILL ==\n")
         w(f"  child killed after {r['reported_before_kill']} outcomes\n")
-        w(f"  sagas resumed {r['sagas_resumed']}: rolled forward {r['rolled_forward']}, "
-          f"rolled back {r['rolled_back']}; orders whose saga never began {r['orders_never_started']}\n")
+        w(
+            f"  sagas resumed {r['sagas_resumed']}: rolled forward {r['rolled_forward']}, "
+            f"rolled back {r['rolled_back']}; orders whose saga never began {r['orders_never_started']}\n"
+        )
     if "performance" in summary:
         p = summary["performance"]
         lat = p["latency_ms"]
         w("\n== Performance ==\n")
-        w(f"  {p['orders_per_second']} orders/s over {p['seconds']} s; latency p50 {lat['p50']} ms, "
-          f"p95 {lat['p95']} ms, p99 {lat['p99']} ms\n")
+        w(
+            f"  {p['orders_per_second']} orders/s over {p['seconds']} s; latency p50 {lat['p50']} ms, "
+            f"p95 {lat['p95']} ms, p99 {lat['p99']} ms\n"
+        )
         if p["errors"]:
             w(f"  errors: {p['errors']}\n")
     w("\n== Stock ==   before (on hand, reserved) -> after (on hand, reserved)\n")
     for product, s in summary["stock"].items():
-        w(f"  product {product}: {s['before_on_hand']:5d} {s['before_reserved']:3d}  ->  "
-          f"{s['on_hand']:5d} {s['reserved']:3d}\n")
+        w(
+            f"  product {product}: {s['before_on_hand']:5d} {s['before_reserved']:3d}  ->  "
+            f"{s['on_hand']:5d} {s['reserved']:3d}\n"
+        )
     pay = summary["payments"]
     w("\n== Payments ==\n")
-    w(f"  captured {pay['captured']} ({pay['captured_total']}), voided {pay['voided']} ({pay['voided_total']})\n")
+    w(
+        f"  captured {pay['captured']} ({pay['captured_total']}),"
+        f" voided {pay['voided']} ({pay['voided_total']})\n"
+    )
     w("\n== Consistency checks ==\n")
     for check in summary["checks"]:
         mark = "PASS" if check["ok"] else "FAIL"
@@ -373,8 +443,9 @@ def simulate(args: argparse.Namespace, journal: str, out: IO[str]) -> dict[str, 
     with system:
         before = {p: {"on_hand": v.on_hand, "reserved": v.reserved} for p, v in system.inventory().items()}
         progress = Progress(len(workload.requests), out, quiet=args.child)
-        result = place_all(system, workload.requests, args.concurrency, progress,
-                           report=sys.stdout if args.child else None)
+        result = place_all(
+            system, workload.requests, args.concurrency, progress, report=sys.stdout if args.child else None
+        )
         return summarize(system, before, result, workload)
 
 
@@ -406,16 +477,23 @@ def kill_and_recover(args: argparse.Namespace, journal: str, out: IO[str]) -> di
     system = build_system(args, journal, workload.stock)
     with system:
         report = system.recovery()
-        out.write(f"recovery: {report.sagas_resumed} sagas resumed ({report.rolled_forward} rolled forward, "
-                  f"{report.rolled_back} rolled back), {report.orders_never_started} orders never started\n")
+        out.write(
+            f"recovery: {report.sagas_resumed} sagas resumed ({report.rolled_forward} rolled forward, "
+            f"{report.rolled_back} rolled back), {report.orders_never_started} orders never started\n"
+        )
         system.wait_idle(60)
         before = {p: {"on_hand": v.received, "reserved": 0} for p, v in system.inventory().items()}
         out.write("placing the whole workload again: finished orders are answered from the journal\n")
         progress = Progress(len(workload.requests), out)
         result = place_all(system, workload.requests, args.concurrency, progress)
-        recovery = {"reported_before_kill": len(reported), "sagas_resumed": report.sagas_resumed,
-                    "rolled_forward": report.rolled_forward, "rolled_back": report.rolled_back,
-                    "orders_never_started": report.orders_never_started, "reported": reported}
+        recovery = {
+            "reported_before_kill": len(reported),
+            "sagas_resumed": report.sagas_resumed,
+            "rolled_forward": report.rolled_forward,
+            "rolled_back": report.rolled_back,
+            "orders_never_started": report.orders_never_started,
+            "reported": reported,
+        }
         return summarize(system, before, result, workload, recovery)
 
 
@@ -428,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         journal = args.journal or os.path.join(folder, "journal.db")
         if not args.child:
             out.write(f"journal: {journal}{'' if args.journal else ' (temporary)'}\n")
-        summary = kill_and_recover(args, journal, out) if args.kill_and_recover else simulate(args, journal, out)
+        summary = (
+            kill_and_recover(args, journal, out) if args.kill_and_recover else simulate(args, journal, out)
+        )
     if args.child:
         return 0
     if args.json:

@@ -6,11 +6,11 @@ journal refuses any type not listed here.
 
 from __future__ import annotations
 
-from actors import inventory, orders, payment
-from actors.order_saga import OrderSagaData
-from actors.validation import OrderItem
-from persistence.serialization import EventCodec
-from sagas.engine import DURABLE_EVENTS
+from saga_actors.actors import inventory, orders, payment
+from saga_actors.actors.order_saga import OrderSagaData
+from saga_actors.actors.validation import OrderItem
+from saga_actors.persistence.serialization import EventCodec
+from saga_actors.sagas.engine import DURABLE_EVENTS
 
 __all__ = ["order_codec"]
 
@@ -22,14 +22,25 @@ def order_codec() -> EventCodec:
         OrderSagaData,
         *DURABLE_EVENTS,
         # inventory: events, and the state for snapshots
-        inventory.ProductsStocked, inventory.StockReserved, inventory.ReservationRejected,
-        inventory.StockCommitted, inventory.StockReleased,
-        inventory.InventoryState, inventory.Reservation,
+        inventory.ProductsStocked,
+        inventory.StockReserved,
+        inventory.ReservationRejected,
+        inventory.StockCommitted,
+        inventory.StockReleased,
+        inventory.InventoryState,
+        inventory.Reservation,
         # payment
-        payment.PaymentAuthorized, payment.PaymentDeclined, payment.PaymentCaptured,
-        payment.PaymentVoided, payment.PaymentState, payment.Authorization,
+        payment.PaymentAuthorized,
+        payment.PaymentDeclined,
+        payment.PaymentCaptured,
+        payment.PaymentVoided,
+        payment.PaymentState,
+        payment.Authorization,
         # orders
-        orders.OrderPlaced, orders.OrderConfirmed, orders.OrderCancelled,
-        orders.OrdersState, orders.OrderRecord,
+        orders.OrderPlaced,
+        orders.OrderConfirmed,
+        orders.OrderCancelled,
+        orders.OrdersState,
+        orders.OrderRecord,
     )
     return codec

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from actors.inventory import StockView
-from actors.orders import OrderView
-from actors.payment import PaymentView
+from saga_actors.actors.inventory import StockView
+from saga_actors.actors.orders import OrderView
+from saga_actors.actors.payment import PaymentView
 
 __all__ = ["Check", "check_consistency"]
 
@@ -53,7 +53,8 @@ def check_consistency(
         if on_hand != expected:
             unconserved[product] = (on_hand, expected)
     wrong_capture = sorted(
-        o for o, v in confirmed.items()
+        o
+        for o, v in confirmed.items()
         if o not in payments or payments[o].state != "captured" or payments[o].amount != v.amount
     )
     captured_not_confirmed = sorted(
@@ -65,11 +66,16 @@ def check_consistency(
         Check("no order pending", not pending, _some(pending)),
         Check("nothing reserved", not reserved, _some(reserved)),
         Check("no payment left authorized", not authorized, _some(authorized)),
-        Check("stock conserved", not unconserved,
-              _some({p: f"on hand {a}, expected {e}" for p, (a, e) in unconserved.items()})),
-        Check("every confirmed order captured exactly its amount",
-              not wrong_capture and not captured_not_confirmed,
-              _some(wrong_capture + captured_not_confirmed) or f"{len(confirmed)} orders, {total}"),
+        Check(
+            "stock conserved",
+            not unconserved,
+            _some({p: f"on hand {a}, expected {e}" for p, (a, e) in unconserved.items()}),
+        ),
+        Check(
+            "every confirmed order captured exactly its amount",
+            not wrong_capture and not captured_not_confirmed,
+            _some(wrong_capture + captured_not_confirmed) or f"{len(confirmed)} orders, {total}",
+        ),
         Check("no product oversold", not oversold, _some(oversold)),
     ]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from actors.participant import Answer, ParticipantActor
-from actors.validation import OrderItem
+from saga_actors.actors.participant import Answer, ParticipantActor
+from saga_actors.actors.validation import OrderItem
 
 __all__ = [
     "CommitStock",
@@ -105,10 +105,13 @@ class StockReleased:
 # --- state ---
 
 
+ReservationStatus = Literal["held", "committed", "released", "rejected"]
+
+
 @dataclass(slots=True)
 class Reservation:
     items: tuple[OrderItem, ...]
-    status: str  # "held", "committed", "released" or "rejected"
+    status: ReservationStatus
     reason: str | None = None
 
 
@@ -201,13 +204,13 @@ def evolve(state: InventoryState, event: Any) -> InventoryState:
                 state.reserved[item.product_id] -= item.quantity
             reservation.status = "committed"
         case StockReleased(order_id=order_id):
-            reservation = state.reservations.get(order_id)
-            if reservation is None:
+            held = state.reservations.get(order_id)
+            if held is None:
                 state.reservations[order_id] = Reservation((), "released")
             else:
-                for item in reservation.items:
+                for item in held.items:
                     state.reserved[item.product_id] -= item.quantity
-                reservation.status = "released"
+                held.status = "released"
         case _:
             raise TypeError(f"inventory: unknown event {type(event).__name__}")
     return state

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from actors.inventory import CommitStock, ReleaseStock, ReserveStock
-from actors.orders import CancelOrder, ConfirmOrder
-from actors.payment import AuthorizePayment, CapturePayment, VoidPayment
-from actors.validation import OrderItem, OrderRequest
-from sagas.definition import SagaContext, SagaDefinition, Step
+from saga_actors.actors.inventory import CommitStock, ReleaseStock, ReserveStock
+from saga_actors.actors.orders import CancelOrder, ConfirmOrder
+from saga_actors.actors.payment import AuthorizePayment, CapturePayment, VoidPayment
+from saga_actors.actors.validation import OrderItem, OrderRequest
+from saga_actors.sagas.definition import SagaContext, SagaDefinition, Step
 
 __all__ = ["ORDER_SAGA", "OrderSagaData"]
 
@@ -49,12 +49,18 @@ ORDER_SAGA = SagaDefinition(
     name="order",
     stages=(
         (
-            Step("reserve_stock", "inventory",
-                 action=lambda c: ReserveStock(c.saga_id, c.data.items),
-                 compensation=lambda c: ReleaseStock(c.saga_id)),
-            Step("authorize_payment", "payment",
-                 action=_authorize,
-                 compensation=lambda c: VoidPayment(c.saga_id)),
+            Step(
+                "reserve_stock",
+                "inventory",
+                action=lambda c: ReserveStock(c.saga_id, c.data.items),
+                compensation=lambda c: ReleaseStock(c.saga_id),
+            ),
+            Step(
+                "authorize_payment",
+                "payment",
+                action=_authorize,
+                compensation=lambda c: VoidPayment(c.saga_id),
+            ),
         ),
         (
             Step("commit_stock", "inventory", action=lambda c: CommitStock(c.saga_id)),

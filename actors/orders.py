@@ -15,16 +15,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final, Literal
 
 import pykka
 
-from actors.errors import IdempotencyConflict
-from actors.participant import Answer, ParticipantActor
-from actors.validation import OrderItem, OrderRequest
-from persistence.journal import JournalWithSnapshots
-from sagas.actor import SagaFinished
-from sagas.metrics import Metrics
+from saga_actors.actors.errors import IdempotencyConflict
+from saga_actors.actors.participant import Answer, ParticipantActor
+from saga_actors.actors.validation import OrderItem, OrderRequest
+from saga_actors.persistence.journal import JournalWithSnapshots
+from saga_actors.sagas.actor import SagaFinished
+from saga_actors.sagas.metrics import Metrics
 
 __all__ = [
     "CancelOrder",
@@ -32,7 +32,6 @@ __all__ = [
     "GetOrder",
     "GetOrders",
     "InFlight",
-    "Waiters",
     "OrderCancelled",
     "OrderConfirmed",
     "OrderPlaced",
@@ -41,6 +40,7 @@ __all__ = [
     "OrdersState",
     "PlaceOrder",
     "RecoverOrders",
+    "Waiters",
     "answer",
     "decide",
     "evolve",
@@ -50,7 +50,10 @@ logger = logging.getLogger(__name__)
 
 PERSISTENCE_ID = "orders"
 
-PENDING, CONFIRMED, CANCELLED = "pending", "confirmed", "cancelled"
+OrderState = Literal["pending", "confirmed", "cancelled"]
+PENDING: Final = "pending"
+CONFIRMED: Final = "confirmed"
+CANCELLED: Final = "cancelled"
 
 
 # --- commands ---
@@ -125,7 +128,7 @@ class OrderCancelled:
 @dataclass(slots=True)
 class OrderRecord:
     placed: OrderPlaced
-    state: str = PENDING
+    state: OrderState = PENDING
     reason: str | None = None
 
 
@@ -137,7 +140,7 @@ class OrdersState:
 @dataclass(frozen=True, slots=True)
 class OrderView:
     order_id: str
-    state: str
+    state: OrderState
     reason: str | None
     amount: Decimal
     items: tuple[OrderItem, ...]
@@ -156,8 +159,15 @@ def decide(command: Any, state: OrdersState) -> list[Any]:
                     raise IdempotencyConflict(order.order_id)
                 return []
             return [
-                OrderPlaced(order.order_id, order.user_id, order.items, order.amount,
-                            order.currency, order.card.last4, fingerprint)
+                OrderPlaced(
+                    order.order_id,
+                    order.user_id,
+                    order.items,
+                    order.amount,
+                    order.currency,
+                    order.card.last4,
+                    fingerprint,
+                )
             ]
         case ConfirmOrder(order_id=order_id):
             return [OrderConfirmed(order_id)] if _status(state, order_id) == PENDING else []
@@ -334,15 +344,22 @@ class OrderService(ParticipantActor[OrdersState]):
             return
         self._metrics.increment("orders_placed")
         self._in_flight.add(order.order_id)
-        logger.info("[%s] placed: %d item(s), %s %s", order.order_id, len(order.items),
-                    order.amount, order.currency, extra={"order_id": order.order_id})
+        logger.info(
+            "[%s] placed: %d item(s), %s %s",
+            order.order_id,
+            len(order.items),
+            order.amount,
+            order.currency,
+            extra={"order_id": order.order_id},
+        )
         # The saga starts once the order is durable: a saga must never act for
         # an order that a crash could make the order service forget.
         self.persist_async(events, lambda: functools.partial(self._start_saga, order))
 
     def _cancel_unstarted(self, sagas_started: frozenset[str]) -> list[str]:
         unstarted = [
-            order_id for order_id, record in self.state.orders.items()
+            order_id
+            for order_id, record in self.state.orders.items()
             if record.state == PENDING and order_id not in sagas_started
         ]
         for order_id in unstarted:
@@ -360,8 +377,11 @@ class OrderService(ParticipantActor[OrdersState]):
         if record.state == PENDING:
             # The saga never began (it failed before journaling its start), so
             # no request about the order left: cancel it.
-            logger.warning("[%s] saga ended without starting; cancelling the order", finished.saga_id,
-                           extra={"order_id": finished.saga_id})
+            logger.warning(
+                "[%s] saga ended without starting; cancelling the order",
+                finished.saga_id,
+                extra={"order_id": finished.saga_id},
+            )
             self.persist(decide(CancelOrder(finished.saga_id, "interrupted"), self.state))
         self._metrics.increment("orders_confirmed" if record.state == CONFIRMED else "orders_cancelled")
         self._in_flight.discard(finished.saga_id)

@@ -15,11 +15,18 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import pykka
 
-from actors.simulation import CRASH_AFTER, CRASH_BEFORE, OK, UNAVAILABLE, FaultInjector, SimulatedCrash
-from persistence.eventsourced import EventSourcedActor
-from persistence.journal import JournalWithSnapshots
-from sagas.protocol import Reply, Request
-from supervision.monitor import Monitored
+from saga_actors.actors.simulation import (
+    CRASH_AFTER,
+    CRASH_BEFORE,
+    OK,
+    UNAVAILABLE,
+    FaultInjector,
+    SimulatedCrash,
+)
+from saga_actors.persistence.eventsourced import EventSourcedActor
+from saga_actors.persistence.journal import JournalWithSnapshots
+from saga_actors.sagas.protocol import Reply, Request
+from saga_actors.supervision.monitor import Monitored
 
 __all__ = ["Answer", "ParticipantActor"]
 

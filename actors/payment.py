@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
-from actors.participant import Answer, ParticipantActor
-from actors.validation import PaymentCard
+from saga_actors.actors.participant import Answer, ParticipantActor
+from saga_actors.actors.validation import PaymentCard
 
 __all__ = [
     "AuthorizePayment",
@@ -101,12 +101,15 @@ class PaymentVoided:
 # --- state ---
 
 
+PaymentStatus = Literal["authorized", "captured", "voided"]
+
+
 @dataclass(slots=True)
 class Authorization:
     amount: Decimal
     currency: str
     card_last4: str
-    status: str  # "authorized", "captured" or "voided"
+    status: PaymentStatus
 
 
 @dataclass(slots=True)
@@ -116,16 +119,12 @@ class PaymentState:
     voided_unseen: set[str] = field(default_factory=set)  # tombstones
 
     def known(self, order_id: str) -> bool:
-        return (
-            order_id in self.authorizations
-            or order_id in self.declined
-            or order_id in self.voided_unseen
-        )
+        return order_id in self.authorizations or order_id in self.declined or order_id in self.voided_unseen
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentView:
-    state: str
+    state: PaymentStatus
     amount: Decimal
 
 

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from supervision.timer import Recipient, Timer
+from saga_actors.supervision.timer import Recipient, Timer
 
 __all__ = ["FaultInjector", "FaultPlan", "SimulatedCrash", "SimulatedLink"]
 

@@ -19,23 +19,24 @@ never an embedding application's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
-from actors.consistency import Check, check_consistency
-from actors.errors import SystemNotRunning
-from actors.codec import order_codec
-from actors.inventory import PERSISTENCE_ID as INVENTORY_ID
-from actors.inventory import GetStock, InventoryActor, StockView, stock_command
-from actors.order_saga import ORDER_SAGA, OrderSagaData
-from actors.orders import (
+from saga_actors.actors.codec import order_codec
+from saga_actors.actors.consistency import Check, check_consistency
+from saga_actors.actors.errors import SystemNotRunning
+from saga_actors.actors.inventory import PERSISTENCE_ID as INVENTORY_ID
+from saga_actors.actors.inventory import GetStock, InventoryActor, StockView, stock_command
+from saga_actors.actors.order_saga import ORDER_SAGA, OrderSagaData
+from saga_actors.actors.orders import (
     GetOrder,
     GetOrders,
     InFlight,
@@ -45,29 +46,29 @@ from actors.orders import (
     RecoverOrders,
     Waiters,
 )
-from actors.payment import GetPayments, PaymentActor, PaymentView
-from actors.simulation import FaultInjector, FaultPlan, SimulatedLink
-from actors.validation import OrderRequest, validate_order
-from persistence.journal import InMemoryJournal, JournalWithSnapshots
-from persistence.sqlite import SQLiteJournal
-from sagas.actor import SagaActor, SagaFinished, saga_persistence_id
-from sagas.engine import FINAL_EVENTS, CommitDecided
-from sagas.metrics import Metrics
-from sagas.policy import RetryPolicy
-from supervision import (
+from saga_actors.actors.payment import GetPayments, PaymentActor, PaymentView
+from saga_actors.actors.simulation import FaultInjector, FaultPlan, SimulatedLink
+from saga_actors.actors.validation import OrderRequest, validate_order
+from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
+from saga_actors.persistence.sqlite import SQLiteJournal
+from saga_actors.sagas.actor import SagaActor, SagaFinished, saga_persistence_id
+from saga_actors.sagas.engine import FINAL_EVENTS, CommitDecided
+from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.supervision import (
     ONE_FOR_ONE,
     REST_FOR_ONE,
     TRANSIENT,
+    AddChild,
     Address,
     Backoff,
     ChildSpec,
     Intensity,
-    AddChild,
     ResourceActor,
     StartChild,
     start_supervisor,
 )
-from supervision.timer import Timer
+from saga_actors.supervision.timer import Timer
 
 __all__ = ["OrderFuture", "OrderSystem", "RecoveryReport"]
 
@@ -198,10 +199,11 @@ class OrderSystem:
                 return self
             self._failure = None
             try:
-                self._root = self._start_tree()
-                if self._stock and self._journal.highest_sequence_nr(INVENTORY_ID) == 0:
+                journal = self._journal = self._open_journal()
+                self._root = self._start_tree(journal)
+                if self._stock and journal.highest_sequence_nr(INVENTORY_ID) == 0:
                     self._inventory.ask(stock_command(self._stock), timeout=QUERY_TIMEOUT)
-                self._recovery = self._recover_sagas()
+                self._recovery = self._recover_sagas(journal)
             except BaseException:
                 self._stop_tree()
                 raise
@@ -245,16 +247,16 @@ class OrderSystem:
         return self.submit(request).get(timeout)
 
     def order(self, order_id: str) -> OrderView | None:
-        return self._ask(self._orders, GetOrder(order_id))
+        return cast("OrderView | None", self._ask(self._orders, GetOrder(order_id)))
 
     def orders(self) -> dict[str, OrderView]:
-        return self._ask(self._orders, GetOrders())
+        return cast("dict[str, OrderView]", self._ask(self._orders, GetOrders()))
 
     def inventory(self) -> dict[int, StockView]:
-        return self._ask(self._inventory, GetStock())
+        return cast("dict[int, StockView]", self._ask(self._inventory, GetStock()))
 
     def payments(self) -> dict[str, PaymentView]:
-        return self._ask(self._payment, GetPayments())
+        return cast("dict[str, PaymentView]", self._ask(self._payment, GetPayments()))
 
     def metrics(self) -> dict[str, int]:
         counts = self._metrics.snapshot()
@@ -278,8 +280,7 @@ class OrderSystem:
 
     # --- the supervision tree ---
 
-    def _start_tree(self) -> pykka.ActorRef[Any]:
-        journal = self._journal = self._open_journal()
+    def _start_tree(self, journal: JournalWithSnapshots) -> pykka.ActorRef[Any]:
         timer = Timer("order-system-timer")
         inventory_dice = FaultInjector(self._inventory_faults, "inventory")
         payment_dice = FaultInjector(self._payment_faults, "payment")
@@ -293,35 +294,65 @@ class OrderSystem:
         every = self._snapshot_every
         restarted = self._count_restart
         services = [
-            ChildSpec("inventory", address=self._inventory, start=lambda: InventoryActor.start_recovered(
-                journal, inventory_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)),
-            ChildSpec("payment", address=self._payment, start=lambda: PaymentActor.start_recovered(
-                journal, payment_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT)),
-            ChildSpec("orders", address=self._orders, start=lambda: OrderService.start_recovered(
-                journal, start_saga=self._start_saga, in_flight=self._in_flight, waiters=self._waiters,
-                metrics=self._metrics, snapshot_every=every, timeout=RECOVERY_TIMEOUT)),
+            ChildSpec(
+                "inventory",
+                address=self._inventory,
+                start=lambda: InventoryActor.start_recovered(
+                    journal, inventory_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT
+                ),
+            ),
+            ChildSpec(
+                "payment",
+                address=self._payment,
+                start=lambda: PaymentActor.start_recovered(
+                    journal, payment_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT
+                ),
+            ),
+            ChildSpec(
+                "orders",
+                address=self._orders,
+                start=lambda: OrderService.start_recovered(
+                    journal,
+                    start_saga=self._start_saga,
+                    in_flight=self._in_flight,
+                    waiters=self._waiters,
+                    metrics=self._metrics,
+                    snapshot_every=every,
+                    timeout=RECOVERY_TIMEOUT,
+                ),
+            ),
         ]
         root_children = [
             ChildSpec("journal", lambda: ResourceActor.start("journal", journal.open, journal.close)),
             ChildSpec("timer", lambda: ResourceActor.start("timer", timer.start, timer.stop)),
-            ChildSpec("services", lambda: start_supervisor(
-                name="services", children=services, strategy=ONE_FOR_ONE,
-                intensity=SERVICES_INTENSITY, backoff=SERVICES_BACKOFF, on_restart=restarted)),
+            ChildSpec(
+                "services",
+                lambda: start_supervisor(
+                    name="services",
+                    children=services,
+                    strategy=ONE_FOR_ONE,
+                    intensity=SERVICES_INTENSITY,
+                    backoff=SERVICES_BACKOFF,
+                    on_restart=restarted,
+                ),
+            ),
             ChildSpec("sagas", address=self._sagas, start=self._start_sagas_supervisor),
         ]
         return start_supervisor(
-            name="order-system", children=root_children, strategy=REST_FOR_ONE,
-            intensity=ROOT_INTENSITY, backoff=ROOT_BACKOFF, on_restart=restarted,
+            name="order-system",
+            children=root_children,
+            strategy=REST_FOR_ONE,
+            intensity=ROOT_INTENSITY,
+            backoff=ROOT_BACKOFF,
+            on_restart=restarted,
             on_exit=self._root_exited,
         )
 
     def _stop_tree(self) -> None:
         root, self._root = self._root, None
         if root is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 root.stop(block=True, timeout=RECOVERY_TIMEOUT)
-            except pykka.ActorDeadError:
-                pass
         if self._journal is not None:
             self._journal.close()  # in case the tree never got to start it
         self._waiters.fail_all(SystemNotRunning("the order system stopped before the outcome was known"))
@@ -345,16 +376,15 @@ class OrderSystem:
 
     # --- sagas ---
 
-    def _recover_sagas(self) -> RecoveryReport:
+    def _recover_sagas(self, journal: JournalWithSnapshots) -> RecoveryReport:
         """Resume every saga the journal shows unfinished; cancel orders whose saga never began."""
-        assert self._journal is not None
         prefix = saga_persistence_id(ORDER_SAGA, "")
-        started = {pid[len(prefix):] for pid in self._journal.persistence_ids(prefix)}
+        started = {pid[len(prefix) :] for pid in journal.persistence_ids(prefix)}
         unfinished: list[tuple[str, bool]] = []
-        for persistence_id in self._journal.open_persistence_ids(prefix, FINAL_EVENTS):
-            events = [stored.event for stored in self._journal.replay(persistence_id)]
+        for persistence_id in journal.open_persistence_ids(prefix, FINAL_EVENTS):
+            events = [stored.event for stored in journal.replay(persistence_id)]
             committed = any(isinstance(e, CommitDecided) for e in events)
-            unfinished.append((persistence_id[len(prefix):], committed))
+            unfinished.append((persistence_id[len(prefix) :], committed))
         never_started = self._orders.ask(RecoverOrders(frozenset(started)), timeout=QUERY_TIMEOUT)
         for saga_id, _ in unfinished:
             self._in_flight.add(saga_id)
@@ -370,8 +400,13 @@ class OrderSystem:
         return report
 
     def _start_sagas_supervisor(self) -> pykka.ActorRef[Any]:
-        ref = start_supervisor(name="sagas", strategy=ONE_FOR_ONE, intensity=SAGAS_INTENSITY,
-                               backoff=SAGAS_BACKOFF, on_restart=self._count_restart)
+        ref = start_supervisor(
+            name="sagas",
+            strategy=ONE_FOR_ONE,
+            intensity=SAGAS_INTENSITY,
+            backoff=SAGAS_BACKOFF,
+            on_restart=self._count_restart,
+        )
         # When this subtree is restarted, its sagas were stopped with it:
         # resume every one still in flight from its journal.
         for saga_id in self._in_flight.ids():
@@ -426,8 +461,10 @@ class OrderSystem:
         try:
             self._orders.tell(finished)
         except pykka.ActorDeadError:
-            logger.warning("[%s] finished while the order service was down; it resumes at the next start",
-                           finished.saga_id)
+            logger.warning(
+                "[%s] finished while the order service was down; it resumes at the next start",
+                finished.saga_id,
+            )
 
     # --- calling actors that may be restarting ---
 
@@ -439,8 +476,11 @@ class OrderSystem:
         deadline = time.monotonic() + QUERY_TIMEOUT
         while True:
             if not self._running:
-                reason = f"the order system failed: {self._failure}" if self._failure else \
-                    "the order system is not running; call start()"
+                reason = (
+                    f"the order system failed: {self._failure}"
+                    if self._failure
+                    else "the order system is not running; call start()"
+                )
                 raise SystemNotRunning(reason)
             try:
                 return send(address)
@@ -460,15 +500,17 @@ def _order_id_of(request: Any) -> str | None:
 
 
 def _check_arguments(
-    stock: Mapping[int, int] | None,
-    inventory_faults: FaultPlan | None,
-    payment_faults: FaultPlan | None,
-    retry: RetryPolicy | None,
-    snapshot_every: int | None,
+    stock: object,
+    inventory_faults: object,
+    payment_faults: object,
+    retry: object,
+    snapshot_every: object,
 ) -> None:
+    """Check arguments that an untyped caller may get wrong; raise ValueError naming each problem."""
     problems = []
-    if snapshot_every is not None and (isinstance(snapshot_every, bool)
-                                       or not isinstance(snapshot_every, int) or snapshot_every < 1):
+    if snapshot_every is not None and (
+        isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1
+    ):
         problems.append(f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
     if stock is not None:
         if not isinstance(stock, Mapping):
@@ -478,7 +520,9 @@ def _check_arguments(
                 if isinstance(product_id, bool) or not isinstance(product_id, int) or product_id < 0:
                     problems.append(f"stock: product id {product_id!r} is not a non-negative integer")
                 if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-                    problems.append(f"stock[{product_id!r}]: quantity {quantity!r} is not a non-negative integer")
+                    problems.append(
+                        f"stock[{product_id!r}]: quantity {quantity!r} is not a non-negative integer"
+                    )
     for name, value in (("inventory_faults", inventory_faults), ("payment_faults", payment_faults)):
         if value is not None and not isinstance(value, FaultPlan):
             problems.append(f"{name} must be a FaultPlan, got {type(value).__name__}")

@@ -14,9 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeGuard
 
-from actors.errors import InvalidOrder
+from saga_actors.actors.errors import InvalidOrder
 
 __all__ = [
     "MAX_AMOUNT",
@@ -135,9 +135,8 @@ def validate_order(request: Any) -> OrderRequest:
         else:
             card, amount, currency = _validate_payment(payment, problems)
 
-    if problems:
-        raise InvalidOrder(problems)
-    assert card is not None
+    if problems or card is None or not _is_int(user_id) or not isinstance(order_id, str):
+        raise InvalidOrder(problems or ["request: invalid"])
     return OrderRequest(order_id, user_id, items, amount, currency, card)
 
 
@@ -187,16 +186,15 @@ def _validate_items(items: Any, problems: list[str]) -> tuple[OrderItem, ...]:
             continue
         _check_fields(item, f"{path}.", _ITEM_FIELDS, (), problems)
         product_id, quantity = item.get("product_id"), item.get("quantity")
-        ok = True
-        if "product_id" in item and not (_is_int(product_id) and product_id >= 0):
+        good_product = _is_int(product_id) and product_id >= 0
+        good_quantity = _is_int(quantity) and 0 < quantity <= MAX_QUANTITY
+        if "product_id" in item and not good_product:
             problems.append(f"{path}.product_id: must be a non-negative integer, got {_show(product_id)}")
-            ok = False
-        if "quantity" in item and not (_is_int(quantity) and 0 < quantity <= MAX_QUANTITY):
+        if "quantity" in item and not good_quantity:
             problems.append(
                 f"{path}.quantity: must be an integer from 1 to {MAX_QUANTITY}, got {_show(quantity)}"
             )
-            ok = False
-        if ok and "product_id" in item and "quantity" in item:
+        if _is_int(product_id) and good_product and _is_int(quantity) and good_quantity:
             if product_id in first_index:
                 problems.append(
                     f"{path}.product_id: {product_id} is already in items[{first_index[product_id]}]"
@@ -220,11 +218,13 @@ def _validate_payment(
     amount = _amount(payment, problems)
     currency = payment.get("currency", "USD")
     if not (isinstance(currency, str) and _CURRENCY.fullmatch(currency)):
-        problems.append(f"payment_info.currency: must be a three-letter code like 'USD', got {_show(currency)}")
+        problems.append(
+            f"payment_info.currency: must be a three-letter code like 'USD', got {_show(currency)}"
+        )
     cvv = payment.get("cvv")
     if cvv is not None and not (isinstance(cvv, str) and _CVV.fullmatch(cvv)):
         problems.append("payment_info.cvv: must be a string of 3 or 4 digits")
-    if number is None or problems:
+    if number is None or problems or not isinstance(expiry, str):
         return None, amount, str(currency)
     return PaymentCard(number, expiry, cvv), amount, currency
 
@@ -276,7 +276,7 @@ def _amount(payment: Mapping[Any, Any], problems: list[str]) -> Decimal:
     return Decimal(0)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

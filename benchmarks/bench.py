@@ -32,21 +32,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pykka  # noqa: E402
+import pykka
 
-import actors.system as system_module  # noqa: E402
-from actors import FaultPlan, OrderSystem, RetryPolicy  # noqa: E402
-from actors.codec import order_codec  # noqa: E402
-from actors.inventory import InventoryActor, ProductsStocked, StockReleased, StockReserved  # noqa: E402
-from actors.validation import OrderItem  # noqa: E402
-from persistence import SQLiteJournal  # noqa: E402
+import saga_actors.actors.system as system_module
+from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
+from saga_actors.actors.codec import order_codec
+from saga_actors.actors.inventory import InventoryActor, ProductsStocked, StockReleased, StockReserved
+from saga_actors.actors.validation import OrderItem
+from saga_actors.persistence import SQLiteJournal
 
 CARD = "4242424242424242"
 
 
 def request(order_id: str, product: int = 1) -> dict[str, Any]:
-    return {"user_id": 1, "order_id": order_id, "items": [{"product_id": product, "quantity": 1}],
-            "payment_info": {"card_number": CARD, "expiry": "12/30", "amount": "9.99"}}
+    return {
+        "user_id": 1,
+        "order_id": order_id,
+        "items": [{"product_id": product, "quantity": 1}],
+        "payment_info": {"card_number": CARD, "expiry": "12/30", "amount": "9.99"},
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -71,7 +75,7 @@ def run_clients(system: OrderSystem, clients: int, orders: int, prefix: str) -> 
             started = time.perf_counter()
             try:
                 ok = system.place_order(request(f"{prefix}-{i}", 1 + i % 16), timeout=60)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 ok = False
             took = time.perf_counter() - started
             with lock:
@@ -85,14 +89,20 @@ def run_clients(system: OrderSystem, clients: int, orders: int, prefix: str) -> 
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    return {"orders": orders, "seconds": elapsed, "orders_per_s": orders / elapsed,
-            "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
-            "failed": errors}
+    return {
+        "orders": orders,
+        "seconds": elapsed,
+        "orders_per_s": orders / elapsed,
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "failed": errors,
+    }
 
 
 def durable_system(folder: str, name: str, **kwargs: Any) -> OrderSystem:
-    return OrderSystem(journal_path=os.path.join(folder, f"{name}.db"),
-                       stock={p: 10**9 for p in range(1, 17)}, **kwargs)
+    return OrderSystem(
+        journal_path=os.path.join(folder, f"{name}.db"), stock=dict.fromkeys(range(1, 17), 10**9), **kwargs
+    )
 
 
 # --- 1. throughput and latency ---
@@ -105,12 +115,14 @@ def bench_throughput(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         with durable_system(folder, f"tp{clients}") as system:
             run_clients(system, min(clients, 8), min(200, orders), "warm")
             results[str(clients)] = run_clients(system, clients, orders, "o")
-            journal = system._journal  # noqa: SLF001
+            journal = system._journal
             results[str(clients)]["appends_per_order"] = journal.operations / (orders + min(200, orders))
             results[str(clients)]["commits_per_order"] = journal.transactions / (orders + min(200, orders))
-        print(f"  {clients:>4} clients: {results[str(clients)]['orders_per_s']:8.0f} orders/s, "
-              f"p50 {results[str(clients)]['p50_ms']:6.2f} ms, p99 {results[str(clients)]['p99_ms']:7.2f} ms",
-              flush=True)
+        print(
+            f"  {clients:>4} clients: {results[str(clients)]['orders_per_s']:8.0f} orders/s, "
+            f"p50 {results[str(clients)]['p50_ms']:6.2f} ms, p99 {results[str(clients)]['p99_ms']:7.2f} ms",
+            flush=True,
+        )
     return results
 
 
@@ -156,11 +168,11 @@ def bench_limits(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     with durable_system(folder, "count") as system:
         pykka.ActorRef.tell = counting_tell  # type: ignore[method-assign]
         try:
-            before = system._journal.operations, system._journal.transactions  # noqa: SLF001
+            before = system._journal.operations, system._journal.transactions
             count = 300
             with ThreadPoolExecutor(16) as pool:
                 list(pool.map(lambda i: system.place_order(request(f"c{i}"), timeout=60), range(count)))
-            journal = system._journal  # noqa: SLF001
+            journal = system._journal
             appends = (journal.operations - before[0]) / count
             commits = (journal.transactions - before[1]) / count
         finally:
@@ -177,11 +189,17 @@ def bench_limits(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         "orders_per_s_bound_by_messages": (1 / ask_seconds) / (messages / 2),
         "orders_per_s_bound_by_unbatched_fsync": (1 / commit_seconds) / appends,
     }
-    print(f"  pykka ask round trip {result['pykka_ask_round_trip_us']:.1f} us "
-          f"({result['asks_per_s']:.0f}/s); SQLite commit+fsync {result['sqlite_commit_fsync_us']:.1f} us "
-          f"({result['commits_per_s']:.0f}/s)", flush=True)
-    print(f"  one order = {messages:.1f} actor messages, {appends:.1f} journal appends "
-          f"({commits:.2f} commits with group commit at 16 clients)", flush=True)
+    print(
+        f"  pykka ask round trip {result['pykka_ask_round_trip_us']:.1f} us "
+        f"({result['asks_per_s']:.0f}/s); SQLite commit+fsync {result['sqlite_commit_fsync_us']:.1f} us "
+        f"({result['commits_per_s']:.0f}/s)",
+        flush=True,
+    )
+    print(
+        f"  one order = {messages:.1f} actor messages, {appends:.1f} journal appends "
+        f"({commits:.2f} commits with group commit at 16 clients)",
+        flush=True,
+    )
     return result
 
 
@@ -195,8 +213,11 @@ def bench_critical_path(args: argparse.Namespace, folder: str) -> dict[str, Any]
         run = run_clients(system, 1, args.critical_orders, "cp")
     p50 = run["p50_ms"] / 1000
     result = {"L_ms": latency * 1000, "p50_ms": run["p50_ms"], "p50_in_L": p50 / latency}
-    print(f"  L = {latency * 1000:.0f} ms: p50 {run['p50_ms']:.1f} ms = {p50 / latency:.2f} L "
-          f"(two calls on the critical path: 2 L is the floor)", flush=True)
+    print(
+        f"  L = {latency * 1000:.0f} ms: p50 {run['p50_ms']:.1f} ms = {p50 / latency:.2f} L "
+        f"(two calls on the critical path: 2 L is the floor)",
+        flush=True,
+    )
     return result
 
 
@@ -214,8 +235,11 @@ def bench_group_commit(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         finally:
             system_module.SQLiteJournal = original  # type: ignore[misc]
     ratio = results["on"]["orders_per_s"] / results["off"]["orders_per_s"]
-    print(f"  64 clients: group commit on {results['on']['orders_per_s']:.0f} orders/s, "
-          f"off {results['off']['orders_per_s']:.0f} orders/s: {ratio:.1f}x", flush=True)
+    print(
+        f"  64 clients: group commit on {results['on']['orders_per_s']:.0f} orders/s, "
+        f"off {results['off']['orders_per_s']:.0f} orders/s: {ratio:.1f}x",
+        flush=True,
+    )
     # The journal alone, where fsync is the only bound: 64 writers appending at once.
     journal_rates = {}
     for label, group in (("on", True), ("off", False)):
@@ -223,8 +247,12 @@ def bench_group_commit(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         per_writer = max(20, args.orders // 40)
         event = StockReleased("x")
 
-        def write(writer: int, journal: SQLiteJournal = journal, per_writer: int = per_writer,
-                  event: StockReleased = event) -> None:
+        def write(
+            writer: int,
+            journal: SQLiteJournal = journal,
+            per_writer: int = per_writer,
+            event: StockReleased = event,
+        ) -> None:
             for n in range(per_writer):
                 journal.append(f"w{writer}", [event], n)
 
@@ -234,10 +262,18 @@ def bench_group_commit(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         journal_rates[label] = 64 * per_writer / (time.perf_counter() - started)
         journal.close()
     journal_ratio = journal_rates["on"] / journal_rates["off"]
-    print(f"  journal alone, 64 writers: on {journal_rates['on']:.0f} appends/s, "
-          f"off {journal_rates['off']:.0f} appends/s: {journal_ratio:.1f}x", flush=True)
-    return {"on": results["on"], "off": results["off"], "ratio": ratio,
-            "journal_appends_per_s": journal_rates, "journal_ratio": journal_ratio}
+    print(
+        f"  journal alone, 64 writers: on {journal_rates['on']:.0f} appends/s, "
+        f"off {journal_rates['off']:.0f} appends/s: {journal_ratio:.1f}x",
+        flush=True,
+    )
+    return {
+        "on": results["on"],
+        "off": results["off"],
+        "ratio": ratio,
+        "journal_appends_per_s": journal_rates,
+        "journal_ratio": journal_ratio,
+    }
 
 
 # --- 5. recovery time ---
@@ -246,7 +282,8 @@ def bench_group_commit(args: argparse.Namespace, folder: str) -> dict[str, Any]:
 def write_inventory_history(path: str, events: int, snapshot_every: int | None) -> None:
     """An inventory journal of `events` events (reserve, release, ...), optionally with snapshots."""
     journal = SQLiteJournal(path, order_codec(), synchronous="OFF")
-    from actors.inventory import InventoryState, evolve
+    from saga_actors.actors.inventory import InventoryState, evolve
+
     state = evolve(InventoryState(), ProductsStocked(((1, 10**9),)))
     journal.append("inventory", [ProductsStocked(((1, 10**9),))], 0)
     sequence_nr, batch = 1, []
@@ -301,16 +338,27 @@ def bench_scale(args: argparse.Namespace, folder: str) -> dict[str, Any]:
         for future in futures:
             try:
                 confirmed += future.get(600)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 errors += 1
         wall = time.perf_counter() - started
         checks_ok = all(c.ok for c in system.check_consistency())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    result = {"orders": count, "wall_seconds": wall, "submit_seconds": submitted,
-              "in_flight_after_submit": peak_in_flight, "confirmed": confirmed, "errors": errors,
-              "peak_rss_mib": rss / 1024, "rss_before_mib": rss_before / 1024, "checks_ok": checks_ok}
-    print(f"  {count} orders in flight (latency ~1 s): wall {wall:.1f} s, peak RSS {rss / 1024:.0f} MiB, "
-          f"confirmed {confirmed}, errors {errors}, checks {'pass' if checks_ok else 'FAIL'}", flush=True)
+    result = {
+        "orders": count,
+        "wall_seconds": wall,
+        "submit_seconds": submitted,
+        "in_flight_after_submit": peak_in_flight,
+        "confirmed": confirmed,
+        "errors": errors,
+        "peak_rss_mib": rss / 1024,
+        "rss_before_mib": rss_before / 1024,
+        "checks_ok": checks_ok,
+    }
+    print(
+        f"  {count} orders in flight (latency ~1 s): wall {wall:.1f} s, peak RSS {rss / 1024:.0f} MiB, "
+        f"confirmed {confirmed}, errors {errors}, checks {'pass' if checks_ok else 'FAIL'}",
+        flush=True,
+    )
     return result
 
 
@@ -325,17 +373,26 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, str], dict[str, Any]]] = {
 
 
 def machine() -> dict[str, Any]:
-    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
-            "platform": platform.platform(), "cpus": os.cpu_count(), "pykka": importlib.metadata.version("pykka"),
-            "sqlite": sqlite3.sqlite_version}
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "pykka": importlib.metadata.version("pykka"),
+        "sqlite": sqlite3.sqlite_version,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny numbers (a smoke run)")
     parser.add_argument("--only", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
-    parser.add_argument("--json", metavar="PATH", default="benchmarks/results.json",
-                        help="where to write the results (default benchmarks/results.json)")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        default="benchmarks/results.json",
+        help="where to write the results (default benchmarks/results.json)",
+    )
     args = parser.parse_args(argv)
     if args.only:
         unknown = set(args.only.split(",")) - set(SECTIONS)

@@ -5,8 +5,8 @@ journal of events; it persists an event before it acts on it, and rebuilds
 its state on start from its latest snapshot and the events after it.
 """
 
-from persistence.eventsourced import EventSourcedActor
-from persistence.journal import (
+from saga_actors.persistence.eventsourced import EventSourcedActor
+from saga_actors.persistence.journal import (
     ConcurrencyError,
     InMemoryJournal,
     Journal,
@@ -16,8 +16,8 @@ from persistence.journal import (
     SelectedSnapshot,
     SnapshotStore,
 )
-from persistence.serialization import EventCodec, SerializationError
-from persistence.sqlite import SQLiteJournal
+from saga_actors.persistence.serialization import EventCodec, SerializationError
+from saga_actors.persistence.sqlite import SQLiteJournal
 
 __all__ = [
     "ConcurrencyError",

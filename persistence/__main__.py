@@ -1,7 +1,7 @@
 """Inspect a SQLite journal: where a person debugging a stuck order starts.
 
-    python -m persistence JOURNAL            # summary: streams, counts, unfinished sagas
-    python -m persistence JOURNAL ID         # every event about ID, in time order
+    python -m saga_actors.persistence JOURNAL            # summary: streams, counts, unfinished sagas
+    python -m saga_actors.persistence JOURNAL ID         # every event about ID, in time order
 
 The tool reads the stored JSON directly, so it needs none of the
 application's classes and never changes the file.
@@ -24,7 +24,9 @@ SAGA_FINAL_TYPES = ("SagaCompleted", "SagaAborted")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m persistence", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m saga_actors.persistence", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("journal", help="path of the SQLite journal file")
     parser.add_argument("id", nargs="?", help="an order id (or any id): show every event about it")
     args = parser.parse_args(argv)
@@ -49,7 +51,9 @@ def summary(db: sqlite3.Connection, path: str) -> int:
         "     ORDER BY sequence_nr DESC LIMIT 1) "
         "FROM streams s ORDER BY s.persistence_id"
     ).fetchall()
-    snapshots = dict(db.execute("SELECT persistence_id, max(sequence_nr) FROM snapshots GROUP BY persistence_id"))
+    snapshots = dict(
+        db.execute("SELECT persistence_id, max(sequence_nr) FROM snapshots GROUP BY persistence_id")
+    )
     total = sum(s[3] for s in streams)
     print(f"journal {path}: {len(streams)} streams, {total} events, {os.path.getsize(path)} bytes")
     groups: dict[str, list[Any]] = {}
@@ -85,7 +89,8 @@ def history(db: sqlite3.Connection, wanted: str) -> int:
         (wanted, "%:" + _escape_like(wanted), json.dumps(wanted)),
     ).fetchall()
     rows = [
-        row for row in candidates
+        row
+        for row in candidates
         if row[0] == wanted or row[0].endswith(":" + wanted) or _mentions(json.loads(row[5]), wanted)
     ]
     if not rows:
@@ -120,6 +125,7 @@ def _mentions(value: Any, wanted: str) -> bool:
 
 def _plain(value: Any) -> str:
     """The stored JSON without the type tags, for reading."""
+
     def strip(v: Any) -> Any:
         if isinstance(v, list):
             return [strip(x) for x in v]
@@ -132,6 +138,7 @@ def _plain(value: Any) -> str:
                 return {str(strip(k)): strip(x) for k, x in v["$dict"]}
             return {k: strip(x) for k, x in v.items() if k != "$type"}
         return v
+
     return json.dumps(strip(value), ensure_ascii=False)
 
 

@@ -7,6 +7,7 @@ journal on start, and persists events before applying them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import pykka
 
-from persistence.journal import JournalWithSnapshots
+from saga_actors.persistence.journal import JournalWithSnapshots
 
 __all__ = ["EventSourcedActor"]
 
@@ -127,8 +128,7 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.state = state
         self.sequence_nr = self.journal.highest_sequence_nr(self.persistence_id)
         if count or after:
-            logger.debug("%s: recovered from snapshot #%d and %d events",
-                         self.persistence_id, after, count)
+            logger.debug("%s: recovered from snapshot #%d and %d events", self.persistence_id, after, count)
 
     def persist(self, events: Sequence[Any]) -> None:
         """Write the journaled `events` in one atomic append, then apply all of them."""
@@ -162,10 +162,8 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
             if error is None:
                 on_durable()
                 return
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 actor.tell(_JournalFailed(error))
-            except pykka.ActorDeadError:
-                pass
 
         try:
             self.journal.append_async(self.persistence_id, journaled, before, done)

@@ -69,9 +69,7 @@ class SelectedSnapshot:
 class Journal(Protocol):
     """What every journal backend provides (see tests/test_journal_contract.py)."""
 
-    def append(
-        self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
-    ) -> int:
+    def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
         """Store `events` atomically after `expected_sequence_nr`; return the new highest.
 
         Raises ConcurrencyError if `expected_sequence_nr` is not the current
@@ -165,9 +163,7 @@ class InMemoryJournal:
         self._highest: dict[str, int] = {}
         self._snapshots: dict[str, dict[int, SelectedSnapshot]] = {}
 
-    def append(
-        self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
-    ) -> int:
+    def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
         with self._lock:
             highest = self._highest.get(persistence_id, 0)
             if expected_sequence_nr != highest:
@@ -205,9 +201,7 @@ class InMemoryJournal:
     ) -> list[PersistentEvent]:
         with self._lock:
             stored = list(self._events.get(persistence_id, ()))
-        selected = [
-            e for e in stored if from_sequence_nr <= e.sequence_nr <= to_sequence_nr
-        ]
+        selected = [e for e in stored if from_sequence_nr <= e.sequence_nr <= to_sequence_nr]
         return selected[: max(max_count, 0)]
 
     def highest_sequence_nr(self, persistence_id: str) -> int:
@@ -221,18 +215,20 @@ class InMemoryJournal:
     def open_persistence_ids(self, prefix: str, final_types: tuple[type, ...]) -> list[str]:
         with self._lock:
             return sorted(
-                p for p, events in self._events.items()
+                p
+                for p, events in self._events.items()
                 if p.startswith(prefix)
-                and not (events and events[-1].sequence_nr == self._highest[p]
-                         and isinstance(events[-1].event, final_types))
+                and not (
+                    events
+                    and events[-1].sequence_nr == self._highest[p]
+                    and isinstance(events[-1].event, final_types)
+                )
             )
 
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         with self._lock:
             stored = self._events.get(persistence_id, [])
-            self._events[persistence_id] = [
-                e for e in stored if e.sequence_nr > to_sequence_nr
-            ]
+            self._events[persistence_id] = [e for e in stored if e.sequence_nr > to_sequence_nr]
 
     def save_snapshot(self, persistence_id: str, sequence_nr: int, snapshot: Any) -> None:
         # A deep copy: the actor goes on changing its state in place.
@@ -250,8 +246,9 @@ class InMemoryJournal:
         if not candidates:
             return None
         best = max(candidates, key=lambda s: s.sequence_nr)
-        return SelectedSnapshot(best.persistence_id, best.sequence_nr,
-                                copy.deepcopy(best.snapshot), best.timestamp)
+        return SelectedSnapshot(
+            best.persistence_id, best.sequence_nr, copy.deepcopy(best.snapshot), best.timestamp
+        )
 
     def flush(self) -> None:
         pass  # every write is done when its call returns

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from persistence.journal import (
+from saga_actors.persistence.journal import (
     MAX_SEQUENCE_NR,
     AppendCallback,
     ConcurrencyError,
@@ -27,7 +27,7 @@ from persistence.journal import (
     PersistentEvent,
     SelectedSnapshot,
 )
-from persistence.serialization import EventCodec, SerializationError
+from saga_actors.persistence.serialization import EventCodec, SerializationError
 
 __all__ = ["SQLiteJournal"]
 
@@ -136,7 +136,10 @@ class SQLiteJournal:
     # --- journal ---
 
     def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
-        return self._submit(_Operation(append=self._rows(persistence_id, events, expected_sequence_nr)))
+        highest: int = self._submit(
+            _Operation(append=self._rows(persistence_id, events, expected_sequence_nr))
+        )
+        return highest
 
     def append_async(
         self,
@@ -145,14 +148,16 @@ class SQLiteJournal:
         expected_sequence_nr: int,
         on_done: AppendCallback,
     ) -> None:
-        operation = _Operation(append=self._rows(persistence_id, events, expected_sequence_nr),
-                               callback=on_done)
+        operation = _Operation(
+            append=self._rows(persistence_id, events, expected_sequence_nr), callback=on_done
+        )
         if self._closed:
             raise RuntimeError(f"journal {self.path} is closed")
         self._queue.put(operation)
 
-    def _rows(self, persistence_id: str, events: Sequence[Any],
-              expected_sequence_nr: int) -> tuple[str, int, list[tuple[Any, ...]]]:
+    def _rows(
+        self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
+    ) -> tuple[str, int, list[tuple[Any, ...]]]:
         # Encode in the caller's thread: a value that cannot be stored fails here, at its source.
         now = time.time()
         rows = [
@@ -194,10 +199,17 @@ class SQLiteJournal:
         result = []
         for expected, (sequence_nr, timestamp, type_name, version, data) in enumerate(rows, start=start):
             if sequence_nr != expected:
-                raise JournalCorrupted(persistence_id, expected, f"event missing (next stored is #{sequence_nr})")
-            result.append(PersistentEvent(persistence_id, sequence_nr,
-                                          self._decode(persistence_id, sequence_nr, type_name, version, data),
-                                          timestamp))
+                raise JournalCorrupted(
+                    persistence_id, expected, f"event missing (next stored is #{sequence_nr})"
+                )
+            result.append(
+                PersistentEvent(
+                    persistence_id,
+                    sequence_nr,
+                    self._decode(persistence_id, sequence_nr, type_name, version, data),
+                    timestamp,
+                )
+            )
         if len(result) < limit:
             raise JournalCorrupted(persistence_id, start + len(result), "event missing")
         return result
@@ -232,8 +244,10 @@ class SQLiteJournal:
 
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         def run(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM events WHERE persistence_id = ? AND sequence_nr <= ?",
-                       (persistence_id, to_sequence_nr))
+            db.execute(
+                "DELETE FROM events WHERE persistence_id = ? AND sequence_nr <= ?",
+                (persistence_id, to_sequence_nr),
+            )
             db.execute(
                 "UPDATE streams SET deleted_to = max(deleted_to, min(?, highest_sequence_nr)) "
                 "WHERE persistence_id = ?",
@@ -293,8 +307,15 @@ class SQLiteJournal:
         with self._reader_lock:
             return self._reader.execute(sql, parameters).fetchone()
 
-    def _decode(self, persistence_id: str, sequence_nr: int, type_name: str, version: int,
-                data: str, what: str = "event") -> Any:
+    def _decode(
+        self,
+        persistence_id: str,
+        sequence_nr: int,
+        type_name: str,
+        version: int,
+        data: str,
+        what: str = "event",
+    ) -> Any:
         try:
             return self.codec.decode(type_name, version, data)
         except SerializationError as error:
@@ -339,7 +360,7 @@ class SQLiteJournal:
                 db.execute("SAVEPOINT operation")
                 try:
                     operation.result = operation.run(db)  # type: ignore[misc]
-                except Exception as error:  # noqa: BLE001 - handed to the caller
+                except Exception as error:
                     db.execute("ROLLBACK TO operation")
                     operation.error = error
                 db.execute("RELEASE operation")
@@ -362,11 +383,16 @@ class SQLiteJournal:
                     continue
                 try:
                     operation.callback(operation.result, operation.error)
-                except Exception:  # noqa: BLE001 - a callback must not stop the writer
+                except Exception:
                     logger.exception("journal %s: append callback failed", self.path)
 
-    def _check_append(self, db: sqlite3.Connection, operation: _Operation,
-                      highest: dict[str, int], rows: list[tuple[Any, ...]]) -> None:
+    def _check_append(
+        self,
+        db: sqlite3.Connection,
+        operation: _Operation,
+        highest: dict[str, int],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
         """Optimistic concurrency, checked in memory: the writer is the only writer."""
         assert operation.append is not None
         persistence_id, expected, new_rows = operation.append

@@ -6,11 +6,11 @@ actor that runs one saga. Delays are messages scheduled on `supervision.timer`.
 Nothing here knows about orders.
 """
 
-from sagas.actor import SagaActor, SagaFinished
-from sagas.definition import SagaContext, SagaDefinition, Step
-from sagas.metrics import Metrics
-from sagas.policy import RetryPolicy
-from sagas.protocol import Correlation, Reply, Request
+from saga_actors.sagas.actor import SagaActor, SagaFinished
+from saga_actors.sagas.definition import SagaContext, SagaDefinition, Step
+from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.protocol import Correlation, Reply, Request
 
 __all__ = [
     "Correlation",

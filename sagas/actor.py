@@ -15,10 +15,10 @@ from typing import Any
 
 import pykka
 
-from persistence.eventsourced import EventSourcedActor
-from persistence.journal import JournalWithSnapshots
-from sagas.definition import SagaContext, SagaDefinition, command_for
-from sagas.engine import (
+from saga_actors.persistence.eventsourced import EventSourcedActor
+from saga_actors.persistence.journal import JournalWithSnapshots
+from saga_actors.sagas.definition import SagaContext, SagaDefinition, command_for
+from saga_actors.sagas.engine import (
     AbortDecided,
     AttemptStarted,
     AttemptTimedOut,
@@ -35,11 +35,11 @@ from sagas.engine import (
     evolve,
     is_durable,
 )
-from sagas.metrics import Metrics
-from sagas.policy import RetryPolicy
-from sagas.protocol import Correlation, Reply, Request
-from supervision.monitor import Monitored
-from supervision.timer import Recipient, Timer, TimerHandle
+from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.protocol import Correlation, Reply, Request, StepKind
+from saga_actors.supervision.monitor import Monitored
+from saga_actors.supervision.timer import Recipient, Timer, TimerHandle
 
 __all__ = ["SagaActor", "SagaFinished", "saga_persistence_id"]
 
@@ -140,9 +140,11 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         elif self.state.phase == "done":
             self._finish()
         else:
-            self.log.info("resuming (%s, stage %d)",
-                          "committed" if self.state.committed else self.state.phase,
-                          self.state.stage)
+            self.log.info(
+                "resuming (%s, stage %d)",
+                "committed" if self.state.committed else self.state.phase,
+                self.state.stage,
+            )
             self._handle(Resume())
 
     def on_stop(self) -> None:
@@ -155,8 +157,9 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
             if corr is None or corr.saga_id != self.saga_id:
                 return None
             self._cancel_timeout(corr.kind, corr.step, corr.attempt)
-            self._handle(Replied(corr.kind, corr.step, corr.attempt, message.ok,
-                                 message.reason, message.transient))
+            self._handle(
+                Replied(corr.kind, corr.step, corr.attempt, message.ok, message.reason, message.transient)
+            )
         elif isinstance(message, (AttemptTimedOut, RetryDue, Replied)):
             self._handle(message)
         else:
@@ -181,16 +184,19 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
                 self._send(kind, step, attempt)
             case RetryScheduled(kind=kind, step=step, attempt=attempt, delay=delay, reason=reason):
                 self._metrics.increment("retries")
-                self.log.debug("%s %s failed (%s); attempt %d in %.3fs",
-                               kind, step, reason, attempt, delay)
+                self.log.debug("%s %s failed (%s); attempt %d in %.3fs", kind, step, reason, attempt, delay)
                 self._timer.schedule(delay, self.address, RetryDue(kind, step, attempt))
             case TaskRejected(step=step, reason=reason):
                 self.log.info("%s rejected: %s", step, reason)
             case AbortDecided(reason=reason, failed_step=failed, compensate=compensate):
                 self._cancel_timeouts()
                 self._metrics.increment("compensations", len(compensate))
-                self.log.info("rolling back (%s%s); compensating %s", reason,
-                              f" at {failed}" if failed else "", list(compensate) or "nothing")
+                self.log.info(
+                    "rolling back (%s%s); compensating %s",
+                    reason,
+                    f" at {failed}" if failed else "",
+                    list(compensate) or "nothing",
+                )
             case SagaCompleted():
                 self.log.info("completed")
                 self._finish()
@@ -198,22 +204,25 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
                 self.log.info("rolled back: %s", reason)
                 self._finish()
 
-    def _send(self, kind: str, step_name: str, attempt: int) -> None:
+    def _send(self, kind: StepKind, step_name: str, attempt: int) -> None:
         step = self.definition.step(step_name)
         context = SagaContext(self.saga_id, self.state.data, self._ephemeral, self.state.reason)
         command = command_for(step, kind, context)
         correlation = Correlation(self.saga_id, kind, step_name, attempt)
         self._cancel_timeout(kind, step_name)
-        self._timeouts[(kind, step_name)] = (attempt, self._timer.schedule(
-            self._policy.attempt_timeout, self.address, AttemptTimedOut(kind, step_name, attempt)
-        ))
+        self._timeouts[(kind, step_name)] = (
+            attempt,
+            self._timer.schedule(
+                self._policy.attempt_timeout, self.address, AttemptTimedOut(kind, step_name, attempt)
+            ),
+        )
         try:
             self._participants[step.participant].tell(Request(command, self.address, correlation))
         except pykka.ActorDeadError:
             # The participant is down right now: a transient failure like any other.
             self.actor_ref.tell(Replied(kind, step_name, attempt, False, "unreachable", True))
 
-    def _cancel_timeout(self, kind: str, step: str, attempt: int | None = None) -> None:
+    def _cancel_timeout(self, kind: StepKind, step: str, attempt: int | None = None) -> None:
         """Cancel the pending timeout of (kind, step) - only of `attempt`, if given:
         a late reply to an earlier attempt must not disarm the current one."""
         pending = self._timeouts.get((kind, step))
@@ -236,4 +245,3 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
             self._on_finish(SagaFinished(self.saga_id, committed, self.state.reason))
         finally:
             self.stop()
-

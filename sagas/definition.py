@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from saga_actors.sagas.protocol import StepKind
+
 __all__ = ["SagaContext", "SagaDefinition", "Step"]
 
 
@@ -63,9 +65,7 @@ class SagaDefinition:
             problems.append("every saga needs at least one stage, and every stage a step")
         if not 1 <= self.pivot <= len(self.stages):
             problems.append(f"pivot must be in 1..{len(self.stages)}, got {self.pivot}")
-        names = [s.name for stage in self.stages for s in stage] + [
-            s.name for s in self.on_abort
-        ]
+        names = [s.name for stage in self.stages for s in stage] + [s.name for s in self.on_abort]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             problems.append(f"step names must be unique: {duplicates}")
@@ -89,15 +89,10 @@ class SagaDefinition:
     def compensable(self, up_to_stage: int) -> list[str]:
         """Names of steps with a compensation in stages 0..up_to_stage before the pivot."""
         last = min(up_to_stage, self.pivot - 1)
-        return [
-            s.name
-            for stage in self.stages[: last + 1]
-            for s in stage
-            if s.compensation is not None
-        ]
+        return [s.name for stage in self.stages[: last + 1] for s in stage if s.compensation is not None]
 
 
-def command_for(step: Step, kind: str, context: SagaContext) -> Any:
+def command_for(step: Step, kind: StepKind, context: SagaContext) -> Any:
     """The command to send for a step's action ("do") or compensation ("undo")."""
     factory = step.action if kind == "do" else step.compensation
     if factory is None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final, Literal
 
-from sagas.definition import SagaDefinition
-from sagas.policy import RetryPolicy
+from saga_actors.sagas.definition import SagaDefinition
+from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.protocol import StepKind
 
 __all__ = [
     "DURABLE_EVENTS",
@@ -35,8 +36,8 @@ __all__ = [
     "SagaCompleted",
     "SagaStarted",
     "SagaState",
-    "Start",
     "StageStarted",
+    "Start",
     "TaskRejected",
     "TaskRun",
     "TaskSucceeded",
@@ -44,7 +45,13 @@ __all__ = [
     "evolve",
 ]
 
-DO, UNDO = "do", "undo"
+DO: Final = "do"
+UNDO: Final = "undo"
+
+SagaPhase = Literal["new", "forward", "aborting", "done"]
+"""Where a saga is: not begun, running its stages, compensating, or finished."""
+SagaOutcome = Literal["completed", "aborted"]
+TaskStatus = Literal["running", "backoff", "done", "rejected"]
 
 # Reasons the engine itself gives for a rollback.
 RETRIES_EXHAUSTED = "retries_exhausted"
@@ -67,7 +74,7 @@ class Resume:
 
 @dataclass(frozen=True, slots=True)
 class Replied:
-    kind: str
+    kind: StepKind
     step: str
     attempt: int
     ok: bool
@@ -77,14 +84,14 @@ class Replied:
 
 @dataclass(frozen=True, slots=True)
 class AttemptTimedOut:
-    kind: str
+    kind: StepKind
     step: str
     attempt: int
 
 
 @dataclass(frozen=True, slots=True)
 class RetryDue:
-    kind: str
+    kind: StepKind
     step: str
     attempt: int
 
@@ -132,7 +139,7 @@ class SagaAborted:
 @dataclass(frozen=True, slots=True)
 class AttemptStarted:
     durable: ClassVar[bool] = False
-    kind: str
+    kind: StepKind
     step: str
     attempt: int
 
@@ -140,7 +147,7 @@ class AttemptStarted:
 @dataclass(frozen=True, slots=True)
 class TaskSucceeded:
     durable: ClassVar[bool] = False
-    kind: str
+    kind: StepKind
     step: str
 
 
@@ -156,7 +163,7 @@ class TaskRejected:
 @dataclass(frozen=True, slots=True)
 class RetryScheduled:
     durable: ClassVar[bool] = False
-    kind: str
+    kind: StepKind
     step: str
     attempt: int  # the attempt that will run after the delay
     delay: float
@@ -174,21 +181,21 @@ FINAL_EVENTS = (SagaCompleted, SagaAborted)
 @dataclass(slots=True)
 class TaskRun:
     attempt: int
-    status: str  # "running", "backoff", "done" or "rejected"
+    status: TaskStatus
 
 
 @dataclass(slots=True)
 class SagaState:
     saga_id: str | None = None
     data: Any = None
-    phase: str = "new"  # "new", "forward", "aborting" or "done"
+    phase: SagaPhase = "new"
     stage: int = 0
     committed: bool = False
     tasks: dict[tuple[str, str], TaskRun] = field(default_factory=dict)
     may_have_effect: set[str] = field(default_factory=set)
     compensate: tuple[str, ...] = ()
     reason: str | None = None
-    outcome: str | None = None  # "completed" or "aborted" once done
+    outcome: SagaOutcome | None = None  # set once done
 
 
 def evolve(definition: SagaDefinition, state: SagaState, event: Any) -> SagaState:
@@ -245,12 +252,19 @@ def decide(
             if command.ok:
                 return _succeeded(definition, state, command.kind, command.step)
             if command.transient or _must_finish(state):
-                return _retry(definition, state, command.kind, command.step, run,
-                              command.reason or "failed", policy, rand)
+                return _retry(
+                    definition,
+                    state,
+                    command.kind,
+                    command.step,
+                    run,
+                    command.reason or "failed",
+                    policy,
+                    rand,
+                )
             return [
                 TaskRejected(command.step, command.reason or "rejected"),
-                *_abort(definition, state, command.reason or "rejected", command.step,
-                        exclude=command.step),
+                *_abort(definition, state, command.reason or "rejected", command.step, exclude=command.step),
             ]
         case AttemptTimedOut(kind=kind, step=step, attempt=attempt):
             run = state.tasks.get((kind, step))
@@ -289,11 +303,9 @@ def _start_stage(definition: SagaDefinition, stage: int) -> list[Any]:
     return events
 
 
-def _succeeded(definition: SagaDefinition, state: SagaState, kind: str, step: str) -> list[Any]:
+def _succeeded(definition: SagaDefinition, state: SagaState, kind: StepKind, step: str) -> list[Any]:
     events: list[Any] = [TaskSucceeded(kind, step)]
-    others_done = all(
-        run.status == "done" for key, run in state.tasks.items() if key != (kind, step)
-    )
+    others_done = all(run.status == "done" for key, run in state.tasks.items() if key != (kind, step))
     if not others_done:
         return events
     if state.phase == "aborting":
@@ -304,7 +316,7 @@ def _succeeded(definition: SagaDefinition, state: SagaState, kind: str, step: st
 def _retry(
     definition: SagaDefinition,
     state: SagaState,
-    kind: str,
+    kind: StepKind,
     step: str,
     run: TaskRun,
     reason: str,

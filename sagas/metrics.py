@@ -11,7 +11,7 @@ __all__ = ["Metrics"]
 class Metrics:
     def __init__(self, names: tuple[str, ...] = ()) -> None:
         self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter({name: 0 for name in names})
+        self._counts: Counter[str] = Counter(dict.fromkeys(names, 0))
 
     def increment(self, name: str, amount: int = 1) -> None:
         with self._lock:

@@ -8,17 +8,20 @@ a current answer from a late one. Participants know nothing else of sagas.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from supervision.timer import Recipient
+from saga_actors.supervision.timer import Recipient
 
-__all__ = ["Correlation", "Reply", "Request"]
+__all__ = ["Correlation", "Reply", "Request", "StepKind"]
+
+StepKind = Literal["do", "undo"]
+"""A step's action ("do") or its compensation ("undo")."""
 
 
 @dataclass(frozen=True, slots=True)
 class Correlation:
     saga_id: str
-    kind: str  # "do" (a step's action) or "undo" (its compensation)
+    kind: StepKind  # "do" (a step's action) or "undo" (its compensation)
     step: str
     attempt: int
 

@@ -7,10 +7,10 @@ intensity limit past which it escalates to its own parent. An `Address`
 reaches whichever incarnation of a child is current.
 """
 
-from supervision.address import Address
-from supervision.monitor import Kill, Killed, Monitored, kill, start_monitored
-from supervision.resource import ResourceActor
-from supervision.spec import (
+from saga_actors.supervision.address import Address
+from saga_actors.supervision.monitor import Kill, Killed, Monitored, kill, start_monitored
+from saga_actors.supervision.resource import ResourceActor
+from saga_actors.supervision.spec import (
     ONE_FOR_ALL,
     ONE_FOR_ONE,
     PERMANENT,
@@ -21,8 +21,15 @@ from supervision.spec import (
     ChildSpec,
     Intensity,
 )
-from supervision.supervisor import AddChild, Escalated, StartChild, Supervisor, WhichChildren, start_supervisor
-from supervision.timer import Timer
+from saga_actors.supervision.supervisor import (
+    AddChild,
+    Escalated,
+    StartChild,
+    Supervisor,
+    WhichChildren,
+    start_supervisor,
+)
+from saga_actors.supervision.timer import Timer
 
 __all__ = [
     "ONE_FOR_ALL",

@@ -41,9 +41,7 @@ class Address:
     def wait_for_incarnation(self, timeout: float) -> bool:
         """Block the calling thread (never an actor's) until a live incarnation is bound."""
         with self._changed:
-            return self._changed.wait_for(
-                lambda: self._ref is not None and self._ref.is_alive(), timeout
-            )
+            return self._changed.wait_for(lambda: self._ref is not None and self._ref.is_alive(), timeout)
 
     def tell(self, message: Any) -> None:
         ref = self._ref

@@ -9,6 +9,7 @@ child, no race between starting an actor and watching it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import pykka
 
-from supervision.address import Address
+from saga_actors.supervision.address import Address
 
 __all__ = ["ExitHook", "Kill", "Killed", "Monitored", "kill", "start_monitored"]
 
@@ -53,6 +54,8 @@ class Monitored:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         current = _current.get()
+        self._exit_hook: ExitHook | None
+        address: Address | None
         self._exit_hook, address = current if current is not None else (None, None)
         self._exit_reported = False
         if address is not None:
@@ -106,7 +109,5 @@ def start_monitored(start: Callable[[], R], hook: ExitHook, address: Address | N
 
 def kill(target: Any, reason: str = "killed") -> None:
     """Make a monitored actor (a ref or an address) exit abnormally, as a crash would."""
-    try:
+    with contextlib.suppress(pykka.ActorDeadError):
         target.tell(Kill(reason))
-    except pykka.ActorDeadError:
-        pass

@@ -13,7 +13,7 @@ from typing import Any
 
 import pykka
 
-from supervision.monitor import Monitored
+from saga_actors.supervision.monitor import Monitored
 
 __all__ = ["ResourceActor"]
 

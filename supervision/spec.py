@@ -20,11 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 import pykka
 
-from supervision.address import Address
+from saga_actors.supervision.address import Address
 
 __all__ = [
     "ONE_FOR_ALL",
@@ -38,10 +38,19 @@ __all__ = [
     "Intensity",
 ]
 
-PERMANENT, TRANSIENT, TEMPORARY = "permanent", "transient", "temporary"
-ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE = "one_for_one", "one_for_all", "rest_for_one"
-RESTART_TYPES = (PERMANENT, TRANSIENT, TEMPORARY)
-STRATEGIES = (ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE)
+RestartType = Literal["permanent", "transient", "temporary"]
+"""When a child is restarted: always, only after an abnormal exit, or never."""
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+"""Which children restart when one exits."""
+
+PERMANENT: Final = "permanent"
+TRANSIENT: Final = "transient"
+TEMPORARY: Final = "temporary"
+ONE_FOR_ONE: Final = "one_for_one"
+ONE_FOR_ALL: Final = "one_for_all"
+REST_FOR_ONE: Final = "rest_for_one"
+RESTART_TYPES: tuple[RestartType, ...] = (PERMANENT, TRANSIENT, TEMPORARY)
+STRATEGIES: tuple[Strategy, ...] = (ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE)
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,15 @@ class ChildSpec:
 
     id: str
     start: Callable[[], pykka.ActorRef[Any]]
-    restart: str = PERMANENT
+    restart: RestartType = PERMANENT
     shutdown_timeout: float = 10.0
     address: Address | None = None
 
     def __post_init__(self) -> None:
         if self.restart not in RESTART_TYPES:
-            raise ValueError(f"child {self.id!r}: restart must be one of {RESTART_TYPES}, got {self.restart!r}")
+            raise ValueError(
+                f"child {self.id!r}: restart must be one of {RESTART_TYPES}, got {self.restart!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,10 +102,14 @@ class Backoff:
     reset_after: float = 5.0
 
     def __post_init__(self) -> None:
-        if not (0 <= self.min_backoff <= self.max_backoff and self.random_factor >= 0
-                and self.reset_after >= 0 and math.isfinite(self.max_backoff)):
+        if not (
+            0 <= self.min_backoff <= self.max_backoff
+            and self.random_factor >= 0
+            and self.reset_after >= 0
+            and math.isfinite(self.max_backoff)
+        ):
             raise ValueError(f"invalid backoff: {self}")
 
     def delay(self, consecutive: int, rand: float) -> float:
         base = min(self.max_backoff, self.min_backoff * 2 ** min(consecutive, 64))
-        return base * (1 + self.random_factor * rand)
+        return float(base * (1 + self.random_factor * rand))

@@ -19,9 +19,9 @@ from typing import Any
 
 import pykka
 
-from supervision.address import Address
-from supervision.monitor import ExitHook, Monitored, start_monitored
-from supervision.spec import (
+from saga_actors.supervision.address import Address
+from saga_actors.supervision.monitor import ExitHook, Monitored, start_monitored
+from saga_actors.supervision.spec import (
     ONE_FOR_ALL,
     ONE_FOR_ONE,
     REST_FOR_ONE,
@@ -31,8 +31,9 @@ from supervision.spec import (
     Backoff,
     ChildSpec,
     Intensity,
+    Strategy,
 )
-from supervision.timer import Timer, TimerHandle
+from saga_actors.supervision.timer import Timer, TimerHandle
 
 __all__ = ["AddChild", "Escalated", "StartChild", "Supervisor", "WhichChildren", "start_supervisor"]
 
@@ -103,7 +104,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
         *,
         name: str,
         children: Sequence[ChildSpec] = (),
-        strategy: str = ONE_FOR_ONE,
+        strategy: Strategy = ONE_FOR_ONE,
         intensity: Intensity = Intensity(),
         backoff: Backoff = Backoff(),
         on_restart: Callable[[str], None] | None = None,
@@ -164,8 +165,10 @@ class Supervisor(Monitored, pykka.ThreadingActor):
             case AddChild(spec=spec):
                 self._add(spec)
             case WhichChildren():
-                return [(c.spec.id, c.ref is not None and c.ref.is_alive(), c.restarts)
-                        for c in self._children.values()]
+                return [
+                    (c.spec.id, c.ref is not None and c.ref.is_alive(), c.restarts)
+                    for c in self._children.values()
+                ]
             case _StartChildren():
                 self._start_initial()
             case _:
@@ -197,7 +200,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
         self._children[spec.id] = child
         try:
             self._start(child)
-        except Exception as error:  # noqa: BLE001 - restarted like a crash
+        except Exception as error:
             logger.warning("%s: starting %s failed: %r", self.name, spec.id, error)
             self._failed(child, error)
 
@@ -227,8 +230,12 @@ class Supervisor(Monitored, pykka.ThreadingActor):
         if restart_type == TEMPORARY or (restart_type == TRANSIENT and error is None):
             del self._children[child_id]
             return
-        logger.warning("%s: child %s exited%s", self.name, child_id,
-                       f" abnormally: {error!r}" if error is not None else "")
+        logger.warning(
+            "%s: child %s exited%s",
+            self.name,
+            child_id,
+            f" abnormally: {error!r}" if error is not None else "",
+        )
         self._failed(child, error)
 
     def _failed(self, child: _Child, error: BaseException | None) -> None:
@@ -260,7 +267,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
             child.pending = None
             try:
                 self._start(child)
-            except Exception as error:  # noqa: BLE001 - counted like any other failure
+            except Exception as error:
                 logger.warning("%s: restarting %s failed: %r", self.name, child_id, error)
                 self._failed(child, error)
                 return
@@ -285,7 +292,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
             return list(self._children.values())
         if self._strategy == REST_FOR_ONE:
             children = list(self._children.values())
-            return children[children.index(child):]
+            return children[children.index(child) :]
         return [child]
 
     def _stop_children(self, children: Sequence[_Child]) -> None:
@@ -302,8 +309,12 @@ class Supervisor(Monitored, pykka.ThreadingActor):
                 except pykka.ActorDeadError:
                     pass
                 except pykka.Timeout:
-                    logger.error("%s: %s did not stop within %s s", self.name, child.spec.id,
-                                 child.spec.shutdown_timeout)
+                    logger.error(
+                        "%s: %s did not stop within %s s",
+                        self.name,
+                        child.spec.id,
+                        child.spec.shutdown_timeout,
+                    )
 
     def _find(self, child_id: str) -> _Child | None:
         return self._children.get(child_id)
@@ -315,6 +326,7 @@ def start_supervisor(*, on_exit: ExitHook | None = None, **kwargs: Any) -> pykka
     `on_exit(urn, error)` is the hook of the supervisor itself (its parent's,
     or the application's for a root).
     """
+
     def start() -> pykka.ActorRef[Supervisor]:
         return Supervisor.start(**kwargs)
 

@@ -25,9 +25,7 @@ def make_request(
     return {
         "user_id": user_id,
         "order_id": order_id,
-        "items": [
-            {"product_id": p, "quantity": q} for p, q in (items if items is not None else [(101, 2)])
-        ],
+        "items": [{"product_id": p, "quantity": q} for p, q in (items if items is not None else [(101, 2)])],
         "payment_info": {"card_number": card, "expiry": expiry, "amount": amount, **payment_extra},
     }
 

@@ -13,9 +13,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_benchmark_quick_run_writes_every_section(tmp_path):
     out = tmp_path / "results.json"
     result = subprocess.run(
-        [sys.executable, "benchmarks/bench.py", "--quick", "--only",
-         "throughput,limits,critical_path,group_commit,recovery", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "benchmarks/bench.py",
+            "--quick",
+            "--only",
+            "throughput,limits,critical_path,group_commit,recovery",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr
     results = json.loads(out.read_text())

@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 
-from actors.consistency import check_consistency
-from actors.inventory import StockView
-from actors.orders import OrderView
-from actors.payment import PaymentView
-from actors.validation import OrderItem
+from saga_actors.actors.consistency import check_consistency
+from saga_actors.actors.inventory import StockView
+from saga_actors.actors.orders import OrderView
+from saga_actors.actors.payment import PaymentView
+from saga_actors.actors.validation import OrderItem
 
 STOCK = {1: 10, 2: 5}
 
@@ -36,21 +36,35 @@ def test_a_consistent_state_passes_every_check():
     assert len(check_consistency(STOCK, *good())) == 6
 
 
-@pytest.mark.parametrize(("break_it", "check"), [
-    (lambda o, i, p: o.update(a=OrderView("a", "pending", None, Decimal("9.00"), (OrderItem(1, 3),))),
-     "no order pending"),
-    (lambda o, i, p: i.update({2: StockView(5, 2, 5)}), "nothing reserved"),
-    (lambda o, i, p: p.update(c=PaymentView("authorized", Decimal("1.00"))), "no payment left authorized"),
-    (lambda o, i, p: i.update({1: StockView(8, 0, 10)}), "stock conserved"),
-    (lambda o, i, p: p.update(a=PaymentView("captured", Decimal("8.99"))),
-     "every confirmed order captured exactly its amount"),
-    (lambda o, i, p: p.update(a=PaymentView("voided", Decimal("9.00"))),
-     "every confirmed order captured exactly its amount"),
-    (lambda o, i, p: p.pop("a"), "every confirmed order captured exactly its amount"),
-    (lambda o, i, p: p.update(b=PaymentView("captured", Decimal("4.00"))),
-     "every confirmed order captured exactly its amount"),
-    (lambda o, i, p: i.update({2: StockView(-1, 0, 5)}), "no product oversold"),
-])
+@pytest.mark.parametrize(
+    ("break_it", "check"),
+    [
+        (
+            lambda o, i, p: o.update(a=OrderView("a", "pending", None, Decimal("9.00"), (OrderItem(1, 3),))),
+            "no order pending",
+        ),
+        (lambda o, i, p: i.update({2: StockView(5, 2, 5)}), "nothing reserved"),
+        (
+            lambda o, i, p: p.update(c=PaymentView("authorized", Decimal("1.00"))),
+            "no payment left authorized",
+        ),
+        (lambda o, i, p: i.update({1: StockView(8, 0, 10)}), "stock conserved"),
+        (
+            lambda o, i, p: p.update(a=PaymentView("captured", Decimal("8.99"))),
+            "every confirmed order captured exactly its amount",
+        ),
+        (
+            lambda o, i, p: p.update(a=PaymentView("voided", Decimal("9.00"))),
+            "every confirmed order captured exactly its amount",
+        ),
+        (lambda o, i, p: p.pop("a"), "every confirmed order captured exactly its amount"),
+        (
+            lambda o, i, p: p.update(b=PaymentView("captured", Decimal("4.00"))),
+            "every confirmed order captured exactly its amount",
+        ),
+        (lambda o, i, p: i.update({2: StockView(-1, 0, 5)}), "no product oversold"),
+    ],
+)
 def test_each_check_fails_on_its_broken_state(break_it, check):
     orders, inventory, payments = good()
     break_it(orders, inventory, payments)

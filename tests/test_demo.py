@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 
 import demo
-from actors import OrderSystem
-from actors.consistency import Check
+from saga_actors.actors import OrderSystem
+from saga_actors.actors.consistency import Check
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--orders", "80", "--concurrency", "8", "--products", "4", "--latency", "0,0.003"]
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "demo.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "demo.py"), *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_json_summary_with_every_check_passing():
@@ -31,8 +32,13 @@ def test_json_summary_with_every_check_passing():
     assert orders["confirmed"] + orders["cancelled"] == orders["distinct"]
     assert orders["duplicates_answered_from_first_outcome"] == 80 - orders["distinct"]
     assert {c["name"] for c in summary["checks"]} >= {
-        "no order pending", "nothing reserved", "no payment left authorized", "stock conserved",
-        "every confirmed order captured exactly its amount", "no product oversold"}
+        "no order pending",
+        "nothing reserved",
+        "no payment left authorized",
+        "stock conserved",
+        "every confirmed order captured exactly its amount",
+        "no product oversold",
+    }
     assert all(c["ok"] for c in summary["checks"]) and summary["ok"]
     assert set(summary["performance"]["latency_ms"]) == {"p50", "p95", "p99"}
     assert summary["activity"]["restarts"] > 0  # crashes really happened
@@ -44,8 +50,15 @@ def test_human_summary_and_plain_progress_lines_when_not_a_terminal():
     out = result.stdout
     assert "\r" not in out
     assert "80/80 orders" in out
-    for section in ("== Orders ==", "== Performance ==", "== Stock ==", "== Payments ==",
-                    "== Consistency checks ==", "[PASS] stock conserved", "all checks passed"):
+    for section in (
+        "== Orders ==",
+        "== Performance ==",
+        "== Stock ==",
+        "== Payments ==",
+        "== Consistency checks ==",
+        "[PASS] stock conserved",
+        "all checks passed",
+    ):
         assert section in out
 
 
@@ -72,14 +85,17 @@ def test_a_kept_journal_continues_from_its_state(tmp_path):
         assert stock["before_on_hand"] == first["stock"][product]["on_hand"]
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    (["--orders", "0"], "must be at least 1"),
-    (["--orders", "many"], "expected a whole number"),
-    (["--failure-rate", "1.5"], "between 0 and 1"),
-    (["--latency", "0.5"], "expected MIN,MAX"),
-    (["--latency", "0.5,0.1"], "MIN <= MAX"),
-    (["--failure-rate", "0.6", "--crash-rate", "0.6"], "must not exceed 1"),
-])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--orders", "0"], "must be at least 1"),
+        (["--orders", "many"], "expected a whole number"),
+        (["--failure-rate", "1.5"], "between 0 and 1"),
+        (["--latency", "0.5"], "expected MIN,MAX"),
+        (["--latency", "0.5,0.1"], "MIN <= MAX"),
+        (["--failure-rate", "0.6", "--crash-rate", "0.6"], "must not exceed 1"),
+    ],
+)
 def test_bad_options_exit_2_with_a_clear_message(option, message):
     result = run_demo(*option)
     assert result.returncode == 2

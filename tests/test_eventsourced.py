@@ -6,10 +6,10 @@ import queue
 import threading
 import time
 
-from actors.inventory import InventoryActor, ReserveStock, StockProducts
-from actors.validation import OrderItem
-from persistence import InMemoryJournal
-from sagas.protocol import Correlation, Reply, Request
+from saga_actors.actors.inventory import InventoryActor, ReserveStock, StockProducts
+from saga_actors.actors.validation import OrderItem
+from saga_actors.persistence import InMemoryJournal
+from saga_actors.sagas.protocol import Correlation, Reply, Request
 
 
 class GatedJournal(InMemoryJournal):

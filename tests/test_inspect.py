@@ -1,4 +1,4 @@
-"""`python -m persistence`: the journal inspector."""
+"""`python -m saga_actors.persistence`: the journal inspector."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from actors import OrderSystem
-from actors.codec import order_codec
-from actors.order_saga import OrderSagaData
-from actors.validation import validate_order
-from persistence import SQLiteJournal
-from persistence.__main__ import main
-from sagas.engine import SagaStarted, StageStarted
+from saga_actors.actors import OrderSystem
+from saga_actors.actors.codec import order_codec
+from saga_actors.actors.order_saga import OrderSagaData
+from saga_actors.actors.validation import validate_order
+from saga_actors.persistence import SQLiteJournal
+from saga_actors.persistence.__main__ import main
+from saga_actors.sagas.engine import SagaStarted, StageStarted
 from tests.conftest import DECLINED, make_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +25,16 @@ def test_history_of_one_order_across_streams(tmp_path, capsys):
         system.place_order(make_request("ord-2", [(1, 1)], card=DECLINED), timeout=5)
     assert main([str(path), "ord-2"]) == 0
     out = capsys.readouterr().out
-    for expected in ("orders #", "OrderPlaced", "saga:order:ord-2 #1", "PaymentDeclined",
-                     "AbortDecided", "StockReleased", "OrderCancelled", "SagaAborted"):
+    for expected in (
+        "orders #",
+        "OrderPlaced",
+        "saga:order:ord-2 #1",
+        "PaymentDeclined",
+        "AbortDecided",
+        "StockReleased",
+        "OrderCancelled",
+        "SagaAborted",
+    ):
         assert expected in out
     assert "ord-1" not in out
 
@@ -35,8 +43,9 @@ def test_summary_names_unfinished_sagas(tmp_path, capsys):
     path = tmp_path / "o.db"
     journal = SQLiteJournal(path, order_codec())
     order = validate_order(make_request("stuck"))
-    journal.append("saga:order:stuck", [SagaStarted("stuck", OrderSagaData.from_order(order)),
-                                        StageStarted(0)], 0)
+    journal.append(
+        "saga:order:stuck", [SagaStarted("stuck", OrderSagaData.from_order(order)), StageStarted(0)], 0
+    )
     journal.close()
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
@@ -56,6 +65,11 @@ def test_runs_as_a_module(tmp_path):
     path = tmp_path / "o.db"
     with OrderSystem(journal_path=path, stock={1: 5}):
         pass
-    result = subprocess.run([sys.executable, "-m", "persistence", str(path)], cwd=ROOT,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "saga_actors.persistence", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "inventory" in result.stdout and "unfinished sagas: none" in result.stdout

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from persistence import ConcurrencyError, EventCodec, InMemoryJournal, SQLiteJournal
+from saga_actors.persistence import ConcurrencyError, EventCodec, InMemoryJournal, SQLiteJournal
 
 
 @dataclass(frozen=True)
@@ -74,18 +74,21 @@ def test_replay_all_events(written):
     assert all(e.persistence_id == PID and e.timestamp > 0 for e in events)
 
 
-@pytest.mark.parametrize(("bounds", "expected"), [
-    ({"from_sequence_nr": 3}, [3, 4, 5]),                                   # lower bound
-    ({"to_sequence_nr": 3}, [1, 2, 3]),                                     # upper bound
-    ({"max_count": 3}, [1, 2, 3]),                                          # count limit
-    ({"from_sequence_nr": 2, "to_sequence_nr": 3}, [2, 3]),                 # both bounds
-    ({"from_sequence_nr": 2, "to_sequence_nr": 5, "max_count": 2}, [2, 3]),  # bounds and limit
-    ({"from_sequence_nr": 2, "to_sequence_nr": 2}, [2]),                    # lower = upper
-    ({"max_count": 1}, [1]),                                                # count limit 1
-    ({"max_count": 0}, []),                                                 # limit 0
-    ({"from_sequence_nr": 3, "to_sequence_nr": 2}, []),                     # lower > upper
-    ({"from_sequence_nr": 6}, []),                                          # past the end
-])
+@pytest.mark.parametrize(
+    ("bounds", "expected"),
+    [
+        ({"from_sequence_nr": 3}, [3, 4, 5]),  # lower bound
+        ({"to_sequence_nr": 3}, [1, 2, 3]),  # upper bound
+        ({"max_count": 3}, [1, 2, 3]),  # count limit
+        ({"from_sequence_nr": 2, "to_sequence_nr": 3}, [2, 3]),  # both bounds
+        ({"from_sequence_nr": 2, "to_sequence_nr": 5, "max_count": 2}, [2, 3]),  # bounds and limit
+        ({"from_sequence_nr": 2, "to_sequence_nr": 2}, [2]),  # lower = upper
+        ({"max_count": 1}, [1]),  # count limit 1
+        ({"max_count": 0}, []),  # limit 0
+        ({"from_sequence_nr": 3, "to_sequence_nr": 2}, []),  # lower > upper
+        ({"from_sequence_nr": 6}, []),  # past the end
+    ],
+)
 def test_replay_bounds(written, bounds, expected):
     assert numbers(written.replay(PID, **bounds)) == expected
 
@@ -111,9 +114,9 @@ def test_highest_sequence_nr_is_kept_after_deletion(written):
 def test_append_returns_the_new_highest_and_refuses_a_gap_or_a_stale_writer(journal):
     assert journal.append(PID, [Happened(1)], 0) == 1
     with pytest.raises(ConcurrencyError):
-        journal.append(PID, [Happened(9)], 0)   # a second writer that saw nothing
+        journal.append(PID, [Happened(9)], 0)  # a second writer that saw nothing
     with pytest.raises(ConcurrencyError):
-        journal.append(PID, [Happened(9)], 5)   # a gap
+        journal.append(PID, [Happened(9)], 5)  # a gap
     assert numbers(journal.replay(PID)) == [1]
 
 

@@ -10,11 +10,12 @@ from decimal import Decimal
 import pykka
 import pytest
 
-from actors import FaultPlan, IdempotencyConflict, OrderSystem, RetryPolicy, SystemNotRunning
+from saga_actors.actors import FaultPlan, IdempotencyConflict, OrderSystem, RetryPolicy, SystemNotRunning
 from tests.conftest import APPROVED, DECLINED, NO_FUNDS, assert_consistent, make_request
 
-FAST_RETRY = RetryPolicy(initial_interval=0.002, maximum_interval=0.02, maximum_attempts=6,
-                         attempt_timeout=0.5)
+FAST_RETRY = RetryPolicy(
+    initial_interval=0.002, maximum_interval=0.02, maximum_attempts=6, attempt_timeout=0.5
+)
 
 
 def test_happy_path_commits_everything():
@@ -32,14 +33,17 @@ def test_happy_path_commits_everything():
         assert_consistent(system)
 
 
-@pytest.mark.parametrize(("request_", "reason", "authorized"), [
-    (make_request("o", [(101, 6)]), "insufficient_stock", None),
-    (make_request("o", [(999, 1)]), "unknown_product", None),
-    (make_request("o", [(101, 1), (999, 1)]), "unknown_product", None),
-    (make_request("o", card=DECLINED), "card_declined", None),
-    (make_request("o", card=NO_FUNDS), "insufficient_funds", None),
-    (make_request("o", expiry="01/20"), "expired_card", None),
-])
+@pytest.mark.parametrize(
+    ("request_", "reason", "authorized"),
+    [
+        (make_request("o", [(101, 6)]), "insufficient_stock", None),
+        (make_request("o", [(999, 1)]), "unknown_product", None),
+        (make_request("o", [(101, 1), (999, 1)]), "unknown_product", None),
+        (make_request("o", card=DECLINED), "card_declined", None),
+        (make_request("o", card=NO_FUNDS), "insufficient_funds", None),
+        (make_request("o", expiry="01/20"), "expired_card", None),
+    ],
+)
 def test_business_failure_rolls_back(request_, reason, authorized):
     with OrderSystem(stock={101: 5, 102: 0}) as system:
         assert system.place_order(request_, timeout=5) is False
@@ -53,8 +57,9 @@ def test_business_failure_rolls_back(request_, reason, authorized):
 
 def test_out_of_stock_after_payment_authorized_voids_it():
     # The payment is authorized (fast) while the stock check fails: it must be voided.
-    with OrderSystem(stock={101: 1},
-                     inventory_faults=FaultPlan(min_latency=0.02, max_latency=0.02)) as system:
+    with OrderSystem(
+        stock={101: 1}, inventory_faults=FaultPlan(min_latency=0.02, max_latency=0.02)
+    ) as system:
         assert system.place_order(make_request("o", [(101, 2)]), timeout=5) is False
         assert system.payments()["o"].state == "voided"
         assert system.metrics()["compensations"] == 1
@@ -119,7 +124,7 @@ def test_no_oversell_with_200_concurrent_orders_on_scarce_stock():
         with ThreadPoolExecutor(50) as pool:
             outcomes = list(pool.map(lambda r: system.place_order(r, timeout=30), requests))
         assert system.wait_idle(10)
-        confirmed = [r for r, ok in zip(requests, outcomes) if ok]
+        confirmed = [r for r, ok in zip(requests, outcomes, strict=False) if ok]
         # Nothing failed transiently, so every unit is sold and no more.
         assert len(confirmed) == 80
         assert {p: v.on_hand for p, v in system.inventory().items()} == {1: 0, 2: 0}
@@ -130,12 +135,18 @@ def test_thirty_percent_transient_failures_keep_every_invariant():
     stock = {1: 40, 2: 40, 3: 40}
     inventory_faults = FaultPlan(failure_rate=0.3, max_latency=0.003, seed=11)
     payment_faults = FaultPlan(failure_rate=0.3, max_latency=0.003, seed=12)
-    with OrderSystem(stock=stock, inventory_faults=inventory_faults,
-                     payment_faults=payment_faults, retry=FAST_RETRY) as system:
+    with OrderSystem(
+        stock=stock, inventory_faults=inventory_faults, payment_faults=payment_faults, retry=FAST_RETRY
+    ) as system:
         futures = [
-            system.submit(make_request(f"o{i}", [(1 + i % 3, 1 + i % 4)],
-                                       card=DECLINED if i % 10 == 0 else APPROVED,
-                                       amount=f"{1 + i % 7}.50"))
+            system.submit(
+                make_request(
+                    f"o{i}",
+                    [(1 + i % 3, 1 + i % 4)],
+                    card=DECLINED if i % 10 == 0 else APPROVED,
+                    amount=f"{1 + i % 7}.50",
+                )
+            )
             for i in range(150)
         ]
         outcomes = [f.get(30) for f in futures]
@@ -154,8 +165,9 @@ def test_retries_exhausted_rolls_back_and_compensates():
     # Payment refuses 95% of calls: most authorizations run out of attempts,
     # and their voids (retried until done) still get through eventually.
     policy = RetryPolicy(initial_interval=0.001, maximum_interval=0.005, maximum_attempts=2)
-    with OrderSystem(stock={1: 100}, retry=policy,
-                     payment_faults=FaultPlan(failure_rate=0.95, seed=3)) as system:
+    with OrderSystem(
+        stock={1: 100}, retry=policy, payment_faults=FaultPlan(failure_rate=0.95, seed=3)
+    ) as system:
         outcomes = [system.place_order(make_request(f"o{i}", [(1, 1)]), timeout=30) for i in range(10)]
         reasons = {system.order(f"o{i}").reason for i in range(10)}
         assert "retries_exhausted" in reasons
@@ -169,9 +181,7 @@ def test_a_compensation_that_overtakes_its_request_is_honoured():
     # slow, jittery wire, so some voids arrive before their authorize.
     payment_faults = FaultPlan(min_latency=0.0, max_latency=0.05, seed=5)
     with OrderSystem(stock={1: 10}, payment_faults=payment_faults) as system:
-        outcomes = [
-            system.submit(make_request(f"o{i}", [(999, 1)])) for i in range(30)
-        ]
+        outcomes = [system.submit(make_request(f"o{i}", [(999, 1)])) for i in range(30)]
         assert [f.get(10) for f in outcomes] == [False] * 30
         payments = system.payments()
         overtaken = [f"o{i}" for i in range(30) if f"o{i}" not in payments]
@@ -241,9 +251,9 @@ def test_card_number_and_cvv_never_reach_the_logs(caplog):
             system.place_order(make_request(f"o{i}", [(101, 1)], card=card, cvv="987"), timeout=10)
         system.place_order(make_request("declined", card=DECLINED, cvv="987"), timeout=10)
         # pykka logs the repr of an unexpected message: it must be masked too.
-        system._payment.tell(make_request("x", card=card))  # noqa: SLF001
+        system._payment.tell(make_request("x", card=card))
         system.wait_idle(5)
-        journaled = repr(system._journal.replay("payment"))  # noqa: SLF001
+        journaled = repr(system._journal.replay("payment"))
     text = "\n".join(r.getMessage() + str(r.exc_text or "") + repr(r.args) for r in caplog.records)
     assert caplog.records, "nothing was logged: the test checked nothing"
     assert card not in text and "987" not in text
@@ -251,10 +261,10 @@ def test_card_number_and_cvv_never_reach_the_logs(caplog):
 
 
 def test_every_saga_log_record_carries_its_order_id(caplog):
-    caplog.set_level(logging.DEBUG, logger="sagas")
+    caplog.set_level(logging.DEBUG, logger="saga_actors.sagas")
     with OrderSystem(stock={101: 3}) as system:
         system.place_order(make_request("traced", [(101, 1)]), timeout=5)
         system.place_order(make_request("traced-2", [(101, 9)]), timeout=5)
-    saga_records = [r for r in caplog.records if r.name.startswith("sagas")]
+    saga_records = [r for r in caplog.records if r.name.startswith("saga_actors.sagas")]
     assert saga_records
     assert all(getattr(r, "order_id", None) in ("traced", "traced-2") for r in saga_records)

@@ -7,11 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from actors import IdempotencyConflict
-from actors import inventory as inv
-from actors import orders
-from actors import payment as pay
-from actors.validation import OrderItem, PaymentCard, validate_order
+from saga_actors.actors import IdempotencyConflict, orders
+from saga_actors.actors import inventory as inv
+from saga_actors.actors import payment as pay
+from saga_actors.actors.validation import OrderItem, PaymentCard, validate_order
 from tests.conftest import APPROVED, DECLINED, NO_FUNDS, OTHER_VALID, make_request
 
 TODAY = datetime.date(2026, 11, 26)
@@ -38,10 +37,10 @@ ITEMS = (OrderItem(1, 2), OrderItem(2, 1))
 
 def test_reservation_is_all_or_nothing_and_holds_units():
     state = stocked(p1=5, p2=1)
-    events, result = run(inv, state, inv.ReserveStock("o1", ITEMS))
+    _, result = run(inv, state, inv.ReserveStock("o1", ITEMS))
     assert result == (True, None)
     assert (state.available(1), state.available(2)) == (3, 0)
-    events, result = run(inv, state, inv.ReserveStock("o2", (OrderItem(1, 1), OrderItem(2, 1))))
+    _, result = run(inv, state, inv.ReserveStock("o2", (OrderItem(1, 1), OrderItem(2, 1))))
     assert result == (False, "insufficient_stock")
     assert (state.reserved[1], state.reserved[2]) == (2, 1)  # nothing of o2 held
 
@@ -62,9 +61,14 @@ def test_commit_lowers_on_hand_and_release_frees_units():
     assert (state.on_hand[1], state.reserved[1], state.available(2)) == (5, 0, 1)
 
 
-@pytest.mark.parametrize("command", [
-    inv.ReserveStock("o1", ITEMS), inv.CommitStock("o1"), inv.ReleaseStock("o1"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        inv.ReserveStock("o1", ITEMS),
+        inv.CommitStock("o1"),
+        inv.ReleaseStock("o1"),
+    ],
+)
 def test_inventory_repeats_get_the_first_result_and_change_nothing(command):
     state = stocked(p1=5, p2=1)
     run(inv, state, inv.ReserveStock("o1", ITEMS))
@@ -105,14 +109,17 @@ def authorize(order_id: str, card: str = APPROVED, expiry: str = "12/30") -> pay
     return pay.AuthorizePayment(order_id, Decimal("10.00"), "USD", PaymentCard(card, expiry))
 
 
-@pytest.mark.parametrize(("card", "expiry", "expected"), [
-    (APPROVED, "12/30", (True, None)),
-    (OTHER_VALID, "12/30", (True, None)),
-    (DECLINED, "12/30", (False, "card_declined")),
-    (NO_FUNDS, "12/30", (False, "insufficient_funds")),
-    (APPROVED, "10/26", (False, "expired_card")),
-    (APPROVED, "11/26", (True, None)),  # valid through the end of its month
-])
+@pytest.mark.parametrize(
+    ("card", "expiry", "expected"),
+    [
+        (APPROVED, "12/30", (True, None)),
+        (OTHER_VALID, "12/30", (True, None)),
+        (DECLINED, "12/30", (False, "card_declined")),
+        (NO_FUNDS, "12/30", (False, "insufficient_funds")),
+        (APPROVED, "10/26", (False, "expired_card")),
+        (APPROVED, "11/26", (True, None)),  # valid through the end of its month
+    ],
+)
 def test_test_cards(card, expiry, expected):
     state = pay.PaymentState()
     assert run(pay, state, authorize("o1", card, expiry), today=TODAY)[1] == expected
@@ -175,6 +182,8 @@ def test_same_order_id_same_content_is_a_repeat_different_content_a_conflict():
 
 def test_confirmed_order_cannot_be_cancelled():
     state = orders.OrdersState()
-    state = orders.evolve(state, orders.decide(orders.PlaceOrder(validate_order(make_request("o1"))), state)[0])
+    state = orders.evolve(
+        state, orders.decide(orders.PlaceOrder(validate_order(make_request("o1"))), state)[0]
+    )
     assert run(orders, state, orders.ConfirmOrder("o1"))[1] == (True, None)
     assert run(orders, state, orders.CancelOrder("o1", "x")) == ([], (False, "order is confirmed"))

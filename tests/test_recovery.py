@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import threading
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from actors import OrderSystem
-from actors.order_saga import OrderSagaData
-from actors.orders import OrderPlaced
-from actors.validation import OrderItem, validate_order
-from persistence import JournalCorrupted, SQLiteJournal
-from actors.codec import order_codec
-from sagas.engine import CommitDecided, SagaStarted, StageStarted
+from saga_actors.actors import OrderSystem
+from saga_actors.actors.codec import order_codec
+from saga_actors.actors.order_saga import OrderSagaData
+from saga_actors.actors.orders import OrderPlaced
+from saga_actors.actors.validation import OrderItem, validate_order
+from saga_actors.persistence import JournalCorrupted, SQLiteJournal
+from saga_actors.sagas.engine import CommitDecided, SagaStarted, StageStarted
 from tests.conftest import DECLINED, assert_consistent, make_request
 from tests.helpers.crash_child import STOCK
 
@@ -80,11 +80,14 @@ def test_interrupted_saga_without_decision_is_rolled_back(tmp_path):
     path = tmp_path / "orders.db"
     order = validate_order(make_request("x", [(1, 2)]))
     items = (OrderItem(1, 2),)
-    _journal_with(path, {
-        "inventory": [*_stocked({1: 5}), _reserved("x", items)],
-        "orders": [_placed(order)],
-        "saga:order:x": [SagaStarted("x", OrderSagaData.from_order(order)), StageStarted(0)],
-    })
+    _journal_with(
+        path,
+        {
+            "inventory": [*_stocked({1: 5}), _reserved("x", items)],
+            "orders": [_placed(order)],
+            "saga:order:x": [SagaStarted("x", OrderSagaData.from_order(order)), StageStarted(0)],
+        },
+    )
     with OrderSystem(journal_path=path) as system:
         report = system.recovery()
         assert (report.sagas_resumed, report.rolled_back, report.rolled_forward) == (1, 1, 0)
@@ -98,14 +101,22 @@ def test_interrupted_saga_without_decision_is_rolled_back(tmp_path):
 def test_interrupted_saga_after_decision_is_rolled_forward(tmp_path):
     path = tmp_path / "orders.db"
     order = validate_order(make_request("y", [(1, 2)]))
-    from actors.payment import PaymentAuthorized
-    _journal_with(path, {
-        "inventory": [*_stocked({1: 5}), _reserved("y", order.items)],
-        "payment": [PaymentAuthorized("y", order.amount, "USD", "4242")],
-        "orders": [_placed(order)],
-        "saga:order:y": [SagaStarted("y", OrderSagaData.from_order(order)), StageStarted(0),
-                         CommitDecided(), StageStarted(1)],
-    })
+    from saga_actors.actors.payment import PaymentAuthorized
+
+    _journal_with(
+        path,
+        {
+            "inventory": [*_stocked({1: 5}), _reserved("y", order.items)],
+            "payment": [PaymentAuthorized("y", order.amount, "USD", "4242")],
+            "orders": [_placed(order)],
+            "saga:order:y": [
+                SagaStarted("y", OrderSagaData.from_order(order)),
+                StageStarted(0),
+                CommitDecided(),
+                StageStarted(1),
+            ],
+        },
+    )
     with OrderSystem(journal_path=path) as system:
         assert system.recovery().rolled_forward == 1
         assert system.place_order(make_request("y", [(1, 2)]), timeout=5) is True  # waits for it
@@ -124,16 +135,27 @@ def test_order_journaled_but_saga_never_started_is_cancelled(tmp_path):
         assert_consistent(system, {1: 5})
 
 
-@pytest.mark.parametrize(("corruption", "error"), [
-    ("UPDATE events SET type = 'Mystery' WHERE persistence_id = 'saga:order:a' AND sequence_nr = 5",
-     r"saga:order:a #5: event: unknown type 'Mystery'"),
-    ("UPDATE events SET data = 'garbage' WHERE persistence_id = 'orders' AND sequence_nr = 2",
-     r"orders #2: event: unreadable JSON"),
-    ("UPDATE events SET type = 'Mystery' WHERE persistence_id = 'inventory' AND sequence_nr = 2",
-     r"inventory #2: event: unknown type 'Mystery'"),
-    ("DELETE FROM events WHERE persistence_id = 'orders' AND sequence_nr = 1",
-     r"orders #1: event missing"),
-])
+@pytest.mark.parametrize(
+    ("corruption", "error"),
+    [
+        (
+            "UPDATE events SET type = 'Mystery' WHERE persistence_id = 'saga:order:a' AND sequence_nr = 5",
+            r"saga:order:a #5: event: unknown type 'Mystery'",
+        ),
+        (
+            "UPDATE events SET data = 'garbage' WHERE persistence_id = 'orders' AND sequence_nr = 2",
+            r"orders #2: event: unreadable JSON",
+        ),
+        (
+            "UPDATE events SET type = 'Mystery' WHERE persistence_id = 'inventory' AND sequence_nr = 2",
+            r"inventory #2: event: unknown type 'Mystery'",
+        ),
+        (
+            "DELETE FROM events WHERE persistence_id = 'orders' AND sequence_nr = 1",
+            r"orders #1: event missing",
+        ),
+    ],
+)
 def test_corrupt_journal_stops_start_with_a_clear_error_and_nothing_running(tmp_path, corruption, error):
     path = tmp_path / "orders.db"
     with OrderSystem(journal_path=path, stock={1: 5}, snapshot_every=None) as system:
@@ -149,18 +171,27 @@ def test_corrupt_journal_stops_start_with_a_clear_error_and_nothing_running(tmp_
 
 
 def _stocked(stock):
-    from actors.inventory import stock_command, ProductsStocked
+    from saga_actors.actors.inventory import ProductsStocked, stock_command
+
     return [ProductsStocked(stock_command(stock).stock)]
 
 
 def _reserved(order_id, items):
-    from actors.inventory import StockReserved
+    from saga_actors.actors.inventory import StockReserved
+
     return StockReserved(order_id, items)
 
 
 def _placed(order):
-    return OrderPlaced(order.order_id, order.user_id, order.items, order.amount,
-                       order.currency, order.card.last4, order.fingerprint())
+    return OrderPlaced(
+        order.order_id,
+        order.user_id,
+        order.items,
+        order.amount,
+        order.currency,
+        order.card.last4,
+        order.fingerprint(),
+    )
 
 
 # --- kill -9 ---
@@ -172,7 +203,9 @@ def test_kill_9_in_the_middle_loses_no_promise(tmp_path, kill_after):
     path = tmp_path / "orders.db"
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.crash_child", str(path), "260", str(kill_after)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     reported: dict[str, bool] = {}
     try:

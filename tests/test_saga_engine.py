@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sagas.definition import SagaDefinition, Step
-from sagas.engine import (
+from saga_actors.sagas.definition import SagaDefinition, Step
+from saga_actors.sagas.engine import (
     AbortDecided,
     AttemptStarted,
     AttemptTimedOut,
@@ -26,13 +26,15 @@ from sagas.engine import (
     evolve,
     is_durable,
 )
-from sagas.policy import RetryPolicy
+from saga_actors.sagas.policy import RetryPolicy
 
 SAGA = SagaDefinition(
     name="trip",
     stages=(
-        (Step("hotel", "h", action=lambda c: "book-hotel", compensation=lambda c: "cancel-hotel"),
-         Step("flight", "f", action=lambda c: "book-flight", compensation=lambda c: "cancel-flight")),
+        (
+            Step("hotel", "h", action=lambda c: "book-hotel", compensation=lambda c: "cancel-hotel"),
+            Step("flight", "f", action=lambda c: "book-flight", compensation=lambda c: "cancel-flight"),
+        ),
         (Step("pay", "p", action=lambda c: "pay"), Step("notify", "n", action=lambda c: "notify")),
     ),
     pivot=1,
@@ -60,8 +62,9 @@ class Saga:
     def ok(self, step: str, attempt: int = 1, kind: str = "do") -> list[object]:
         return self.send(Replied(kind, step, attempt, True))
 
-    def fail(self, step: str, attempt: int = 1, *, transient: bool, kind: str = "do",
-             reason: str = "nope") -> list[object]:
+    def fail(
+        self, step: str, attempt: int = 1, *, transient: bool, kind: str = "do", reason: str = "nope"
+    ) -> list[object]:
         return self.send(Replied(kind, step, attempt, False, reason, transient))
 
 

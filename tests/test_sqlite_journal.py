@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from persistence import EventCodec, JournalCorrupted, SerializationError, SQLiteJournal
+from saga_actors.persistence import EventCodec, JournalCorrupted, SerializationError, SQLiteJournal
 from tests.test_journal_contract import CODEC, Happened
 
 
@@ -28,7 +28,7 @@ def journal(path):
 
 
 def test_defaults_are_wal_and_synchronous_full(journal, path):
-    db = journal._writer  # noqa: SLF001
+    db = journal._writer
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
@@ -71,12 +71,15 @@ def _corrupt(path, sql, *parameters):
     db.close()
 
 
-@pytest.mark.parametrize(("sql", "problem"), [
-    ("UPDATE events SET data = '{not json' WHERE sequence_nr = 2", "unreadable JSON"),
-    ("UPDATE events SET type = 'Vanished' WHERE sequence_nr = 2", "unknown type 'Vanished'"),
-    ("UPDATE events SET version = 9 WHERE sequence_nr = 2", "newer than this code"),
-    ("DELETE FROM events WHERE sequence_nr = 2", "event missing"),
-])
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        ("UPDATE events SET data = '{not json' WHERE sequence_nr = 2", "unreadable JSON"),
+        ("UPDATE events SET type = 'Vanished' WHERE sequence_nr = 2", "unknown type 'Vanished'"),
+        ("UPDATE events SET version = 9 WHERE sequence_nr = 2", "newer than this code"),
+        ("DELETE FROM events WHERE sequence_nr = 2", "event missing"),
+    ],
+)
 def test_bad_data_stops_replay_naming_id_and_sequence_nr(journal, path, sql, problem):
     journal.append("p-7", [Happened(1), Happened(2), Happened(3)], 0)
     _corrupt(path, sql)
@@ -100,8 +103,9 @@ def test_older_versions_are_upcast():
         currency: str
 
     codec = EventCodec()
-    codec.register(Renamed, version=2,
-                   upcast=lambda version, fields: {"amount": fields["cents"], "currency": "USD"})
+    codec.register(
+        Renamed, version=2, upcast=lambda version, fields: {"amount": fields["cents"], "currency": "USD"}
+    )
     assert codec.decode("Renamed", 1, '{"cents": 5}') == Renamed(5, "USD")
     assert codec.decode("Renamed", 2, '{"amount": 5, "currency": "EUR"}') == Renamed(5, "EUR")
 
@@ -122,8 +126,10 @@ def test_group_commit_puts_concurrent_appends_in_shared_transactions(journal):
 
 def test_without_group_commit_each_append_is_its_own_transaction(path):
     journal = SQLiteJournal(path, CODEC, group_commit=False)
-    threads = [threading.Thread(target=lambda i=i: [journal.append(f"w{i}", [Happened(n)], n)
-                                                     for n in range(10)]) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: [journal.append(f"w{i}", [Happened(n)], n) for n in range(10)])
+        for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -7,17 +7,21 @@ import time
 import pykka
 import pytest
 
-from actors import FaultPlan, OrderSystem, RetryPolicy, SystemNotRunning
-from supervision import Intensity, kill
-from tests.conftest import DECLINED, APPROVED, assert_consistent, make_request
+from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy, SystemNotRunning
+from saga_actors.supervision import Intensity, kill
+from tests.conftest import APPROVED, DECLINED, assert_consistent, make_request
 
 RETRY = RetryPolicy(initial_interval=0.002, maximum_interval=0.02, maximum_attempts=8, attempt_timeout=0.2)
 
 
 def orders_for(n: int, products: int = 3) -> list[dict]:
     return [
-        make_request(f"o{i}", [(1 + i % products, 1 + i % 2)],
-                     card=DECLINED if i % 11 == 0 else APPROVED, amount=f"{2 + i % 5}.25")
+        make_request(
+            f"o{i}",
+            [(1 + i % products, 1 + i % 2)],
+            card=DECLINED if i % 11 == 0 else APPROVED,
+            amount=f"{2 + i % 5}.25",
+        )
         for i in range(n)
     ]
 
@@ -51,8 +55,8 @@ def test_a_killed_service_comes_back_with_its_state(tmp_path):
     with OrderSystem(journal_path=tmp_path / "o.db", stock={1: 10}) as system:
         assert system.place_order(make_request("a", [(1, 3)]), timeout=5)
         before = (system.inventory(), system.payments())
-        kill(system._inventory)  # noqa: SLF001
-        kill(system._payment)  # noqa: SLF001
+        kill(system._inventory)
+        kill(system._payment)
         # queries wait out the restart and see the state rebuilt from the journal
         assert (system.inventory(), system.payments()) == before
         assert system.place_order(make_request("b", [(1, 3)]), timeout=5)
@@ -63,8 +67,9 @@ def test_a_killed_service_comes_back_with_its_state(tmp_path):
 def test_a_crashed_saga_is_restarted_and_resumes_from_its_journal():
     # Slow services keep the sagas in flight (before their commit decision) while we kill them.
     slow = FaultPlan(min_latency=0.05, max_latency=0.05, seed=1)
-    with OrderSystem(stock={1: 50}, inventory_faults=slow, payment_faults=slow,
-                     retry=RetryPolicy(attempt_timeout=0.5)) as system:
+    with OrderSystem(
+        stock={1: 50}, inventory_faults=slow, payment_faults=slow, retry=RetryPolicy(attempt_timeout=0.5)
+    ) as system:
         futures = [system.submit(make_request(f"s{i}", [(1, 1)])) for i in range(20)]
         time.sleep(0.02)
         victims = [r for r in pykka.ActorRegistry.get_all() if r.actor_class.__name__ == "SagaActor"]
@@ -86,13 +91,13 @@ def test_a_killed_order_service_keeps_its_callers_waiting_for_the_real_outcome()
     with OrderSystem(stock={1: 50}, payment_faults=slow) as system:
         futures = [system.submit(make_request(f"w{i}", [(1, 1)])) for i in range(10)]
         time.sleep(0.01)
-        kill(system._orders)  # noqa: SLF001
+        kill(system._orders)
         assert [f.get(10) for f in futures] == [True] * 10
         assert_consistent(system, {1: 50})
 
 
 def test_a_crash_loop_escalates_to_the_root_which_stops_the_system(monkeypatch):
-    import actors.system as system_module
+    import saga_actors.actors.system as system_module
 
     monkeypatch.setattr(system_module, "SERVICES_INTENSITY", Intensity(5, 5.0))
     monkeypatch.setattr(system_module, "ROOT_INTENSITY", Intensity(1, 30.0))
@@ -104,7 +109,7 @@ def test_a_crash_loop_escalates_to_the_root_which_stops_the_system(monkeypatch):
         with pytest.raises(SystemNotRunning, match="failed"):
             future.get(20)  # the caller is told, not left hanging
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and system._root is not None and system._running:  # noqa: SLF001
+        while time.monotonic() < deadline and system._root is not None and system._running:
             time.sleep(0.01)
         with pytest.raises(SystemNotRunning, match="more than 5 restarts"):
             system.place_order(make_request("later", [(1, 1)]), timeout=1)

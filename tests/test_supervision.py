@@ -10,7 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
-from supervision import (
+from saga_actors.supervision import (
     ONE_FOR_ALL,
     ONE_FOR_ONE,
     PERMANENT,
@@ -105,11 +105,14 @@ def _started(ref, log, names, restart=PERMANENT):
     return addrs
 
 
-@pytest.mark.parametrize(("strategy", "restarted"), [
-    (ONE_FOR_ONE, ["b"]),
-    (ONE_FOR_ALL, ["a", "b", "c"]),
-    (REST_FOR_ONE, ["b", "c"]),
-])
+@pytest.mark.parametrize(
+    ("strategy", "restarted"),
+    [
+        (ONE_FOR_ONE, ["b"]),
+        (ONE_FOR_ALL, ["a", "b", "c"]),
+        (REST_FOR_ONE, ["b", "c"]),
+    ],
+)
 def test_strategies_restart_the_right_children(supervisors, log, strategy, restarted):
     ref = start_supervisor(name="sup", strategy=strategy, backoff=QUICK)
     supervisors.append(ref)
@@ -125,11 +128,14 @@ def test_strategies_restart_the_right_children(supervisors, log, strategy, resta
         assert addrs[name].ask("ping", timeout=1) == name  # the address reaches the new incarnation
 
 
-@pytest.mark.parametrize(("restart", "after_finish", "after_crash"), [
-    (PERMANENT, True, True),
-    (TRANSIENT, False, True),
-    (TEMPORARY, False, False),
-])
+@pytest.mark.parametrize(
+    ("restart", "after_finish", "after_crash"),
+    [
+        (PERMANENT, True, True),
+        (TRANSIENT, False, True),
+        (TEMPORARY, False, False),
+    ],
+)
 def test_restart_types(supervisors, log, restart, after_finish, after_crash):
     ref = start_supervisor(name="sup", backoff=QUICK)
     supervisors.append(ref)
@@ -168,11 +174,20 @@ def test_intensity_exceeded_stops_children_and_escalates(log):
 
 def test_escalation_goes_up_the_tree_and_the_parent_restarts_the_subtree(supervisors, log):
     inner_specs = [spec("w", log)]
-    inner = ChildSpec("inner", lambda: start_supervisor(
-        name="inner", children=inner_specs, backoff=QUICK, intensity=Intensity(0, 5.0)))
+    inner = ChildSpec(
+        "inner",
+        lambda: start_supervisor(
+            name="inner", children=inner_specs, backoff=QUICK, intensity=Intensity(0, 5.0)
+        ),
+    )
     root_exits: list[Any] = []
-    root = start_supervisor(name="root", children=[inner], backoff=QUICK,
-                            intensity=Intensity(5, 5.0), on_exit=lambda u, e: root_exits.append(e))
+    root = start_supervisor(
+        name="root",
+        children=[inner],
+        backoff=QUICK,
+        intensity=Intensity(5, 5.0),
+        on_exit=lambda u, e: root_exits.append(e),
+    )
     supervisors.append(root)
     assert log.of("start") == ["w"]
     # The inner supervisor's child: reach it through the registry of live Workers.
@@ -195,8 +210,8 @@ def test_backoff_grows_exponentially_and_resets_after_a_quiet_period(supervisors
         eventually(lambda n=n: len(log.times("start", "w")) == n + 1)
         eventually(worker.is_alive)
     starts = log.times("start", "w")[1:]
-    gaps = [s - c for s, c in zip(starts, crashed)]
-    for gap, expected in zip(gaps, (0.04, 0.08, 0.16, 0.16)):
+    gaps = [s - c for s, c in zip(starts, crashed, strict=False)]
+    for gap, expected in zip(gaps, (0.04, 0.08, 0.16, 0.16), strict=False):
         assert expected * 0.9 <= gap < expected + 0.15, gaps
     time.sleep(0.55)  # quiet period: the next restart is quick again
     before = time.monotonic()
@@ -244,8 +259,13 @@ def test_a_failing_restart_counts_toward_intensity(log):
         return Worker.start("f", log)
 
     exits: list[Any] = []
-    ref = start_supervisor(name="sup", children=[ChildSpec("f", flaky)], backoff=QUICK,
-                           intensity=Intensity(3, 5.0), on_exit=lambda u, e: exits.append(e))
+    ref = start_supervisor(
+        name="sup",
+        children=[ChildSpec("f", flaky)],
+        backoff=QUICK,
+        intensity=Intensity(3, 5.0),
+        on_exit=lambda u, e: exits.append(e),
+    )
     kill(next(r for r in pykka.ActorRegistry.get_by_class(Worker) if r.is_alive()))
     eventually(lambda: not ref.is_alive())
     assert len(attempts) == 4  # the first start, then 3 failed restarts allowed by intensity

@@ -8,7 +8,7 @@ import time
 import pykka
 import pytest
 
-from supervision.timer import Timer
+from saga_actors.supervision.timer import Timer
 
 
 class Inbox:

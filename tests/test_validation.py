@@ -7,8 +7,14 @@ from decimal import Decimal
 
 import pytest
 
-from actors import InvalidOrder, OrderSystem
-from actors.validation import MAX_ITEMS, MAX_ORDER_ID_LENGTH, PaymentCard, luhn_valid, validate_order
+from saga_actors.actors import InvalidOrder, OrderSystem
+from saga_actors.actors.validation import (
+    MAX_ITEMS,
+    MAX_ORDER_ID_LENGTH,
+    PaymentCard,
+    luhn_valid,
+    validate_order,
+)
 from tests.conftest import APPROVED, make_request
 
 
@@ -41,8 +47,11 @@ INVALID = [
     ("order_id with spaces", _with("order_id", "a b"), "order_id: may hold only"),
     ("empty items", _with("items", []), "items: must not be empty"),
     ("items not a list", _with("items", {"product_id": 1}), "items: must be a list"),
-    ("too many items", _with("items", [{"product_id": i, "quantity": 1} for i in range(MAX_ITEMS + 1)]),
-     f"at most {MAX_ITEMS} items"),
+    (
+        "too many items",
+        _with("items", [{"product_id": i, "quantity": 1} for i in range(MAX_ITEMS + 1)]),
+        f"at most {MAX_ITEMS} items",
+    ),
     ("item not a mapping", _with("items", [5]), "items[0]: must be a mapping"),
     ("zero quantity", _with("items.0.quantity", 0), "items[0].quantity: must be an integer"),
     ("negative quantity", _with("items.0.quantity", -3), "items[0].quantity"),
@@ -51,9 +60,11 @@ INVALID = [
     ("string product_id", _with("items.0.product_id", "101"), "items[0].product_id"),
     ("bool product_id", _with("items.0.product_id", False), "items[0].product_id"),
     ("missing quantity", _with("items.0.quantity", None, delete=True), "items[0].quantity: missing"),
-    ("duplicate product",
-     _with("items", [{"product_id": 1, "quantity": 1}, {"product_id": 1, "quantity": 2}]),
-     "items[1].product_id: 1 is already in items[0]"),
+    (
+        "duplicate product",
+        _with("items", [{"product_id": 1, "quantity": 1}, {"product_id": 1, "quantity": 2}]),
+        "items[1].product_id: 1 is already in items[0]",
+    ),
     ("zero amount", _with("payment_info.amount", 0), "payment_info.amount: must be positive"),
     ("negative amount", _with("payment_info.amount", "-1.00"), "payment_info.amount: must be positive"),
     ("NaN amount", _with("payment_info.amount", float("nan")), "payment_info.amount: must be finite"),
@@ -98,8 +109,13 @@ def test_every_problem_is_named_at_once():
         validate_order(request)
     paths = [p.split(":")[0] for p in raised.value.problems]
     assert paths == [
-        "user_id", "order_id", "items[0].product_id", "items[0].quantity",
-        "payment_info.card_number", "payment_info.expiry", "payment_info.amount",
+        "user_id",
+        "order_id",
+        "items[0].product_id",
+        "items[0].quantity",
+        "payment_info.card_number",
+        "payment_info.expiry",
+        "payment_info.amount",
     ]
 
 
@@ -107,10 +123,17 @@ def test_invalid_order_is_a_value_error():
     assert issubclass(InvalidOrder, ValueError)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (20, Decimal("20.00")), (19.98, Decimal("19.98")), ("19.98", Decimal("19.98")),
-    ("19.980", Decimal("19.98")), (Decimal("0.01"), Decimal("0.01")), ("  5 ", Decimal("5.00")),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (20, Decimal("20.00")),
+        (19.98, Decimal("19.98")),
+        ("19.98", Decimal("19.98")),
+        ("19.980", Decimal("19.98")),
+        (Decimal("0.01"), Decimal("0.01")),
+        ("  5 ", Decimal("5.00")),
+    ],
+)
 def test_amounts_are_held_as_decimal(raw, expected):
     order = validate_order(make_request(amount=raw))
     assert order.amount == expected and isinstance(order.amount, Decimal)

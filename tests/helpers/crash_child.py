@@ -13,7 +13,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from actors import FaultPlan, OrderSystem, RetryPolicy
+from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
 from tests.conftest import APPROVED, DECLINED
 
 STOCK = {1: 60, 2: 60, 3: 60, 4: 60}
@@ -23,10 +23,15 @@ def request(i: int) -> dict:
     return {
         "user_id": 1 + i % 50,
         "order_id": f"o{i:04d}",
-        "items": [{"product_id": 1 + i % 4, "quantity": 1 + i % 3},
-                  {"product_id": 1 + (i + 1) % 4, "quantity": 1}],
-        "payment_info": {"card_number": DECLINED if i % 13 == 0 else APPROVED,
-                         "expiry": "12/30", "amount": f"{5 + i % 17}.{i % 100:02d}"},
+        "items": [
+            {"product_id": 1 + i % 4, "quantity": 1 + i % 3},
+            {"product_id": 1 + (i + 1) % 4, "quantity": 1},
+        ],
+        "payment_info": {
+            "card_number": DECLINED if i % 13 == 0 else APPROVED,
+            "expiry": "12/30",
+            "amount": f"{5 + i % 17}.{i % 100:02d}",
+        },
     }
 
 
