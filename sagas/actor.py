@@ -29,11 +29,15 @@ from saga_actors.sagas.engine import (
     SagaAborted,
     SagaCompleted,
     SagaState,
+    SagaView,
     Start,
+    StepStuck,
     TaskRejected,
+    TaskSucceeded,
     decide,
     evolve,
     is_durable,
+    view,
 )
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.policy import RetryPolicy
@@ -41,13 +45,19 @@ from saga_actors.sagas.protocol import Correlation, Reply, Request, StepKind
 from saga_actors.supervision.monitor import Monitored
 from saga_actors.supervision.timer import Recipient, Timer, TimerHandle
 
-__all__ = ["SagaActor", "SagaFinished", "saga_persistence_id"]
+__all__ = ["GetSagaView", "SagaActor", "SagaFinished", "saga_persistence_id"]
 
 logger = logging.getLogger(__name__)
 
 
 def saga_persistence_id(definition: SagaDefinition, saga_id: str) -> str:
     return f"saga:{definition.name}:{saga_id}"
+
+
+class GetSagaView:
+    """Ask a saga actor for its `SagaView`."""
+
+    __slots__ = ()
 
 
 class SagaFinished:
@@ -73,8 +83,12 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
 
     Started with `data`, it begins the saga; started without, it recovers
     the saga from the journal and resumes it (rolls forward after the commit
-    decision, rolls back before it). `on_finish` is called once the end is
-    journaled, then the actor stops.
+    decision, rolls back before it). `fresh=True` says the saga's stream is
+    known to be empty (its first start: no journal read); a restarted
+    incarnation given `data` reads the journal and begins only if nothing
+    was journaled yet. `on_finish` is called once the end is journaled, in
+    this actor's thread, then the actor stops. The metric `sagas_stuck` is
+    raised by one while a step that must finish has used up its attempts.
     """
 
     def __init__(
@@ -93,6 +107,7 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         seed: int | str | None = None,
         log_context: Mapping[str, Any] | None = None,
         address: Recipient | None = None,
+        fresh: bool = True,
     ) -> None:
         self.definition = definition
         super().__init__(journal, saga_persistence_id(definition, saga_id))
@@ -103,6 +118,8 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         self._on_finish = on_finish
         self._metrics = metrics
         self._start_data = data
+        self._fresh = fresh and data is not None
+        self._stuck_reported = False
         self._ephemeral = ephemeral
         self._random = random.Random(f"{seed}:{saga_id}")
         self._timeouts: dict[tuple[str, str], tuple[int, TimerHandle]] = {}
@@ -126,13 +143,13 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
     # --- lifecycle ---
 
     def recover(self) -> None:
-        if self._start_data is None:
+        if not self._fresh:
             super().recover()
-        # A new saga's journal is empty (the first append's optimistic
+        # A fresh saga's journal is empty (the first append's optimistic
         # concurrency check would refuse it otherwise): no read needed.
 
     def on_recovered(self) -> None:
-        if self._start_data is not None:
+        if self._start_data is not None and self.state.phase == "new":
             self._handle(Start(self.saga_id, self._start_data))
         elif self.state.phase == "new":
             self.log.warning("nothing journaled: the saga never began")
@@ -149,7 +166,13 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
 
     def on_stop(self) -> None:
         self._cancel_timeouts()
+        self._report_stuck(False)
         super().on_stop()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._cancel_timeouts()
+        self._report_stuck(False)
+        super().on_failure(exception_type, exception_value, traceback)
 
     def handle(self, message: Any) -> Any:
         if isinstance(message, Reply):
@@ -162,9 +185,15 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
             )
         elif isinstance(message, (AttemptTimedOut, RetryDue, Replied)):
             self._handle(message)
+        elif isinstance(message, GetSagaView):
+            return self.view()
         else:
             self.log.warning("unexpected message %s", type(message).__name__)
         return None
+
+    def view(self) -> SagaView:
+        """What this saga is doing (runs in the actor's thread)."""
+        return view(self.state)
 
     # --- the loop: decide, journal, apply, act ---
 
@@ -177,6 +206,8 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         self.persist(events)
         for event in events:
             self._react(event)
+        if not self._finished:
+            self._report_stuck(any(run.stuck for run in self.state.tasks.values()))
 
     def _react(self, event: Any) -> None:
         match event:
@@ -186,6 +217,17 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
                 self._metrics.increment("retries")
                 self.log.debug("%s %s failed (%s); attempt %d in %.3fs", kind, step, reason, attempt, delay)
                 self._timer.schedule(delay, self.address, RetryDue(kind, step, attempt))
+            case TaskSucceeded(kind=kind, step=step):
+                self._cancel_timeout(kind, step)  # whichever attempt succeeded
+            case StepStuck(kind=kind, step=step, attempt=attempt, last_error=error):
+                self.log.warning(
+                    "stuck: %s%s has failed %d attempts (last error: %s); still retrying every %.3g s",
+                    step,
+                    " (compensation)" if kind == "undo" else "",
+                    attempt,
+                    error,
+                    self._policy.maximum_interval,
+                )
             case TaskRejected(step=step, reason=reason):
                 self.log.info("%s rejected: %s", step, reason)
             case AbortDecided(reason=reason, failed_step=failed, compensate=compensate):
@@ -235,11 +277,17 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
             handle.cancel()
         self._timeouts.clear()
 
+    def _report_stuck(self, stuck: bool) -> None:
+        if stuck != self._stuck_reported:
+            self._stuck_reported = stuck
+            self._metrics.increment("sagas_stuck", 1 if stuck else -1)
+
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
         self._cancel_timeouts()
+        self._report_stuck(False)
         committed = self.state.outcome == "completed"
         try:
             self._on_finish(SagaFinished(self.saga_id, committed, self.state.reason))

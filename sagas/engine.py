@@ -9,6 +9,19 @@ Durable events (journaled) are the ones recovery needs: the saga started, a
 stage started, the commit or abort decision, the end. Bookkeeping events
 (attempts, retries) are not journaled: after a crash every step of the
 current stage is simply sent again, which idempotent participants absorb.
+
+Which steps a rollback compensates: exactly those for which some attempt
+*may* have had an effect. An attempt may have had one until it is answered:
+a success certainly did, a timeout may have (the request can still arrive),
+a crash of the participant shows up as a timeout. An "unavailable" answer is
+by contract a refusal before any effect, and a request that could not be
+delivered had none; a business rejection is final and had none. After a
+restart the attempts are not known (they are not journaled), so every step
+of a started stage counts as possibly done: recovery stays conservative.
+
+A success answering *any* attempt of a step still running is the step's
+success (participants are idempotent), so a slow wire does not fail a step
+whose first attempt got through after its timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ __all__ = [
     "DURABLE_EVENTS",
     "FINAL_EVENTS",
     "AbortDecided",
+    "AttemptRefused",
     "AttemptStarted",
     "AttemptTimedOut",
     "CommitDecided",
@@ -36,13 +50,17 @@ __all__ = [
     "SagaCompleted",
     "SagaStarted",
     "SagaState",
+    "SagaView",
     "StageStarted",
     "Start",
+    "StepStuck",
+    "StepView",
     "TaskRejected",
     "TaskRun",
     "TaskSucceeded",
     "decide",
     "evolve",
+    "view",
 ]
 
 DO: Final = "do"
@@ -145,6 +163,27 @@ class AttemptStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptRefused:
+    """An attempt was answered "unavailable" or could not be delivered: it had no effect."""
+
+    durable: ClassVar[bool] = False
+    kind: StepKind
+    step: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepStuck:
+    """A step that must finish has used up `maximum_attempts`; it keeps being retried."""
+
+    durable: ClassVar[bool] = False
+    kind: StepKind
+    step: str
+    attempt: int
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSucceeded:
     durable: ClassVar[bool] = False
     kind: StepKind
@@ -182,6 +221,8 @@ FINAL_EVENTS = (SagaCompleted, SagaAborted)
 class TaskRun:
     attempt: int
     status: TaskStatus
+    last_error: str | None = None
+    stuck: bool = False
 
 
 @dataclass(slots=True)
@@ -191,8 +232,11 @@ class SagaState:
     phase: SagaPhase = "new"
     stage: int = 0
     committed: bool = False
-    tasks: dict[tuple[str, str], TaskRun] = field(default_factory=dict)
-    may_have_effect: set[str] = field(default_factory=set)
+    tasks: dict[tuple[StepKind, str], TaskRun] = field(default_factory=dict)
+    # Which actions may have taken effect (see the module docstring):
+    uncertain: set[str] = field(default_factory=set)  # started before a restart: unknown
+    succeeded: set[str] = field(default_factory=set)  # answered with a success
+    unanswered: dict[str, set[int]] = field(default_factory=dict)  # attempts with no no-effect answer
     compensate: tuple[str, ...] = ()
     reason: str | None = None
     outcome: SagaOutcome | None = None  # set once done
@@ -206,21 +250,39 @@ def evolve(definition: SagaDefinition, state: SagaState, event: Any) -> SagaStat
         case StageStarted(stage=stage):
             state.stage, state.tasks = stage, {}
             if stage < definition.pivot:
-                state.may_have_effect.update(s.name for s in definition.stages[stage])
+                state.uncertain.update(s.name for s in definition.stages[stage])
         case CommitDecided():
             state.committed = True
         case AbortDecided(reason=reason, compensate=compensate):
             state.phase, state.reason, state.compensate = "aborting", reason, compensate
             state.tasks = {}
         case AttemptStarted(kind=kind, step=step, attempt=attempt):
-            state.tasks[(kind, step)] = TaskRun(attempt, "running")
+            previous = state.tasks.get((kind, step))
+            run = TaskRun(attempt, "running")
+            if previous is not None:
+                run.last_error, run.stuck = previous.last_error, previous.stuck
+            state.tasks[(kind, step)] = run
+            if kind == DO:
+                state.uncertain.discard(step)  # from now on its attempts are tracked
+                state.unanswered.setdefault(step, set()).add(attempt)
+        case AttemptRefused(kind=kind, step=step, attempt=attempt):
+            if kind == DO:
+                state.unanswered.get(step, set()).discard(attempt)
         case TaskSucceeded(kind=kind, step=step):
             state.tasks[(kind, step)].status = "done"
+            if kind == DO:
+                state.succeeded.add(step)
         case TaskRejected(step=step):
             state.tasks[(DO, step)].status = "rejected"
-            state.may_have_effect.discard(step)
-        case RetryScheduled(kind=kind, step=step, attempt=attempt):
-            state.tasks[(kind, step)] = TaskRun(attempt, "backoff")
+            state.uncertain.discard(step)
+            state.succeeded.discard(step)
+            state.unanswered.pop(step, None)
+        case RetryScheduled(kind=kind, step=step, attempt=attempt, reason=reason):
+            previous = state.tasks.get((kind, step))
+            stuck = previous.stuck if previous is not None else False
+            state.tasks[(kind, step)] = TaskRun(attempt, "backoff", reason, stuck)
+        case StepStuck(kind=kind, step=step):
+            state.tasks[(kind, step)].stuck = True
         case SagaCompleted():
             state.phase, state.outcome, state.tasks = "done", "completed", {}
         case SagaAborted(reason=reason):
@@ -247,12 +309,21 @@ def decide(
             return _resume(definition, state)
         case Replied():
             run = state.tasks.get((command.kind, command.step))
-            if run is None or run.attempt != command.attempt or run.status != "running":
-                return []  # a late answer to an attempt we no longer wait for
             if command.ok:
+                if run is None or run.status not in ("running", "backoff") or command.attempt > run.attempt:
+                    return []  # the step is over (or the answer is to an attempt not yet sent)
+                # Any attempt's success is the step's success: participants are idempotent.
                 return _succeeded(definition, state, command.kind, command.step)
+            events: list[Any] = []
+            refused = None
+            if command.transient and command.kind == DO:
+                if command.attempt in state.unanswered.get(command.step, ()):
+                    events.append(AttemptRefused(command.kind, command.step, command.attempt))
+                    refused = (command.step, command.attempt)
+            if run is None or run.attempt != command.attempt or run.status != "running":
+                return events  # a late failure of an attempt we no longer wait for
             if command.transient or _must_finish(state):
-                return _retry(
+                return events + _retry(
                     definition,
                     state,
                     command.kind,
@@ -261,6 +332,7 @@ def decide(
                     command.reason or "failed",
                     policy,
                     rand,
+                    refused,
                 )
             return [
                 TaskRejected(command.step, command.reason or "rejected"),
@@ -278,6 +350,16 @@ def decide(
             return [AttemptStarted(kind, step, attempt)]
         case _:
             raise TypeError(f"unknown saga command {type(command).__name__}")
+
+
+def may_have_effect(state: SagaState, step: str, refused: tuple[str, int] | None = None) -> bool:
+    """Whether some attempt of `step`'s action may have taken effect."""
+    if step in state.succeeded or step in state.uncertain:
+        return True
+    unanswered = state.unanswered.get(step, set())
+    if refused is not None and refused[0] == step:
+        unanswered = unanswered - {refused[1]}
+    return bool(unanswered)
 
 
 def is_durable(event: Any) -> bool:
@@ -322,11 +404,17 @@ def _retry(
     reason: str,
     policy: RetryPolicy,
     rand: Callable[[], float],
+    refused: tuple[str, int] | None = None,
 ) -> list[Any]:
-    if not _must_finish(state) and run.attempt >= policy.maximum_attempts:
-        return _abort(definition, state, RETRIES_EXHAUSTED, step)
-    delay = policy.backoff(run.attempt, rand())
-    return [RetryScheduled(kind, step, run.attempt + 1, delay, reason)]
+    if run.attempt < policy.maximum_attempts:
+        return [RetryScheduled(kind, step, run.attempt + 1, policy.backoff(run.attempt, rand()), reason)]
+    if not _must_finish(state):
+        return _abort(definition, state, RETRIES_EXHAUSTED, step, refused=refused)
+    # It must finish, but has used up its attempts: it is stuck. Keep trying,
+    # at the longest interval, and say so once.
+    events: list[Any] = [] if run.stuck else [StepStuck(kind, step, run.attempt, reason)]
+    delay = policy.maximum_interval * (0.5 + 0.5 * rand())
+    return [*events, RetryScheduled(kind, step, run.attempt + 1, delay, reason)]
 
 
 def _abort(
@@ -335,12 +423,17 @@ def _abort(
     reason: str,
     failed_step: str | None,
     exclude: str | None = None,
+    refused: tuple[str, int] | None = None,
 ) -> list[Any]:
-    """Roll back: compensate every step that succeeded or may have succeeded."""
+    """Roll back: compensate every step whose action may have taken effect.
+
+    `refused` is an attempt whose refusal is being decided in the same breath
+    (its AttemptRefused event is not applied yet).
+    """
     compensate = tuple(
         name
         for name in definition.compensable(state.stage)
-        if name in state.may_have_effect and name != exclude
+        if name != exclude and may_have_effect(state, name, refused)
     )
     return [AbortDecided(reason, failed_step, compensate), *_abort_tasks(definition, compensate, reason)]
 
@@ -363,3 +456,81 @@ def _resume(definition: SagaDefinition, state: SagaState) -> list[Any]:
         return [AttemptStarted(DO, s.name, 1) for s in definition.stages[state.stage]]
     # No commit decision was recorded: presumed abort.
     return _abort(definition, state, INTERRUPTED, None)
+
+
+# --- what a saga is doing, for people -----------------------------------------
+
+SagaViewPhase = Literal["new", "forward", "committed", "compensating", "completed", "aborted"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """One step still pending: its kind ("do" or "undo"), the attempt number, the last error."""
+
+    step: str
+    kind: StepKind
+    attempt: int
+    status: TaskStatus
+    last_error: str | None
+    stuck: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SagaView:
+    """A saga as a person would ask about it.
+
+    `phase`: "forward" (running its stages, no decision yet), "committed"
+    (the commit decision is recorded: driven to the end), "compensating"
+    (rolling back), "completed" or "aborted" (finished); "new" before it
+    began. `pending` lists the steps not finished yet. `stuck` is true when a
+    step that must finish has used up `maximum_attempts` and keeps retrying.
+    """
+
+    saga_id: str
+    phase: SagaViewPhase
+    pending: tuple[StepView, ...]
+    reason: str | None
+
+    @property
+    def stuck(self) -> bool:
+        return any(step.stuck for step in self.pending)
+
+    def summary(self) -> str:
+        """One line: where the saga is and what it waits for."""
+        head = {
+            "new": "not begun",
+            "forward": "running, no decision yet",
+            "committed": "commit decided",
+            "compensating": f"rollback decided ({self.reason})" if self.reason else "rollback decided",
+            "completed": "completed",
+            "aborted": f"rolled back ({self.reason})" if self.reason else "rolled back",
+        }[self.phase]
+        parts = []
+        for step in self.pending:
+            label = f"{step.step} (compensation)" if step.kind == UNDO else step.step
+            text = f"{label} pending, attempt {step.attempt}"
+            if step.last_error:
+                text += f", last error: {step.last_error}"
+            if step.stuck:
+                text += ", stuck"
+            parts.append(text)
+        return "; ".join([head, *parts])
+
+
+def view(state: SagaState) -> SagaView:
+    """The `SagaView` of a state (pure)."""
+    phase: SagaViewPhase
+    if state.phase == "done":
+        phase = "completed" if state.outcome == "completed" else "aborted"
+    elif state.phase == "aborting":
+        phase = "compensating"
+    elif state.phase == "forward":
+        phase = "committed" if state.committed else "forward"
+    else:
+        phase = "new"
+    pending = tuple(
+        StepView(step, kind, run.attempt, run.status, run.last_error, run.stuck)
+        for (kind, step), run in sorted(state.tasks.items())
+        if run.status in ("running", "backoff")
+    )
+    return SagaView(state.saga_id or "", phase, pending, state.reason)

@@ -7,6 +7,7 @@ import pytest
 from saga_actors.sagas.definition import SagaDefinition, Step
 from saga_actors.sagas.engine import (
     AbortDecided,
+    AttemptRefused,
     AttemptStarted,
     AttemptTimedOut,
     CommitDecided,
@@ -20,11 +21,13 @@ from saga_actors.sagas.engine import (
     SagaState,
     StageStarted,
     Start,
+    StepStuck,
     TaskRejected,
     TaskSucceeded,
     decide,
     evolve,
     is_durable,
+    view,
 )
 from saga_actors.sagas.policy import RetryPolicy
 
@@ -66,6 +69,11 @@ class Saga:
         self, step: str, attempt: int = 1, *, transient: bool, kind: str = "do", reason: str = "nope"
     ) -> list[object]:
         return self.send(Replied(kind, step, attempt, False, reason, transient))
+
+
+def retry_of(events: list[object]) -> RetryScheduled:
+    (retry,) = [e for e in events if isinstance(e, RetryScheduled)]
+    return retry
 
 
 def started(events: list[object]) -> set[tuple[str, str, int]]:
@@ -126,10 +134,13 @@ def test_transient_failure_is_retried_with_backoff():
     saga = Saga()
     saga.send(Start("t1", None))
     events = saga.fail("hotel", transient=True)
-    assert events == [RetryScheduled("do", "hotel", 2, pytest.approx(0.075), "nope")]
+    assert events == [
+        AttemptRefused("do", "hotel", 1),  # "unavailable": refused before any effect
+        RetryScheduled("do", "hotel", 2, pytest.approx(0.075), "nope"),
+    ]
     assert saga.send(RetryDue("do", "hotel", 2)) == [AttemptStarted("do", "hotel", 2)]
     events = saga.fail("hotel", 2, transient=True)
-    assert events[0].delay == pytest.approx(0.15)  # doubled, jitter 0.5 -> 3/4 of it
+    assert retry_of(events).delay == pytest.approx(0.15)  # doubled, jitter 0.5 -> 3/4 of it
 
 
 def test_timeout_counts_as_transient_and_stale_timeouts_are_ignored():
@@ -137,7 +148,9 @@ def test_timeout_counts_as_transient_and_stale_timeouts_are_ignored():
     saga.send(Start("t1", None))
     assert isinstance(saga.send(AttemptTimedOut("do", "hotel", 1))[0], RetryScheduled)
     assert saga.send(AttemptTimedOut("do", "hotel", 1)) == []
-    assert saga.fail("hotel", 1, transient=True) == []  # answer to an attempt no longer current
+    # A late "unavailable" for the timed-out attempt: no retry, but now we know it had no effect.
+    assert saga.fail("hotel", 1, transient=True) == [AttemptRefused("do", "hotel", 1)]
+    assert saga.fail("hotel", 1, transient=True) == []
 
 
 def test_retries_exhausted_rolls_back_including_the_exhausted_step():
@@ -158,11 +171,15 @@ def test_after_the_commit_decision_nothing_is_abandoned():
     saga.send(Start("t1", None))
     saga.ok("hotel")
     saga.ok("flight")
+    stuck = []
     for attempt in range(1, 20):  # far beyond maximum_attempts
         events = saga.fail("pay", attempt, transient=False, reason="oops")
-        assert events[0].__class__ is RetryScheduled
-        assert events[0].delay <= POLICY.maximum_interval
+        assert retry_of(events).delay <= POLICY.maximum_interval
+        if attempt >= POLICY.maximum_attempts:  # stuck: retried at the longest interval
+            assert retry_of(events).delay >= POLICY.maximum_interval / 2
+        stuck += [e for e in events if isinstance(e, StepStuck)]
         saga.send(RetryDue("do", "pay", attempt + 1))
+    assert stuck == [StepStuck("do", "pay", 3, "oops")]  # said once, not on every attempt
     saga.ok("notify")
     assert saga.ok("pay", 20)[-1] == SagaCompleted()
 
@@ -173,7 +190,7 @@ def test_compensations_are_retried_until_they_succeed():
     saga.ok("hotel")
     saga.fail("flight", transient=False)
     for attempt in range(1, 12):
-        assert isinstance(saga.fail("hotel", attempt, kind="undo", transient=True)[0], RetryScheduled)
+        assert retry_of(saga.fail("hotel", attempt, kind="undo", transient=True)).attempt == attempt + 1
         saga.send(RetryDue("undo", "hotel", attempt + 1))
     saga.ok("apologize")
     assert saga.ok("hotel", 12, kind="undo")[-1] == SagaAborted("nope")
@@ -254,3 +271,109 @@ def test_retry_policy_names_every_bad_parameter():
     message = str(raised.value)
     for name in ("initial_interval", "backoff_coefficient", "maximum_attempts", "attempt_timeout"):
         assert name in message
+
+
+# --- which steps a rollback compensates: exactly those that may have had an effect ---
+
+
+def test_a_step_only_ever_refused_is_not_compensated():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("flight")
+    for attempt in (1, 2):
+        saga.fail("hotel", attempt, transient=True, reason="unavailable")
+        saga.send(RetryDue("do", "hotel", attempt + 1))
+    events = saga.fail("hotel", 3, transient=True, reason="unavailable")
+    abort = next(e for e in events if isinstance(e, AbortDecided))
+    assert abort.reason == "retries_exhausted"
+    assert abort.compensate == ("flight",)  # hotel was never booked: nothing to cancel
+    assert ("undo", "hotel", 1) not in started(events)
+
+
+def test_an_undeliverable_request_had_no_effect():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.fail("flight", transient=True, reason="unreachable")  # the participant was down
+    events = saga.fail("hotel", transient=False, reason="full")
+    assert next(e for e in events if isinstance(e, AbortDecided)).compensate == ()
+
+
+def test_a_timed_out_attempt_may_have_had_an_effect_even_if_a_later_one_is_refused():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("flight")
+    saga.send(AttemptTimedOut("do", "hotel", 1))  # attempt 1 may still arrive
+    saga.send(RetryDue("do", "hotel", 2))
+    saga.fail("hotel", 2, transient=True)
+    saga.send(RetryDue("do", "hotel", 3))
+    events = saga.fail("hotel", 3, transient=True)
+    assert set(next(e for e in events if isinstance(e, AbortDecided)).compensate) == {"hotel", "flight"}
+
+
+def test_a_step_whose_request_is_still_on_the_wire_is_compensated():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    events = saga.fail("hotel", transient=False, reason="full")
+    assert next(e for e in events if isinstance(e, AbortDecided)).compensate == ("flight",)
+
+
+def test_a_late_success_of_an_earlier_attempt_is_the_steps_success():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.send(AttemptTimedOut("do", "hotel", 1))  # slow wire: attempt 1 times out
+    assert saga.ok("hotel", 1) == [TaskSucceeded("do", "hotel")]  # ... and then answers
+    assert saga.send(RetryDue("do", "hotel", 2)) == []  # the scheduled retry is not sent
+    events = saga.ok("flight")
+    assert CommitDecided() in events
+
+
+def test_a_late_success_while_a_later_attempt_runs_is_the_steps_success():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.send(AttemptTimedOut("do", "hotel", 1))
+    saga.send(RetryDue("do", "hotel", 2))
+    assert saga.ok("hotel", 1) == [TaskSucceeded("do", "hotel")]
+    assert saga.ok("hotel", 2) == []  # the step is over
+    assert saga.send(AttemptTimedOut("do", "hotel", 2)) == []
+
+
+def test_a_success_for_an_attempt_never_sent_is_ignored():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    assert saga.ok("hotel", 5) == []
+
+
+def test_the_view_says_what_a_stuck_saga_waits_for():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    saga.fail("flight", transient=False, reason="no seats")
+    for attempt in range(1, 5):
+        saga.fail("hotel", attempt, kind="undo", transient=True, reason="unavailable")
+        saga.send(RetryDue("undo", "hotel", attempt + 1))
+    shown = view(saga.state)
+    assert shown.phase == "compensating" and shown.stuck
+    assert [(p.step, p.kind, p.attempt, p.last_error) for p in shown.pending] == [
+        ("apologize", "do", 1, None),
+        ("hotel", "undo", 5, "unavailable"),
+    ]
+    assert shown.summary() == (
+        "rollback decided (no seats); apologize pending, attempt 1; "
+        "hotel (compensation) pending, attempt 5, last error: unavailable, stuck"
+    )
+    saga.ok("apologize")
+    saga.ok("hotel", 5, kind="undo")
+    assert view(saga.state).phase == "aborted" and not view(saga.state).pending
+
+
+def test_view_phases():
+    saga = Saga()
+    assert view(saga.state).phase == "new"
+    saga.send(Start("t1", None))
+    assert view(saga.state).phase == "forward"
+    saga.ok("hotel")
+    saga.ok("flight")
+    assert view(saga.state).phase == "committed"
+    saga.ok("pay")
+    saga.ok("notify")
+    assert view(saga.state).phase == "completed"
