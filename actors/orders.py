@@ -23,7 +23,6 @@ from saga_actors.actors.errors import IdempotencyConflict
 from saga_actors.actors.participant import Answer, ParticipantActor
 from saga_actors.actors.validation import OrderItem, OrderRequest
 from saga_actors.persistence.journal import JournalWithSnapshots
-from saga_actors.sagas.actor import SagaFinished
 from saga_actors.sagas.metrics import Metrics
 
 __all__ = [
@@ -31,16 +30,15 @@ __all__ = [
     "ConfirmOrder",
     "GetOrder",
     "GetOrders",
-    "InFlight",
     "OrderCancelled",
     "OrderConfirmed",
     "OrderPlaced",
     "OrderService",
     "OrderView",
     "OrdersState",
+    "Outcomes",
     "PlaceOrder",
     "RecoverOrders",
-    "Waiters",
     "answer",
     "decide",
     "evolve",
@@ -210,73 +208,159 @@ def _status(state: OrdersState, order_id: str) -> str | None:
     return record.state if record is not None else None
 
 
-# --- callers waiting, and sagas in flight (outside the actor: they survive its restarts) ---
+# --- submissions, sagas in flight, and callers waiting (outside the actor: they survive its restarts) ---
 
 
-class Waiters:
-    """The futures of callers waiting for an order's outcome."""
+class Outcomes:
+    """What callers wait for, kept outside every actor so that no restart loses it.
+
+    - *submissions*: `PlaceOrder` messages handed to the order service and
+      not yet durably accepted. A new incarnation of the order service sends
+      itself every one again (order ids are idempotency keys), so a message
+      dropped with a dead actor's mailbox is not lost.
+    - *placing*: orders whose `OrderPlaced` is being written.
+    - *running*: orders whose `OrderPlaced` is durable and whose saga has not
+      journaled its end: the work in flight. Filled only from durable facts
+      (the placement written, the saga's end written) and rebuilt from the
+      journal at every start, so it cannot drift or stick.
+    - *waiters*: the futures of callers waiting for an order's outcome,
+      answered from the saga's durable end.
+
+    Thread-safe: called from callers' threads, actor threads and the
+    journal's thread.
+    """
 
     def __init__(self) -> None:
-        self._futures: dict[str, list[pykka.Future[bool]]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._submissions: dict[int, tuple[PlaceOrder, object | None]] = {}
+        self._placing: dict[str, list[pykka.Future[bool]]] = {}
+        self._running: dict[str, Any] = {}  # order id -> what restarts its saga (or None)
+        self._waiters: dict[str, list[pykka.Future[bool]]] = {}
 
-    def add(self, order_id: str, future: pykka.Future[bool]) -> None:
-        with self._lock:
-            self._futures.setdefault(order_id, []).append(future)
+    # submissions
 
-    def resolve(self, order_id: str, confirmed: bool) -> None:
+    def submit(self, message: PlaceOrder) -> None:
         with self._lock:
-            futures = self._futures.pop(order_id, [])
+            self._submissions[id(message)] = (message, None)
+
+    def withdraw(self, message: PlaceOrder) -> None:
+        """The submission could not be handed over at all (the system is not running)."""
+        with self._lock:
+            self._submissions.pop(id(message), None)
+            self._lock.notify_all()
+
+    def claim(self, message: PlaceOrder, incarnation: object) -> bool:
+        """True the first time `incarnation` sees a submission still pending."""
+        with self._lock:
+            entry = self._submissions.get(id(message))
+            if entry is None or entry[0] is not message or entry[1] is incarnation:
+                return False
+            self._submissions[id(message)] = (message, incarnation)
+            return True
+
+    def unclaimed(self, incarnation: object) -> list[PlaceOrder]:
+        """Pending submissions that `incarnation` has not seen (to send again)."""
+        with self._lock:
+            return [m for m, owner in self._submissions.values() if owner is not incarnation]
+
+    def settle(self, message: PlaceOrder, error: BaseException | None = None) -> None:
+        """The submission is dealt with; fail its caller with `error` if given."""
+        with self._lock:
+            entry = self._submissions.pop(id(message), None)
+            self._lock.notify_all()
+        if entry is not None and error is not None and message.reply is not None:
+            message.reply.set_exception(exc_info=(type(error), error, None))
+
+    # placing and running
+
+    def placing(self, order_id: str, message: PlaceOrder) -> None:
+        """The order's placement is being written; its caller waits for the outcome."""
+        with self._lock:
+            futures = self._placing.setdefault(order_id, [])
+            if message.reply is not None:
+                futures.append(message.reply)
+
+    def placed(self, order_id: str, restart: Any) -> bool:
+        """The placement is durable: the order is in flight. False if it already was."""
+        with self._lock:
+            futures = self._placing.pop(order_id, [])
+            self._waiters.setdefault(order_id, []).extend(futures)
+            if order_id in self._running:
+                return False
+            self._running[order_id] = restart
+            return True
+
+    def join(self, order_id: str, reply: pykka.Future[bool] | None) -> bool:
+        """Wait for an order being placed or in flight; False if it is neither."""
+        with self._lock:
+            if order_id in self._placing:
+                target = self._placing[order_id]
+            elif order_id in self._running:
+                target = self._waiters.setdefault(order_id, [])
+            else:
+                return False
+            if reply is not None:
+                target.append(reply)
+            return True
+
+    def finished(self, order_id: str, confirmed: bool) -> bool:
+        """The saga's end is durable: answer its waiters. False if it was not in flight."""
+        with self._lock:
+            known = self._running.pop(order_id, _MISSING) is not _MISSING
+            futures = self._waiters.pop(order_id, [])
+            self._lock.notify_all()
         for future in futures:
             future.set(confirmed)
+        return known
 
-    def fail_all(self, error: Exception) -> None:
+    def running(self) -> dict[str, Any]:
         with self._lock:
-            waiting, self._futures = self._futures, {}
-        for futures in waiting.values():
+            return dict(self._running)
+
+    def is_running(self, order_id: str) -> bool:
+        with self._lock:
+            return order_id in self._running
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._running.keys() | self._placing.keys())
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """True once nothing is submitted, being placed or in flight."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: not (self._submissions or self._placing or self._running), timeout
+            )
+
+    def reset(self, running: dict[str, Any], error: BaseException | None) -> None:
+        """Start afresh with `running` (from the journal); fail every waiting caller with `error`."""
+        with self._lock:
+            futures = [m.reply for m, _ in self._submissions.values() if m.reply is not None]
+            futures += [f for fs in self._placing.values() for f in fs]
+            futures += [f for fs in self._waiters.values() for f in fs]
+            self._submissions, self._placing, self._waiters = {}, {}, {}
+            self._running = dict(running)
+            self._lock.notify_all()
+        if error is not None:
             for future in futures:
                 future.set_exception(exc_info=(type(error), error, None))
 
 
-class InFlight:
-    """The ids of sagas not yet finished, and a way to wait until there are none."""
-
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
-        self._condition = threading.Condition()
-
-    def add(self, saga_id: str) -> None:
-        with self._condition:
-            self._ids.add(saga_id)
-
-    def discard(self, saga_id: str) -> None:
-        with self._condition:
-            self._ids.discard(saga_id)
-            if not self._ids:
-                self._condition.notify_all()
-
-    def __contains__(self, saga_id: object) -> bool:
-        with self._condition:
-            return saga_id in self._ids
-
-    def __len__(self) -> int:
-        with self._condition:
-            return len(self._ids)
-
-    def ids(self) -> list[str]:
-        with self._condition:
-            return sorted(self._ids)
-
-    def wait_empty(self, timeout: float | None) -> bool:
-        with self._condition:
-            return self._condition.wait_for(lambda: not self._ids, timeout)
+_MISSING = object()
 
 
 # --- the actor ---
 
 
 class OrderService(ParticipantActor[OrdersState]):
-    """Owns the orders; starts a saga per new order and answers its waiters."""
+    """Owns the orders; starts a saga per new order once it is durable.
+
+    It takes `PlaceOrder` submissions from `outcomes` (a new incarnation sends
+    itself every submission its predecessor did not settle), and confirms or
+    cancels orders for the sagas. `start_saga` is called in the journal's
+    thread once an order's placement is durable. Callers are answered by the
+    sagas' durable ends (see `Outcomes`), never through this actor's mailbox.
+    """
 
     PERSISTENCE_ID = PERSISTENCE_ID
 
@@ -285,16 +369,15 @@ class OrderService(ParticipantActor[OrdersState]):
         journal: JournalWithSnapshots,
         *,
         start_saga: Callable[[OrderRequest], None],
-        in_flight: InFlight,
-        waiters: Waiters,
+        outcomes: Outcomes,
         metrics: Metrics,
         snapshot_every: int | None = None,
     ) -> None:
         super().__init__(journal, snapshot_every=snapshot_every)
         self._start_saga = start_saga
-        self._in_flight = in_flight
+        self._outcomes = outcomes
         self._metrics = metrics
-        self._waiters = waiters
+        self._incarnation = object()
 
     def initial_state(self) -> OrdersState:
         return OrdersState()
@@ -308,12 +391,16 @@ class OrderService(ParticipantActor[OrdersState]):
     def answer(self, command: Any, state: OrdersState) -> Answer:
         return answer(command, state)
 
+    def on_recovered(self) -> None:
+        super().on_recovered()
+        # Submissions a predecessor took but never settled died with its mailbox: take them again.
+        for message in self._outcomes.unclaimed(self._incarnation):
+            self.actor_ref.tell(message)
+
     def on_other_message(self, message: Any) -> Any:
         match message:
             case PlaceOrder():
                 self._place(message)
-            case SagaFinished():
-                self._finished(message)
             case GetOrder(order_id=order_id):
                 record = self.state.orders.get(order_id)
                 return view(record) if record is not None else None
@@ -326,35 +413,54 @@ class OrderService(ParticipantActor[OrdersState]):
         return None
 
     def _place(self, message: PlaceOrder) -> None:
+        if not self._outcomes.claim(message, self._incarnation):
+            return  # settled already, or a second copy of one this incarnation took
         order = message.order
         try:
             events = decide(message, self.state)
         except IdempotencyConflict as conflict:
             self._metrics.increment("idempotency_conflicts")
+            self._outcomes.settle(message, conflict)
+            return
+        except Exception as error:  # one bad message must not take the others down
+            logger.exception("[%s] could not place the order", order.order_id)
+            self._outcomes.settle(message, error)
+            return
+        order_id = order.order_id
+        if events:
+            self._metrics.increment("orders_placed")
+            logger.info(
+                "[%s] placed: %d item(s), %s %s",
+                order_id,
+                len(order.items),
+                order.amount,
+                order.currency,
+                extra={"order_id": order_id},
+            )
+            self._outcomes.placing(order_id, message)
+            # The saga starts once the order is durable: a saga must never act for
+            # an order that a crash could make the order service forget.
+            self.persist_async(events, lambda: functools.partial(self._placed, order, message))
+            return
+        self._metrics.increment("duplicates")
+        if self._outcomes.join(order_id, message.reply):
+            self._outcomes.settle(message)  # waits for the order being placed or in flight
+            return
+        record = self.state.orders[order_id]
+        if record.state != PENDING:
             if message.reply is not None:
-                message.reply.set_exception(exc_info=(type(conflict), conflict, None))
+                message.reply.set(record.state == CONFIRMED)  # its first outcome
+            self._outcomes.settle(message)
             return
-        if message.reply is not None:
-            self._waiters.add(order.order_id, message.reply)
-        if not events:
-            self._metrics.increment("duplicates")
-            record = self.state.orders[order.order_id]
-            if order.order_id not in self._in_flight and record.state != PENDING:
-                self._answer_waiters(order.order_id)
-            return
-        self._metrics.increment("orders_placed")
-        self._in_flight.add(order.order_id)
-        logger.info(
-            "[%s] placed: %d item(s), %s %s",
-            order.order_id,
-            len(order.items),
-            order.amount,
-            order.currency,
-            extra={"order_id": order.order_id},
-        )
-        # The saga starts once the order is durable: a saga must never act for
-        # an order that a crash could make the order service forget.
-        self.persist_async(events, lambda: functools.partial(self._start_saga, order))
+        # Durable, but no saga runs for it (its start was lost): start it once durable.
+        self._outcomes.placing(order_id, message)
+        self.persist_async([], lambda: functools.partial(self._placed, order, message))
+
+    def _placed(self, order: OrderRequest, message: PlaceOrder) -> None:
+        """The placement is durable (runs in the journal's thread): start the saga."""
+        if self._outcomes.placed(order.order_id, order):
+            self._start_saga(order)
+        self._outcomes.settle(message)
 
     def _cancel_unstarted(self, sagas_started: frozenset[str]) -> list[str]:
         unstarted = [
@@ -366,26 +472,3 @@ class OrderService(ParticipantActor[OrdersState]):
             logger.info("[%s] cancelled: its saga never started", order_id, extra={"order_id": order_id})
             self.persist(decide(CancelOrder(order_id, "interrupted"), self.state))
         return unstarted
-
-    def _finished(self, finished: SagaFinished) -> None:
-        if finished.saga_id not in self._in_flight:
-            return  # told twice (a saga resumed after it had finished): already answered
-        record = self.state.orders.get(finished.saga_id)
-        if record is None:
-            logger.error("[%s] saga finished for an unknown order", finished.saga_id)
-            return
-        if record.state == PENDING:
-            # The saga never began (it failed before journaling its start), so
-            # no request about the order left: cancel it.
-            logger.warning(
-                "[%s] saga ended without starting; cancelling the order",
-                finished.saga_id,
-                extra={"order_id": finished.saga_id},
-            )
-            self.persist(decide(CancelOrder(finished.saga_id, "interrupted"), self.state))
-        self._metrics.increment("orders_confirmed" if record.state == CONFIRMED else "orders_cancelled")
-        self._in_flight.discard(finished.saga_id)
-        self._answer_waiters(finished.saga_id)
-
-    def _answer_waiters(self, order_id: str) -> None:
-        self._waiters.resolve(order_id, self.state.orders[order_id].state == CONFIRMED)

@@ -19,11 +19,14 @@ never an embedding application's.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -39,20 +42,19 @@ from saga_actors.actors.order_saga import ORDER_SAGA, OrderSagaData
 from saga_actors.actors.orders import (
     GetOrder,
     GetOrders,
-    InFlight,
     OrderService,
     OrderView,
+    Outcomes,
     PlaceOrder,
     RecoverOrders,
-    Waiters,
 )
 from saga_actors.actors.payment import GetPayments, PaymentActor, PaymentView
 from saga_actors.actors.simulation import FaultInjector, FaultPlan, SimulatedLink
 from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
 from saga_actors.persistence.sqlite import SQLiteJournal
-from saga_actors.sagas.actor import SagaActor, SagaFinished, saga_persistence_id
-from saga_actors.sagas.engine import FINAL_EVENTS, CommitDecided
+from saga_actors.sagas.actor import GetSagaView, SagaActor, SagaFinished, saga_persistence_id
+from saga_actors.sagas.engine import FINAL_EVENTS, CommitDecided, SagaState, SagaView, evolve, view
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.policy import RetryPolicy
 from saga_actors.supervision import (
@@ -66,15 +68,17 @@ from saga_actors.supervision import (
     Intensity,
     ResourceActor,
     StartChild,
+    kill,
     start_supervisor,
 )
 from saga_actors.supervision.timer import Timer
 
-__all__ = ["OrderFuture", "OrderSystem", "RecoveryReport"]
+__all__ = ["OrderFuture", "OrderSystem", "RecoveryReport", "SagaView"]
 
 logger = logging.getLogger(__name__)
 
 QUERY_TIMEOUT = 10.0  # seconds a view query may take (it waits out a service restart)
+VIEW_TIMEOUT = 2.0  # seconds a saga may take to say what it is doing
 RECOVERY_TIMEOUT = 600.0  # seconds an actor may take to replay its journal
 DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived actors
 
@@ -107,7 +111,21 @@ METRIC_NAMES = (
     "retries",
     "compensations",
     "restarts",
+    "sagas_stuck",
 )
+SERVICE_NAMES = ("orders", "inventory", "payment", "timer")
+_WAIT_SLICE = 60.0  # a caller's wait is cut in slices this long (threading refuses huge timeouts)
+
+# Systems still running when the interpreter exits are stopped cleanly then
+# (their actors run on daemon threads, so a program that forgets stop() exits).
+_RUNNING: weakref.WeakSet[OrderSystem] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_systems() -> None:
+    for system in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            system.stop()
 
 
 @dataclass(frozen=True)
@@ -123,21 +141,40 @@ class RecoveryReport:
 class OrderFuture:
     """The outcome of one submitted order: `get()` gives True (confirmed) or False."""
 
-    def __init__(self, future: pykka.Future[bool], order_id: str | None) -> None:
+    def __init__(
+        self,
+        future: pykka.Future[bool],
+        order_id: str | None,
+        describe: Callable[[str], str | None] | None = None,
+    ) -> None:
         self._future = future
         self.order_id = order_id
+        self._describe = describe
 
     def get(self, timeout: float | None = None) -> bool:
         """Wait for the outcome; raise TimeoutError if unknown after `timeout` seconds.
 
-        Raises the request's error too (InvalidOrder, IdempotencyConflict).
-        A timeout does not cancel the order: it carries on.
+        `timeout` is in seconds; `None` (or any huge value, `inf` included)
+        waits as long as it takes. Raises the request's error too
+        (InvalidOrder, IdempotencyConflict), and SystemNotRunning if the
+        system stops first. A timeout does not cancel the order: it carries
+        on, and the TimeoutError says what it is waiting for.
         """
-        try:
-            return bool(self._future.get(timeout=timeout))
-        except pykka.Timeout:
+        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout)):
+            raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + max(timeout, 0.0)
+        while True:
+            remaining = _WAIT_SLICE if deadline is None else min(deadline - time.monotonic(), _WAIT_SLICE)
+            try:
+                return bool(self._future.get(timeout=max(remaining, 0.0)))
+            except pykka.Timeout:
+                if deadline is None or time.monotonic() < deadline:
+                    continue
+            waiting = self._describe(self.order_id) if self._describe and self.order_id else None
             raise TimeoutError(
-                f"order {self.order_id!r}: outcome not known after {timeout} s; it carries on"
+                f"order {self.order_id!r}: outcome not known after {timeout} s"
+                + (f" ({waiting})" if waiting else "")
+                + "; it carries on"
             ) from None
 
 
@@ -170,14 +207,17 @@ class OrderSystem:
         self._failure: BaseException | None = None
         self._recovery = RecoveryReport()
         self._metrics = Metrics(METRIC_NAMES)
-        self._in_flight = InFlight()
-        self._waiters = Waiters()
+        self._outcomes = Outcomes()
         self._root: pykka.ActorRef[Any] | None = None
         self._journal: JournalWithSnapshots | None = None
+        self._memory_journal: InMemoryJournal | None = None  # kept across stop() and start()
         self._orders = Address("orders")
         self._inventory = Address("inventory")
         self._payment = Address("payment")
+        self._timer_address = Address("timer")
         self._sagas = Address("sagas")
+        self._saga_addresses: dict[str, Address] = {}
+        self._saga_lock = threading.Lock()
 
     # --- lifecycle ---
 
@@ -198,6 +238,7 @@ class OrderSystem:
             if self._running:
                 return self
             self._failure = None
+            self._outcomes.reset({}, None)
             try:
                 journal = self._journal = self._open_journal()
                 self._root = self._start_tree(journal)
@@ -208,20 +249,23 @@ class OrderSystem:
                 self._stop_tree()
                 raise
             self._running = True
+            _RUNNING.add(self)
             logger.info("order system started%s", f" on {self._journal_path}" if self._journal_path else "")
             return self
 
     def stop(self) -> None:
         """Stop this system's actors (and only them), in the reverse of their start order.
 
-        Orders still in flight stay pending (journaled ones resume at the next
-        start); their waiting callers get SystemNotRunning. Call `wait_idle()`
-        first to drain.
+        Orders still in flight stay pending (they resume at the next start,
+        from the journal: a SQLite file, or the in-memory journal this object
+        keeps); every caller still waiting gets SystemNotRunning, and nothing
+        is left running. Call `wait_idle()` first to drain.
         """
         with self._lock:
             if not self._running:
                 return
             self._running = False
+            _RUNNING.discard(self)
             self._stop_tree()
             logger.info("order system stopped")
 
@@ -239,8 +283,18 @@ class OrderSystem:
         except ValueError as invalid:
             future.set_exception(exc_info=(type(invalid), invalid, None))
             return OrderFuture(future, _order_id_of(request))
-        self._call(self._orders, lambda a: a.tell(PlaceOrder(order, future)))
-        return OrderFuture(future, order.order_id)
+        self._check_running()
+        message = PlaceOrder(order, future)
+        # Registered before it is sent: if the order service dies with the
+        # message in its mailbox, its next incarnation takes it again.
+        self._outcomes.submit(message)
+        try:
+            self._orders.tell(message)
+        except pykka.ActorDeadError:
+            pass  # restarting: the next incarnation takes it from the registry
+        if not self._running:  # stopped meanwhile: whatever stop() did not answer, answer now
+            self._outcomes.settle(message, SystemNotRunning("the order system stopped"))
+        return OrderFuture(future, order.order_id, self._describe)
 
     def place_order(self, request: Any, *, timeout: float | None = None) -> bool:
         """Place an order and wait: True once confirmed, False once rolled back."""
@@ -259,9 +313,67 @@ class OrderSystem:
         return cast("dict[str, PaymentView]", self._ask(self._payment, GetPayments()))
 
     def metrics(self) -> dict[str, int]:
+        """Counters since this object was made, plus `in_flight` and `sagas_stuck` (gauges)."""
         counts = self._metrics.snapshot()
-        counts["in_flight"] = len(self._in_flight)
+        counts["in_flight"] = self._outcomes.in_flight()
         return counts
+
+    def saga(self, order_id: str) -> SagaView | None:
+        """The order's saga: its phase and the steps still pending, or None if it never began.
+
+        Asks the saga actor while it runs; reads its journal stream once it has finished.
+        """
+        self._check_running()
+        with self._saga_lock:
+            address = self._saga_addresses.get(order_id)
+        if address is not None:
+            try:
+                return cast(SagaView, address.ask(GetSagaView(), timeout=VIEW_TIMEOUT))
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass  # finished or restarting meanwhile: read the journal
+        journal = self._journal
+        if journal is None:
+            return None
+        state = SagaState()
+        for stored in journal.replay(saga_persistence_id(ORDER_SAGA, order_id)):
+            state = evolve(ORDER_SAGA, state, stored.event)
+        return view(state) if state.phase != "new" else None
+
+    def actor_names(self) -> list[str]:
+        """The names `kill()` takes now: the services, the timer, and `saga:<order_id>` per saga running."""
+        with self._saga_lock:
+            sagas = [f"saga:{i}" for i, a in sorted(self._saga_addresses.items()) if a.is_alive()]
+        return [*SERVICE_NAMES, *sagas]
+
+    def kill(self, name: str) -> None:
+        """Make one actor exit abnormally, as a crash would (for fault tests and drills).
+
+        `name` is "orders", "inventory", "payment", "timer" or "saga:<order_id>"
+        (see `actor_names()`). Its supervisor then does what it is configured
+        to do: restart it (the timer's restart restarts the services and
+        sagas after it, `rest_for_one`). Raises ValueError for an unknown name
+        and SystemNotRunning if the system is not running. A saga that has
+        just finished is not an error: there is nothing left to kill.
+        """
+        self._check_running()
+        targets = {
+            "orders": self._orders,
+            "inventory": self._inventory,
+            "payment": self._payment,
+            "timer": self._timer_address,
+        }
+        target = targets.get(name)
+        if target is None and isinstance(name, str) and name.startswith("saga:"):
+            with self._saga_lock:
+                target = self._saga_addresses.get(name[len("saga:") :])
+            if target is None:
+                return
+        if target is None:
+            raise ValueError(
+                f"unknown actor {name!r}: one of {', '.join(SERVICE_NAMES)} or saga:<order_id>"
+            )
+        logger.warning("killing %s (fault injection)", name)
+        kill(target, f"killed by OrderSystem.kill({name!r})")
 
     def check_consistency(self, initial_stock: Mapping[int, int] | None = None) -> list[Check]:
         """Run the consistency checks (meaningful once `wait_idle()` is true).
@@ -275,8 +387,15 @@ class OrderSystem:
         return self._recovery
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """True once no saga is in flight; False if some still are after `timeout`."""
-        return self._in_flight.wait_empty(timeout)
+        """True once no order is submitted, being placed or in flight; False if some still are
+        after `timeout` seconds (None waits as long as it takes)."""
+        if timeout is None or timeout > _WAIT_SLICE:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._outcomes.wait_idle(_WAIT_SLICE):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+            return True
+        return self._outcomes.wait_idle(timeout)
 
     # --- the supervision tree ---
 
@@ -314,8 +433,7 @@ class OrderSystem:
                 start=lambda: OrderService.start_recovered(
                     journal,
                     start_saga=self._start_saga,
-                    in_flight=self._in_flight,
-                    waiters=self._waiters,
+                    outcomes=self._outcomes,
                     metrics=self._metrics,
                     snapshot_every=every,
                     timeout=RECOVERY_TIMEOUT,
@@ -324,7 +442,11 @@ class OrderSystem:
         ]
         root_children = [
             ChildSpec("journal", lambda: ResourceActor.start("journal", journal.open, journal.close)),
-            ChildSpec("timer", lambda: ResourceActor.start("timer", timer.start, timer.stop)),
+            ChildSpec(
+                "timer",
+                address=self._timer_address,
+                start=lambda: ResourceActor.start("timer", timer.start, timer.stop),
+            ),
             ChildSpec(
                 "services",
                 lambda: start_supervisor(
@@ -355,7 +477,9 @@ class OrderSystem:
                 root.stop(block=True, timeout=RECOVERY_TIMEOUT)
         if self._journal is not None:
             self._journal.close()  # in case the tree never got to start it
-        self._waiters.fail_all(SystemNotRunning("the order system stopped before the outcome was known"))
+        with self._saga_lock:
+            self._saga_addresses.clear()
+        self._outcomes.reset({}, SystemNotRunning("the order system stopped before the outcome was known"))
 
     def _root_exited(self, urn: str, error: BaseException | None) -> None:
         """The root supervisor exited: by `stop()`, or by escalation (then the system is down)."""
@@ -364,14 +488,17 @@ class OrderSystem:
         logger.critical("order system stopped after repeated failures: %s", error)
         self._failure = error
         self._running = False
-        self._waiters.fail_all(SystemNotRunning(f"the order system failed: {error}"))
+        _RUNNING.discard(self)
+        self._outcomes.reset({}, SystemNotRunning(f"the order system failed: {error}"))
 
     def _count_restart(self, child_id: str) -> None:
         self._metrics.increment("restarts")
 
     def _open_journal(self) -> JournalWithSnapshots:
         if self._journal_path is None:
-            return InMemoryJournal()
+            if self._memory_journal is None:
+                self._memory_journal = InMemoryJournal()
+            return self._memory_journal
         return SQLiteJournal(self._journal_path, order_codec())
 
     # --- sagas ---
@@ -386,8 +513,8 @@ class OrderSystem:
             committed = any(isinstance(e, CommitDecided) for e in events)
             unfinished.append((persistence_id[len(prefix) :], committed))
         never_started = self._orders.ask(RecoverOrders(frozenset(started)), timeout=QUERY_TIMEOUT)
+        self._outcomes.reset(dict.fromkeys((saga_id for saga_id, _ in unfinished), None), None)
         for saga_id, _ in unfinished:
-            self._in_flight.add(saga_id)
             self._spawn_saga(saga_id)
         report = RecoveryReport(
             sagas_resumed=len(unfinished),
@@ -409,35 +536,40 @@ class OrderSystem:
         )
         # When this subtree is restarted, its sagas were stopped with it:
         # resume every one still in flight from its journal.
-        for saga_id in self._in_flight.ids():
+        for saga_id, order in self._outcomes.running().items():
             try:
-                ref.ask(StartChild(self._saga_spec(saga_id)), timeout=QUERY_TIMEOUT)
+                ref.ask(StartChild(self._saga_spec(saga_id, order, fresh=False)), timeout=QUERY_TIMEOUT)
             except ValueError:
                 pass  # started meanwhile by the order service
         return ref
 
     def _start_saga(self, order: OrderRequest) -> None:
-        """Called by the order service, in its thread, for each new order."""
-        self._spawn_saga(order.order_id, OrderSagaData.from_order(order), order.card)
+        """Called in the journal's thread once a new order is durable."""
+        self._spawn_saga(order.order_id, order)
 
-    def _spawn_saga(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> None:
+    def _spawn_saga(self, saga_id: str, order: OrderRequest | None = None) -> None:
         """Have the sagas supervisor start a saga actor, without waiting (callers are actors).
 
         If the sagas supervisor is down, its next incarnation resumes every
         saga in flight from the journal, this one included.
         """
         try:
-            self._sagas.tell(AddChild(self._saga_spec(saga_id, data, card)))
+            self._sagas.tell(AddChild(self._saga_spec(saga_id, order, fresh=order is not None)))
         except pykka.ActorDeadError:
             logger.warning("[%s] sagas supervisor restarting: the saga starts with it", saga_id)
 
-    def _saga_spec(self, saga_id: str, data: OrderSagaData | None = None, card: Any = None) -> ChildSpec:
-        """A transient child; only its first incarnation begins the saga (and holds the card)."""
+    def _saga_spec(self, saga_id: str, order: OrderRequest | None, *, fresh: bool) -> ChildSpec:
+        """A transient child. Given the order, an incarnation begins the saga unless its
+        journal shows it began; only the first skips that read (`fresh`)."""
         address = Address(f"saga:{saga_id}")
-        first = [data is not None]
+        with self._saga_lock:
+            self._saga_addresses[saga_id] = address
+        data = OrderSagaData.from_order(order) if order is not None else None
+        card = order.card if order is not None else None
+        first = [fresh]
 
         def start() -> pykka.ActorRef[Any]:
-            begin, first[0] = first[0], False
+            is_first, first[0] = first[0], False
             return SagaActor.start(
                 definition=ORDER_SAGA,
                 saga_id=saga_id,
@@ -447,23 +579,37 @@ class OrderSystem:
                 policy=self._retry,
                 on_finish=self._saga_finished,
                 metrics=self._metrics,
-                data=data if begin else None,
-                ephemeral=card if begin else None,
+                data=data,
+                ephemeral=card,
                 seed=self._seed,
                 log_context={"order_id": saga_id},
                 address=address,
+                fresh=is_first,
             )
 
         return ChildSpec(saga_id, start, restart=TRANSIENT, address=address)
 
     def _saga_finished(self, finished: SagaFinished) -> None:
-        """Called by a saga actor, in its thread, once its end is journaled."""
+        """Called by a saga actor, in its thread, once its end is journaled: answer the callers."""
+        with self._saga_lock:
+            self._saga_addresses.pop(finished.saga_id, None)
+        if self._outcomes.finished(finished.saga_id, finished.committed):
+            self._metrics.increment("orders_confirmed" if finished.committed else "orders_cancelled")
+
+    def _describe(self, order_id: str) -> str | None:
+        """What an order waits for, for a TimeoutError's message (best effort)."""
         try:
-            self._orders.tell(finished)
-        except pykka.ActorDeadError:
-            logger.warning(
-                "[%s] finished while the order service was down; it resumes at the next start",
-                finished.saga_id,
+            saga = self.saga(order_id)
+        except Exception:  # the message is a courtesy: never fail the caller over it
+            return None
+        return saga.summary() if saga is not None else "its saga has not begun"
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise SystemNotRunning(
+                f"the order system failed: {self._failure}"
+                if self._failure
+                else "the order system is not running; call start()"
             )
 
     # --- calling actors that may be restarting ---

@@ -50,6 +50,11 @@ class Monitored:
     """
 
     exit_reason: BaseException | None = None
+    # A supervised actor runs on a daemon thread: a program that forgets to
+    # stop its supervision tree can still exit (pykka's default is non-daemon,
+    # which keeps the interpreter alive forever). Whoever owns the tree stops
+    # it at exit if it needs a clean shutdown (OrderSystem does, via atexit).
+    use_daemon_thread = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
