@@ -9,7 +9,7 @@ reaches whichever incarnation of a child is current.
 
 from saga_actors.supervision.address import Address
 from saga_actors.supervision.monitor import Kill, Killed, Monitored, kill, start_monitored
-from saga_actors.supervision.resource import ResourceActor
+from saga_actors.supervision.resource import FailureReport, ResourceActor, ResourceFailed
 from saga_actors.supervision.spec import (
     ONE_FOR_ALL,
     ONE_FOR_ONE,
@@ -29,7 +29,7 @@ from saga_actors.supervision.supervisor import (
     WhichChildren,
     start_supervisor,
 )
-from saga_actors.supervision.timer import Timer
+from saga_actors.supervision.timer import Timer, TimerHandle
 
 __all__ = [
     "ONE_FOR_ALL",
@@ -43,14 +43,17 @@ __all__ = [
     "Backoff",
     "ChildSpec",
     "Escalated",
+    "FailureReport",
     "Intensity",
     "Kill",
     "Killed",
     "Monitored",
     "ResourceActor",
+    "ResourceFailed",
     "StartChild",
     "Supervisor",
     "Timer",
+    "TimerHandle",
     "WhichChildren",
     "kill",
     "start_monitored",

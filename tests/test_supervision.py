@@ -3,6 +3,7 @@ escalation, backoff, shutdown order, stable addresses."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any
@@ -22,9 +23,13 @@ from saga_actors.supervision import (
     Escalated,
     Intensity,
     Monitored,
+    ResourceActor,
+    ResourceFailed,
     StartChild,
+    Timer,
     WhichChildren,
     kill,
+    start_monitored,
     start_supervisor,
 )
 
@@ -278,3 +283,86 @@ def test_kill_makes_a_monitored_actor_exit_abnormally(supervisors, log):
     worker = ref.ask(StartChild(spec("w", log, TRANSIENT)))
     kill(worker)
     eventually(lambda: log.of("start").count("w") == 2)
+
+
+# --- a resource that fails on its own: the timer ---
+
+
+class Poison(BaseException):
+    """A delivery that raises this kills the timer's thread (it is no Exception)."""
+
+
+class Poisoned:
+    def tell(self, message: object) -> None:
+        raise Poison(message)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: queue.Queue[object] = queue.Queue()
+
+    def tell(self, message: object) -> None:
+        self.messages.put(message)
+
+
+def test_a_resource_that_reports_a_failure_makes_its_actor_exit_abnormally():
+    exits: queue.Queue[BaseException | None] = queue.Queue()
+    reports: list[Any] = []
+    closed = threading.Event()
+    ref = start_monitored(
+        lambda: ResourceActor.start("res", lambda: None, closed.set, watch=reports.append),
+        lambda urn, error: exits.put(error),
+    )
+    assert len(reports) == 1  # watch was called as the actor was created
+    cause = OSError("disk gone")
+    threading.Thread(target=reports[0], args=(cause,)).start()  # from any thread
+    error = exits.get(timeout=2)
+    assert isinstance(error, ResourceFailed)
+    assert error.__cause__ is cause
+    assert closed.is_set()
+    assert not ref.is_alive()
+    reports[0](OSError("late"))  # to an actor that exited: ignored
+
+
+def test_a_watched_timer_stopped_normally_reports_a_normal_exit():
+    exits: queue.Queue[BaseException | None] = queue.Queue()
+    timer = Timer("watched")
+    ref = start_monitored(
+        lambda: ResourceActor.start("timer", timer.start, timer.stop, watch=timer.set_on_died),
+        lambda urn, error: exits.put(error),
+    )
+    assert timer.is_running()
+    ref.stop()
+    assert exits.get(timeout=2) is None
+    assert not timer.is_running()
+
+
+def test_a_timer_whose_thread_dies_is_restarted_by_its_supervisor(supervisors, log):
+    timer = Timer("supervised-timer")
+    restarted: queue.Queue[str] = queue.Queue()
+    ref = start_supervisor(
+        name="root",
+        children=[
+            ChildSpec(
+                "timer",
+                lambda: ResourceActor.start("timer", timer.start, timer.stop, watch=timer.set_on_died),
+            ),
+            spec("user", log),
+        ],
+        strategy=REST_FOR_ONE,
+        backoff=QUICK,
+        on_restart=restarted.put,
+    )
+    supervisors.append(ref)
+    inbox = Inbox()
+    timer.schedule(0.0, inbox, "before")
+    assert inbox.messages.get(timeout=2) == "before"
+
+    timer.schedule(0.0, Poisoned(), "die")
+    assert restarted.get(timeout=3) == "timer"
+    assert restarted.get(timeout=3) == "user"  # rest_for_one: what uses the timer restarts too
+    assert timer.is_running()
+    timer.schedule(0.0, inbox, "after")
+    assert inbox.messages.get(timeout=2) == "after"
+    assert ref.ask(WhichChildren()) == [("timer", True, 1), ("user", True, 1)]
+    assert log.of("start") == ["user", "user"]
