@@ -9,6 +9,7 @@ incarnations of one actor can never interleave their events.
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ __all__ = [
     "InMemoryJournal",
     "Journal",
     "JournalCorrupted",
+    "JournalInUse",
     "JournalWithSnapshots",
     "PersistentEvent",
     "SelectedSnapshot",
@@ -46,6 +48,32 @@ class JournalCorrupted(Exception):
         self.persistence_id = persistence_id
         self.sequence_nr = sequence_nr
         super().__init__(f"{persistence_id} #{sequence_nr}: {problem}")
+
+
+class JournalInUse(RuntimeError):
+    """The journal is already open for writing elsewhere: a journal has one writer.
+
+    `path` is the journal's path as given; `holder_pid` is the process id the
+    holder recorded, or None if it is not known (yet). The holder may be this
+    very process, when a second journal object is opened on the same path.
+    """
+
+    def __init__(self, path: str, holder_pid: int | None) -> None:
+        self.path = path
+        self.holder_pid = holder_pid
+        if holder_pid is None:
+            message = f"journal {path} is in use by another process (pid not recorded); stop it first"
+        elif holder_pid == os.getpid():
+            message = (
+                f"journal {path} is in use by process {holder_pid} (this process: another "
+                "journal object has it open); close that one first"
+            )
+        else:
+            message = f"journal {path} is in use by process {holder_pid}; stop that process first"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[JournalInUse], tuple[str, int | None]]:
+        return type(self), (self.path, self.holder_pid)
 
 
 @dataclass(frozen=True, slots=True)
