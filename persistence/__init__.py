@@ -11,13 +11,14 @@ from saga_actors.persistence.journal import (
     InMemoryJournal,
     Journal,
     JournalCorrupted,
+    JournalInUse,
     JournalWithSnapshots,
     PersistentEvent,
     SelectedSnapshot,
     SnapshotStore,
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
-from saga_actors.persistence.sqlite import SQLiteJournal
+from saga_actors.persistence.sqlite import NotAJournal, SQLiteJournal
 
 __all__ = [
     "ConcurrencyError",
@@ -26,7 +27,9 @@ __all__ = [
     "InMemoryJournal",
     "Journal",
     "JournalCorrupted",
+    "JournalInUse",
     "JournalWithSnapshots",
+    "NotAJournal",
     "PersistentEvent",
     "SQLiteJournal",
     "SelectedSnapshot",

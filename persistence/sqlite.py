@@ -6,14 +6,24 @@ connection and practises *group commit*: every append queued while a
 transaction is being written rides in the next one, so concurrent actors
 share one fsync instead of paying one each. Readers use their own
 connection and never block the writer.
+
+A journal has one writer: opening takes an exclusive lock on `<path>.lock`
+(flock, held until `close()`), so a second engine on the same file, in
+another process or this one, is refused with `JournalInUse` instead of
+interleaving its writes. The journal, its SQLite companions (`-wal`, `-shm`)
+and its lock file are private to their owner (0600), whatever the umask and
+whatever mode an existing file had; directories it creates are 0700.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,12 +34,13 @@ from saga_actors.persistence.journal import (
     AppendCallback,
     ConcurrencyError,
     JournalCorrupted,
+    JournalInUse,
     PersistentEvent,
     SelectedSnapshot,
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 
-__all__ = ["SQLiteJournal"]
+__all__ = ["NotAJournal", "SQLiteJournal"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +71,35 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# Files beside the journal that SQLite creates and reopens: they hold its data too.
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+LOCK_SUFFIX = ".lock"
+CREATING_SUFFIX = ".creating"  # a new journal is built here, then renamed into place
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIRECTORY = 0o700
+
+
+class NotAJournal(JournalCorrupted):
+    """The journal's path holds a file that is not a journal: empty, or not a SQLite database.
+
+    Raised by `SQLiteJournal.open()` (and so by its constructor); the file is
+    left as it was. `path` names it; `persistence_id` is "" and `sequence_nr`
+    0, as the whole file is affected, not one stream. Only a missing file is
+    created as a new journal: an existing empty one is a journal that lost its
+    contents (truncated), and starting afresh on it would lose every order.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        Exception.__init__(self, f"journal {path} is not a journal: {problem}")
+        self.path = path
+        self.problem = problem
+        self.persistence_id = ""
+        self.sequence_nr = 0
+
+    def __reduce__(self) -> tuple[type[NotAJournal], tuple[str, str]]:
+        return type(self), (self.path, self.problem)
 
 
 class _Operation:
@@ -92,10 +132,17 @@ _STOP = object()
 
 
 class SQLiteJournal:
-    """Journal and snapshot store in one SQLite file (created mode 0600).
+    """Journal and snapshot store in one SQLite file, owner-only (0600), one writer at a time.
 
     `group_commit=False` writes one transaction per operation (for
     comparison); `synchronous` is SQLite's setting (FULL by default).
+
+    The constructor opens the journal (see `open()` for what it raises).
+    Threads: `open()` and `close()` run in the caller's thread; writes run in
+    the journal's own writer thread ("journal-writer"), which also calls
+    `append_async` callbacks; reads run in the caller's thread on a shared
+    reader connection. Reads and writes may come from any thread; `open()`
+    and `close()` must not race each other.
     """
 
     def __init__(
@@ -120,18 +167,47 @@ class SQLiteJournal:
         self.open()
 
     def open(self) -> None:
-        """Open the file (creating it, private to its owner) and start the writer; idempotent."""
+        """Lock the journal, open it (creating it if missing) and start the writer; idempotent.
+
+        Runs in the caller's thread. Takes the journal's writer lock first: an
+        exclusive, non-blocking `flock` on `<path>.lock`, held until `close()`
+        and released by the kernel if the process dies; the lock file records
+        this process's id. Makes the journal, its `-wal`/`-shm` and the lock
+        file owner-only (0600) and any directory it creates 0700.
+
+        Raises `JournalInUse` if another journal object, in this process or
+        another, has the file open; `NotAJournal` (a `JournalCorrupted`) if the
+        file exists but is empty or not a SQLite database; `OSError` or
+        `sqlite3.Error` if the file cannot be created or opened. A failed open
+        leaves nothing running, nothing open and nothing locked.
+        """
         if not self._closed:
             return
-        _create_private_file(self.path)
-        self._writer = self._connect(self._synchronous)
-        self._writer.executescript(SCHEMA)
-        self._reader = self._connect(self._synchronous)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._highest: dict[str, int] = {}  # the writer's record, read from the file once per stream
-        self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
-        self._closed = False
-        self._thread.start()
+        lock_fd = _acquire_lock(self.path)
+        writer: sqlite3.Connection | None = None
+        reader: sqlite3.Connection | None = None
+        try:
+            _prepare_file(self.path)
+            writer = self._connect(self._synchronous)
+            writer.executescript(SCHEMA)
+            reader = self._connect(self._synchronous)
+            self._writer, self._reader, self._lock_fd = writer, reader, lock_fd
+            self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            self._highest: dict[str, int] = {}  # the writer's record, read from the file once per stream
+            self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+            self._closed = False
+            self._thread.start()
+        except BaseException as error:
+            self._closed = True
+            try:
+                for db in (reader, writer):
+                    if db is not None:
+                        db.close()
+            finally:
+                _release_lock(lock_fd)
+            if isinstance(error, sqlite3.DatabaseError) and error.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+                raise NotAJournal(self.path, f"not a SQLite database ({error})") from error
+            raise
 
     # --- journal ---
 
@@ -286,14 +362,23 @@ class SQLiteJournal:
     # --- lifecycle ---
 
     def close(self) -> None:
+        """Finish the queued writes, stop the writer, close the file and release its lock; idempotent.
+
+        Runs in the caller's thread and waits for the writer thread to finish.
+        Writes submitted after it starts raise RuntimeError ("closed"). The
+        lock is released even if closing a connection fails.
+        """
         if self._closed:
             return
         self._closed = True
         self._queue.put(_STOP)
-        self._thread.join()
-        self._writer.close()
-        with self._reader_lock:
-            self._reader.close()
+        try:
+            self._thread.join()
+            self._writer.close()
+            with self._reader_lock:
+                self._reader.close()
+        finally:
+            _release_lock(self._lock_fd)
 
     # --- internals ---
 
@@ -429,9 +514,142 @@ def _highest(db: sqlite3.Connection, persistence_id: str) -> int:
     return row[0] if row else 0
 
 
-def _create_private_file(path: str) -> None:
-    """Create the database file readable and writable by its owner only."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
+def _acquire_lock(path: str) -> int:
+    """Take the journal's writer lock; return the lock file's descriptor, which holds it.
+
+    The lock file is `<path>.lock`, owner-only; the holder writes its process
+    id into it. flock belongs to the open file description, so a second open
+    in this same process conflicts too, and a killed holder's lock goes with
+    its process. Raises JournalInUse if it is held.
+    """
+    _make_private_directories(os.path.dirname(os.path.abspath(path)))
+    fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        _make_private(path + LOCK_SUFFIX, os.fstat(fd), fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JournalInUse(path, _recorded_pid(fd)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release_lock(fd: int) -> None:
+    """Forget the recorded pid and release the lock (closing the descriptor releases it)."""
+    try:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _recorded_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode("ascii").strip())
+    except (OSError, ValueError):  # not written yet, or not by us
+        return None
+
+
+def _make_private_directories(directory: str) -> None:
+    """Create `directory` and any missing parents as 0700, whatever the umask.
+
+    Directories that exist already are not ours to change.
+    """
+    missing: list[str] = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for created in reversed(missing):
+        try:
+            os.mkdir(created, PRIVATE_DIRECTORY)
+        except FileExistsError:
+            continue  # made meanwhile by someone else
+        os.chmod(created, PRIVATE_DIRECTORY)  # the umask may have taken bits off
+
+
+def _prepare_file(path: str) -> None:
+    """Make an existing journal owner-only, or create a missing one; refuse an empty file.
+
+    Runs with the writer lock held, before SQLite opens the file: SQLite
+    creates `-wal` and `-shm` with the journal file's mode, so fixing that
+    mode first keeps new companions private, and existing ones are fixed here.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        _create_journal_file(path)
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        raise NotAJournal(
+            path,
+            "it is an empty file (0 bytes), perhaps truncated; restore it from a backup, "
+            "or delete it to start a new, empty journal",
+        )
+    _make_private(path, info)
+    for suffix in COMPANION_SUFFIXES:
+        companion = path + suffix
+        try:
+            info = os.stat(companion)
+        except FileNotFoundError:
+            continue
+        _make_private(companion, info)
+
+
+def _make_private(path: str, info: os.stat_result, fd: int | None = None) -> None:
+    """Make `path` (open as `fd`, if given) 0600 if it is a regular file of ours with another mode."""
+    if (
+        stat.S_ISREG(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and stat.S_IMODE(info.st_mode) != PRIVATE_FILE
+    ):
+        logger.info("journal file %s: mode %o -> %o", path, stat.S_IMODE(info.st_mode), PRIVATE_FILE)
+        if fd is None:
+            os.chmod(path, PRIVATE_FILE)
+        else:
+            os.fchmod(fd, PRIVATE_FILE)
+
+
+def _create_journal_file(path: str) -> None:
+    """Create a new, empty journal (owner-only) at `path`, atomically.
+
+    It is built beside the path and renamed into place, so the path never
+    holds a half-made file: a crash here cannot leave the empty file that
+    the next start would refuse.
+    """
+    creating = path + CREATING_SUFFIX
+    for leftover in (creating, *(creating + suffix for suffix in COMPANION_SUFFIXES)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)  # of a creation that crashed; we hold the lock
+    fd = os.open(creating, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)  # the umask may have taken bits off
+    finally:
+        os.close(fd)
+    try:
+        db = sqlite3.connect(creating, isolation_level=None)
+        try:
+            db.executescript(f"BEGIN; {SCHEMA} COMMIT;")
+        finally:
+            db.close()
+        fd = os.open(creating, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(creating, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(creating)
+        raise
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)  # the rename is durable
+    finally:
+        os.close(fd)

@@ -1,5 +1,6 @@
 """What the SQLite backend adds to the contract: durability settings, group
-commit, a private file, and loud failure on bad data."""
+commit, private files, and loud failure on bad data. (One writer per
+journal: tests/test_journal_lock.py.)"""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import os
 import sqlite3
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
-from saga_actors.persistence import EventCodec, JournalCorrupted, SerializationError, SQLiteJournal
+from saga_actors.persistence import (
+    EventCodec,
+    JournalCorrupted,
+    NotAJournal,
+    SerializationError,
+    SQLiteJournal,
+)
 from tests.test_journal_contract import CODEC, Happened
 
 
@@ -36,6 +45,111 @@ def test_defaults_are_wal_and_synchronous_full(journal, path):
 def test_file_is_private_to_its_owner(journal, path):
     journal.append("p", [Happened(1)], 0)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _files_beside(path) -> dict[str, int]:
+    """The journal's files and their modes (the journal, -wal, -shm, .lock)."""
+    return {name: _mode(path.parent / name) for name in os.listdir(path.parent) if name.startswith(path.name)}
+
+
+PRIVATE = {"journal.db": 0o600, "journal.db-wal": 0o600, "journal.db-shm": 0o600, "journal.db.lock": 0o600}
+
+
+# 0: nothing taken off the modes asked for; 0o277: even the owner's write bit is.
+UMASKS = pytest.mark.parametrize("umask", [0, 0o277], ids=["umask000", "umask277"])
+
+
+@UMASKS
+def test_new_journal_files_are_private_whatever_the_umask(path, umask):
+    with _umask(umask):
+        journal = SQLiteJournal(path, CODEC)
+        try:
+            journal.append("p", [Happened(1)], 0)
+            assert _files_beside(path) == PRIVATE  # and no half-made file left beside it
+        finally:
+            journal.close()
+    assert _mode(path) == _mode(f"{path}.lock") == 0o600
+
+
+def test_existing_journal_readable_by_others_is_made_private(path):
+    SQLiteJournal(path, CODEC).close()
+    os.chmod(path, 0o644)
+    os.chmod(f"{path}.lock", 0o644)
+    with _umask(0):
+        journal = SQLiteJournal(path, CODEC)
+        try:
+            journal.append("p", [Happened(1)], 0)
+            assert _files_beside(path) == PRIVATE  # -wal and -shm take the journal's mode
+        finally:
+            journal.close()
+
+
+def test_existing_wal_and_shm_readable_by_others_are_made_private(path):
+    journal = SQLiteJournal(path, CODEC)
+    journal.append("p", [Happened(1)], 0)
+    journal.close()
+    reader = sqlite3.connect(path)  # keeps -wal and -shm in place, as a crashed writer would
+    try:
+        assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)
+        for companion in ("-wal", "-shm"):
+            os.chmod(f"{path}{companion}", 0o644)
+        with _umask(0):
+            journal = SQLiteJournal(path, CODEC)
+            try:
+                assert _files_beside(path) == PRIVATE
+                assert journal.highest_sequence_nr("p") == 1
+            finally:
+                journal.close()
+    finally:
+        reader.close()
+
+
+@UMASKS
+def test_missing_directories_are_created_private_whatever_the_umask(tmp_path, umask):
+    parent_mode = _mode(tmp_path)
+    path = tmp_path / "var" / "orders" / "journal.db"
+    with _umask(umask):
+        journal = SQLiteJournal(path, CODEC)
+        try:
+            journal.append("p", [Happened(1)], 0)
+        finally:
+            journal.close()
+    assert _mode(tmp_path / "var") == _mode(tmp_path / "var" / "orders") == 0o700
+    assert _mode(path) == _mode(f"{path}.lock") == 0o600
+    assert _mode(tmp_path) == parent_mode  # a directory it did not create is not its to change
+
+
+def test_empty_file_is_not_a_journal(path):
+    path.touch()
+    with pytest.raises(JournalCorrupted, match="empty file") as refused:
+        SQLiteJournal(path, CODEC)
+    assert isinstance(refused.value, NotAJournal)
+    assert refused.value.path == str(path)
+    assert str(path) in str(refused.value)
+    assert path.stat().st_size == 0  # not turned into a new, empty journal
+    path.unlink()  # only a missing file is created
+    journal = SQLiteJournal(path, CODEC)
+    assert journal.highest_sequence_nr("p") == 0
+    journal.close()
+
+
+def test_file_that_is_not_a_database_is_not_a_journal(path):
+    path.write_text("order 1: confirmed\n" * 300)
+    with pytest.raises(NotAJournal, match="not a SQLite database"):
+        SQLiteJournal(path, CODEC)
 
 
 def test_events_survive_reopening(path):
