@@ -6,7 +6,7 @@ with OrderSystem(stock={101: 10}) as system:
     confirmed = system.place_order(request, timeout=5)
 """
 
-from saga_actors.actors.errors import IdempotencyConflict, InvalidOrder, SystemNotRunning
+from saga_actors.actors.errors import IdempotencyConflict, InvalidOrder, JournalInUse, SystemNotRunning
 from saga_actors.actors.inventory import StockView
 from saga_actors.actors.orders import OrderView
 from saga_actors.actors.payment import PaymentView
@@ -18,6 +18,7 @@ __all__ = [
     "FaultPlan",
     "IdempotencyConflict",
     "InvalidOrder",
+    "JournalInUse",
     "OrderFuture",
     "OrderSystem",
     "OrderView",

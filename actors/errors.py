@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["IdempotencyConflict", "InvalidOrder", "SystemNotRunning"]
+from saga_actors.persistence.journal import JournalInUse
+
+__all__ = ["IdempotencyConflict", "InvalidOrder", "JournalInUse", "SystemNotRunning"]
 
 
 class InvalidOrder(ValueError):

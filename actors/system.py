@@ -369,9 +369,7 @@ class OrderSystem:
             if target is None:
                 return
         if target is None:
-            raise ValueError(
-                f"unknown actor {name!r}: one of {', '.join(SERVICE_NAMES)} or saga:<order_id>"
-            )
+            raise ValueError(f"unknown actor {name!r}: one of {', '.join(SERVICE_NAMES)} or saga:<order_id>")
         logger.warning("killing %s (fault injection)", name)
         kill(target, f"killed by OrderSystem.kill({name!r})")
 
@@ -445,7 +443,7 @@ class OrderSystem:
             ChildSpec(
                 "timer",
                 address=self._timer_address,
-                start=lambda: ResourceActor.start("timer", timer.start, timer.stop),
+                start=lambda: ResourceActor.start("timer", timer.start, timer.stop, watch=timer.set_on_died),
             ),
             ChildSpec(
                 "services",

@@ -316,11 +316,23 @@ def decide(
                 return _succeeded(definition, state, command.kind, command.step)
             events: list[Any] = []
             refused = None
-            if command.transient and command.kind == DO:
-                if command.attempt in state.unanswered.get(command.step, ()):
-                    events.append(AttemptRefused(command.kind, command.step, command.attempt))
-                    refused = (command.step, command.attempt)
-            if run is None or run.attempt != command.attempt or run.status != "running":
+            unanswered = state.unanswered.get(command.step, ())
+            if command.transient and command.kind == DO and command.attempt in unanswered:
+                events.append(AttemptRefused(command.kind, command.step, command.attempt))
+                refused = (command.step, command.attempt)
+            current = run is not None and run.attempt == command.attempt and run.status == "running"
+            step_open = (
+                run is not None and run.status in ("running", "backoff") and command.attempt <= run.attempt
+            )
+            if not command.transient and not _must_finish(state) and step_open:
+                # A business rejection is final, whichever attempt it answers (idempotent participants).
+                return [
+                    TaskRejected(command.step, command.reason or "rejected"),
+                    *_abort(
+                        definition, state, command.reason or "rejected", command.step, exclude=command.step
+                    ),
+                ]
+            if run is None or not current:
                 return events  # a late failure of an attempt we no longer wait for
             if command.transient or _must_finish(state):
                 return events + _retry(

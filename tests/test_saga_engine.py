@@ -377,3 +377,23 @@ def test_view_phases():
     saga.ok("pay")
     saga.ok("notify")
     assert view(saga.state).phase == "completed"
+
+
+def test_a_late_rejection_of_an_earlier_attempt_is_final():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.send(AttemptTimedOut("do", "hotel", 1))  # slow wire
+    saga.send(RetryDue("do", "hotel", 2))
+    events = saga.fail("hotel", 1, transient=False, reason="full")  # attempt 1's answer, late
+    assert events[0] == TaskRejected("hotel", "full")
+    assert next(e for e in events if isinstance(e, AbortDecided)).reason == "full"
+
+
+def test_a_late_rejection_after_the_commit_decision_is_not_a_reason_to_retry_twice():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    saga.ok("flight")
+    saga.send(AttemptTimedOut("do", "pay", 1))
+    saga.send(RetryDue("do", "pay", 2))
+    assert saga.fail("pay", 1, transient=False, reason="oops") == []  # attempt 2 is running
