@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import IO, Any
 
 from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
+from saga_actors.actors.consistency import Check
 
 GOOD_CARDS = ("4242424242424242", "5555555555554444")
 DECLINED_CARDS = ("4000000000000002", "4000000000009995")
@@ -323,13 +324,21 @@ def summarize(
             for o, ok in recovery["reported"].items()
             if orders[o].state != ("confirmed" if ok else "cancelled")
         )
-        from saga_actors.actors.consistency import Check
-
         checks.append(
             Check(
                 "outcomes reported before the kill unchanged",
                 not changed,
                 ", ".join(changed[:5]) or f"{len(recovery['reported'])} outcomes",
+            )
+        )
+    if result is not None:
+        unanswered = sum(result.errors.values())
+        checks.append(
+            Check(
+                "every caller got its outcome",
+                unanswered == 0,
+                ", ".join(f"{n} x {name}" for name, n in sorted(result.errors.items()))
+                or f"{len(result.latencies)} callers",
             )
         )
     all_orders = orders

@@ -77,7 +77,16 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
             return
         if fate == CRASH_BEFORE:
             raise SimulatedCrash(f"{self.persistence_id} crashed before handling {name}")
-        events = self.decide(request.command, self.state)
+        try:
+            events = self.decide(request.command, self.state)
+        except Exception as error:
+            # A bug or a malformed command: refuse this request (nothing changed)
+            # and keep serving the others; never take the mailbox down with it.
+            logger.exception("%s: %s could not be handled", self.persistence_id, name)
+            self._reply(
+                request, Reply.rejected(request.correlation, f"internal_error: {type(error).__name__}")
+            )
+            return
         if fate == CRASH_AFTER:
             self.persist(events)  # the effect is durable; the reply never leaves
             raise SimulatedCrash(f"{self.persistence_id} crashed after handling {name}")

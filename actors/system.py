@@ -377,8 +377,19 @@ class OrderSystem:
         """Run the consistency checks (meaningful once `wait_idle()` is true).
 
         `initial_stock` defaults to every unit the inventory ever received.
+        Besides the invariants over the views, "no saga in flight" fails while
+        any order is still being placed or run (it names what they wait for).
         """
-        return check_consistency(initial_stock, self.orders(), self.inventory(), self.payments())
+        checks = check_consistency(initial_stock, self.orders(), self.inventory(), self.payments())
+        running = sorted(self._outcomes.running())
+        waiting = []
+        for order_id in running[:3]:
+            saga = self.saga(order_id)
+            waiting.append(f"{order_id}: {saga.summary() if saga else 'not begun'}")
+        detail = "; ".join(waiting) + (f" (+{len(running) - 3} more)" if len(running) > 3 else "")
+        in_flight = self._outcomes.in_flight()
+        checks.append(Check("no saga in flight", in_flight == 0, detail if in_flight else ""))
+        return checks
 
     def recovery(self) -> RecoveryReport:
         """What the last `start()` found in the journal."""

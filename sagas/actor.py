@@ -22,6 +22,7 @@ from saga_actors.sagas.engine import (
     AbortDecided,
     AttemptStarted,
     AttemptTimedOut,
+    CompensationSkipped,
     Replied,
     Resume,
     RetryDue,
@@ -219,6 +220,9 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
                 self._timer.schedule(delay, self.address, RetryDue(kind, step, attempt))
             case TaskSucceeded(kind=kind, step=step):
                 self._cancel_timeout(kind, step)  # whichever attempt succeeded
+            case CompensationSkipped(step=step):
+                self._cancel_timeout("undo", step)
+                self.log.info("%s never took effect: its compensation is not needed", step)
             case StepStuck(kind=kind, step=step, attempt=attempt, last_error=error):
                 self.log.warning(
                     "stuck: %s%s has failed %d attempts (last error: %s); still retrying every %.3g s",

@@ -42,6 +42,7 @@ __all__ = [
     "AttemptStarted",
     "AttemptTimedOut",
     "CommitDecided",
+    "CompensationSkipped",
     "Replied",
     "Resume",
     "RetryDue",
@@ -173,6 +174,14 @@ class AttemptRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class CompensationSkipped:
+    """A compensation is dropped: late answers showed its action never took effect."""
+
+    durable: ClassVar[bool] = False
+    step: str
+
+
+@dataclass(frozen=True, slots=True)
 class StepStuck:
     """A step that must finish has used up `maximum_attempts`; it keeps being retried."""
 
@@ -273,7 +282,9 @@ def evolve(definition: SagaDefinition, state: SagaState, event: Any) -> SagaStat
             if kind == DO:
                 state.succeeded.add(step)
         case TaskRejected(step=step):
-            state.tasks[(DO, step)].status = "rejected"
+            rejected_run = state.tasks.get((DO, step))
+            if rejected_run is not None:
+                rejected_run.status = "rejected"
             state.uncertain.discard(step)
             state.succeeded.discard(step)
             state.unanswered.pop(step, None)
@@ -281,6 +292,8 @@ def evolve(definition: SagaDefinition, state: SagaState, event: Any) -> SagaStat
             previous = state.tasks.get((kind, step))
             stuck = previous.stuck if previous is not None else False
             state.tasks[(kind, step)] = TaskRun(attempt, "backoff", reason, stuck)
+        case CompensationSkipped(step=step):
+            state.tasks[(UNDO, step)].status = "done"
         case StepStuck(kind=kind, step=step):
             state.tasks[(kind, step)].stuck = True
         case SagaCompleted():
@@ -332,6 +345,12 @@ def decide(
                         definition, state, command.reason or "rejected", command.step, exclude=command.step
                     ),
                 ]
+            if state.phase == "aborting" and command.kind == DO:
+                # A late answer to an action being compensated: if it shows the
+                # action never took effect, its compensation is not needed.
+                return events + _skip_needless_compensation(
+                    state, command.step, refused, rejected=not command.transient
+                )
             if run is None or not current:
                 return events  # a late failure of an attempt we no longer wait for
             if command.transient or _must_finish(state):
@@ -405,6 +424,25 @@ def _succeeded(definition: SagaDefinition, state: SagaState, kind: StepKind, ste
     if state.phase == "aborting":
         return [*events, SagaAborted(state.reason or "aborted")]
     return events + _start_stage(definition, state.stage + 1)
+
+
+def _skip_needless_compensation(
+    state: SagaState, step: str, refused: tuple[str, int] | None, *, rejected: bool
+) -> list[Any]:
+    undo = state.tasks.get((UNDO, step))
+    if undo is None or undo.status not in ("running", "backoff"):
+        return []
+    if rejected:
+        events: list[Any] = [TaskRejected(step, "rejected")]  # a final answer: no attempt had an effect
+    elif not may_have_effect(state, step, refused):
+        events = []
+    else:
+        return []
+    events.append(CompensationSkipped(step))
+    others_done = all(run.status == "done" for key, run in state.tasks.items() if key != (UNDO, step))
+    if others_done:
+        events.append(SagaAborted(state.reason or "aborted"))
+    return events
 
 
 def _retry(

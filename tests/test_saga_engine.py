@@ -11,6 +11,7 @@ from saga_actors.sagas.engine import (
     AttemptStarted,
     AttemptTimedOut,
     CommitDecided,
+    CompensationSkipped,
     Replied,
     Resume,
     RetryDue,
@@ -397,3 +398,27 @@ def test_a_late_rejection_after_the_commit_decision_is_not_a_reason_to_retry_twi
     saga.send(AttemptTimedOut("do", "pay", 1))
     saga.send(RetryDue("do", "pay", 2))
     assert saga.fail("pay", 1, transient=False, reason="oops") == []  # attempt 2 is running
+
+
+def test_a_compensation_is_dropped_when_late_answers_show_its_action_had_no_effect():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    events = saga.fail("hotel", transient=False, reason="full")  # flight's attempt 1 still on the wire
+    assert next(e for e in events if isinstance(e, AbortDecided)).compensate == ("flight",)
+    saga.ok("apologize")
+    events = saga.fail("flight", 1, transient=True, reason="unavailable")  # ... refused after all
+    assert events == [
+        AttemptRefused("do", "flight", 1),
+        CompensationSkipped("flight"),
+        SagaAborted("full"),
+    ]
+
+
+def test_a_compensation_is_kept_while_another_attempt_may_have_had_an_effect():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.send(AttemptTimedOut("do", "flight", 1))
+    saga.send(RetryDue("do", "flight", 2))
+    saga.fail("hotel", transient=False, reason="full")
+    assert saga.fail("flight", 2, transient=True) == [AttemptRefused("do", "flight", 2)]  # 1 may still land
+    assert saga.fail("flight", 1, transient=False, reason="no seats")[-1] == CompensationSkipped("flight")
