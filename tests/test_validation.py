@@ -9,8 +9,11 @@ import pytest
 
 from saga_actors.actors import InvalidOrder, OrderSystem
 from saga_actors.actors.validation import (
+    MAX_AMOUNT_LENGTH,
+    MAX_ID,
     MAX_ITEMS,
     MAX_ORDER_ID_LENGTH,
+    MAX_QUANTITY,
     PaymentCard,
     luhn_valid,
     validate_order,
@@ -87,6 +90,75 @@ INVALID = [
     ("expiry month 00", _with("payment_info.expiry", "00/30"), "payment_info.expiry: must be MM/YY"),
     ("bad cvv", _with("payment_info.cvv", "12"), "payment_info.cvv"),
     ("bad currency", _with("payment_info.currency", "dollars"), "payment_info.currency"),
+    # Bounded numbers: ids are signed 64-bit, and an int of any size is refused, not echoed.
+    ("user_id 2**63", _with("user_id", MAX_ID + 1), "user_id: must be a positive integer below 2**63"),
+    ("user_id 10**5000", _with("user_id", 10**5000), "user_id: must be a positive integer"),
+    ("user_id -10**5000", _with("user_id", -(10**5000)), "user_id: must be a positive integer"),
+    ("product_id -1", _with("items.0.product_id", -1), "items[0].product_id: must be a non-negative"),
+    ("product_id 2**63", _with("items.0.product_id", MAX_ID + 1), "items[0].product_id: must be"),
+    ("product_id 10**5000", _with("items.0.product_id", 10**5000), "items[0].product_id: must be"),
+    ("quantity max + 1", _with("items.0.quantity", MAX_QUANTITY + 1), "items[0].quantity: must be"),
+    ("quantity 10**5000", _with("items.0.quantity", 10**5000), "items[0].quantity: must be"),
+    ("amount 10**5000", _with("payment_info.amount", 10**5000), "payment_info.amount: at most"),
+    ("amount -10**5000", _with("payment_info.amount", -(10**5000)), "payment_info.amount: must be positive"),
+    ("amount max + 1 cent", _with("payment_info.amount", "1000000000.01"), "payment_info.amount: at most"),
+    ("amount max + 1", _with("payment_info.amount", 1_000_000_001), "payment_info.amount: at most"),
+    ("amount huge float", _with("payment_info.amount", 1e300), "payment_info.amount: at most"),
+    (
+        "amount huge Decimal",
+        _with("payment_info.amount", Decimal("9" * 5000)),
+        "payment_info.amount: at most",
+    ),
+    (
+        "amount sNaN Decimal",
+        _with("payment_info.amount", Decimal("sNaN")),
+        "payment_info.amount: must be finite",
+    ),
+    ("amount -Infinity", _with("payment_info.amount", "-Infinity"), "payment_info.amount: must be finite"),
+    (
+        "amount exponent overflow",
+        _with("payment_info.amount", "1e" + "9" * 30),
+        "payment_info.amount: out of range",
+    ),
+    ("amount tiny", _with("payment_info.amount", "1e-999999"), "at most two decimal places"),
+    ("amount negative zero", _with("payment_info.amount", "-0"), "payment_info.amount: must be positive"),
+    (
+        "amount too long",
+        _with("payment_info.amount", "0" * MAX_AMOUNT_LENGTH + "1"),
+        f"payment_info.amount: longer than {MAX_AMOUNT_LENGTH} characters",
+    ),
+    # Only ASCII digits where digits are expected.
+    ("amount underscore", _with("payment_info.amount", "1_000"), "payment_info.amount: not a number"),
+    (
+        "amount Arabic-Indic",
+        _with("payment_info.amount", "\u0661\u0660"),
+        "payment_info.amount: not a number",
+    ),
+    ("amount fullwidth", _with("payment_info.amount", "\uff15"), "payment_info.amount: not a number"),
+    ("amount NBSP around", _with("payment_info.amount", "\u00a05"), "payment_info.amount: not a number"),
+    ("amount thousands comma", _with("payment_info.amount", "1,000"), "payment_info.amount: not a number"),
+    ("amount empty", _with("payment_info.amount", ""), "payment_info.amount: not a number"),
+    ("amount dot only", _with("payment_info.amount", "."), "payment_info.amount: not a number"),
+    ("amount hex", _with("payment_info.amount", "0x10"), "payment_info.amount: not a number"),
+    (
+        "expiry Arabic-Indic",
+        _with("payment_info.expiry", "\u0661\u0662/\u0663\u0660"),
+        "expiry: must be MM/YY",
+    ),
+    (
+        "expiry trailing newline",
+        _with("payment_info.expiry", "12/30\n"),
+        "payment_info.expiry: must be MM/YY",
+    ),
+    ("expiry int", _with("payment_info.expiry", 1230), "payment_info.expiry: must be MM/YY"),
+    ("cvv Arabic-Indic", _with("payment_info.cvv", "\u0661\u0662\u0663"), "payment_info.cvv"),
+    ("cvv int", _with("payment_info.cvv", 123), "payment_info.cvv"),
+    ("card Arabic-Indic", _with("payment_info.card_number", "\u0664\u0662" * 8), "must be 12 to 19 digits"),
+    ("card fullwidth", _with("payment_info.card_number", "\uff14\uff12" * 8), "must be 12 to 19 digits"),
+    ("card 10 MB", _with("payment_info.card_number", "4" * 10_000_000), "must be 12 to 19 digits"),
+    ("currency fullwidth", _with("payment_info.currency", "\uff35\uff33\uff24"), "payment_info.currency"),
+    ("currency None", _with("payment_info.currency", None), "payment_info.currency"),
+    ("currency 10**5000", _with("payment_info.currency", 10**5000), "payment_info.currency"),
 ]
 
 
@@ -132,11 +204,44 @@ def test_invalid_order_is_a_value_error():
         ("19.980", Decimal("19.98")),
         (Decimal("0.01"), Decimal("0.01")),
         ("  5 ", Decimal("5.00")),
+        # The accepted syntax: ASCII whitespace around is ignored; a sign, a
+        # fraction and an exponent are read; the value is in whole cents.
+        ("\t5\n", Decimal("5.00")),
+        ("+5", Decimal("5.00")),
+        (".5", Decimal("0.50")),
+        ("5.", Decimal("5.00")),
+        ("1e2", Decimal("100.00")),
+        ("1E-2", Decimal("0.01")),
+        ("0.01", Decimal("0.01")),
+        ("1000000000.00", Decimal("1000000000.00")),
+        (1_000_000_000, Decimal("1000000000.00")),
+        (Decimal("1E+9"), Decimal("1000000000.00")),
+        ("0" * 37 + "1.5", Decimal("1.50")),
     ],
 )
 def test_amounts_are_held_as_decimal(raw, expected):
     order = validate_order(make_request(amount=raw))
     assert order.amount == expected and isinstance(order.amount, Decimal)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("user_id", 1),
+        ("user_id", MAX_ID),
+        ("items.0.product_id", 0),
+        ("items.0.product_id", MAX_ID),
+        ("items.0.quantity", 1),
+        ("items.0.quantity", MAX_QUANTITY),
+        ("order_id", "x" * MAX_ORDER_ID_LENGTH),
+        ("payment_info.expiry", "01/00"),
+        ("payment_info.cvv", "1234"),
+        ("payment_info.cvv", None),
+    ],
+)
+def test_values_at_the_limits_are_accepted(path, value):
+    order = validate_order(_with(path, value))
+    assert len(order.fingerprint()) == 64
 
 
 def test_optional_fields_and_card_separators_are_accepted():
