@@ -18,9 +18,11 @@ from typing import Any
 
 from saga_actors.supervision.timer import Recipient, Timer
 
-__all__ = ["FaultInjector", "FaultPlan", "SimulatedCrash", "SimulatedLink"]
+__all__ = ["MAX_LATENCY", "FaultInjector", "FaultPlan", "SimulatedCrash", "SimulatedLink"]
 
 logger = logging.getLogger(__name__)
+
+MAX_LATENCY = 3600.0  # seconds: an hour on the wire is already absurd
 
 OK, UNAVAILABLE, CRASH_BEFORE, CRASH_AFTER = "ok", "unavailable", "crash-before", "crash-after"
 
@@ -40,6 +42,12 @@ class FaultPlan:
     min_latency, max_latency: each call spends uniform[min, max] seconds on
         the wire before it reaches the service.
     seed: seeds the generator; None picks one at random (and logs it).
+
+    Accepted ranges (anything else raises ValueError naming every problem;
+    numbers are ints or floats, not bools, NaN or infinities): rates in
+    [0, 1] with failure_rate + crash_rate <= 1; latencies in [0, 3600]
+    seconds (`MAX_LATENCY`) with min_latency <= max_latency; seed None or an
+    int in [0, 2**64).
     """
 
     failure_rate: float = 0.0
@@ -52,18 +60,21 @@ class FaultPlan:
         problems = []
         for name in ("failure_rate", "crash_rate"):
             value = getattr(self, name)
-            if not _is_real(value) or not 0.0 <= value <= 1.0:
-                problems.append(f"{name} must be a number in [0, 1], got {value!r}")
+            if not (_is_real(value) and 0 <= value <= 1):
+                problems.append(f"{name} must be a number in [0, 1], got {_show(value)}")
         for name in ("min_latency", "max_latency"):
             value = getattr(self, name)
-            if not _is_real(value) or not 0.0 <= value < math.inf:
-                problems.append(f"{name} must be a non-negative number, got {value!r}")
-        if not problems and self.failure_rate + self.crash_rate > 1.0:
+            if not (_is_real(value) and 0 <= value <= MAX_LATENCY):
+                problems.append(f"{name} must be a number of seconds in [0, 3600], got {_show(value)}")
+        if not problems and self.failure_rate + self.crash_rate > 1:
             problems.append("failure_rate + crash_rate must not exceed 1")
         if not problems and self.max_latency < self.min_latency:
             problems.append("max_latency must not be less than min_latency")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            problems.append(f"seed must be an integer or None, got {self.seed!r}")
+        seed = self.seed
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64
+        ):
+            problems.append(f"seed must be None or an integer in [0, 2**64), got {_show(seed)}")
         if problems:
             raise ValueError("invalid FaultPlan: " + "; ".join(problems))
 
@@ -122,4 +133,20 @@ class SimulatedLink:
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """An int or a finite float (not a bool)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _show(value: object) -> str:
+    """A short rendering of a parameter for an error message (never a huge int's digits)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return int.__repr__(value) if int.bit_length(value) <= 64 else "an integer too large to show"
+    if isinstance(value, float):
+        return float.__repr__(value)
+    return type(value).__name__
