@@ -312,6 +312,11 @@ class OrderSystem:
     def payments(self) -> dict[str, PaymentView]:
         return cast("dict[str, PaymentView]", self._ask(self._payment, GetPayments()))
 
+    @property
+    def running(self) -> bool:
+        """True between a successful `start()` and `stop()`, or until a failure stops the system."""
+        return self._running
+
     def metrics(self) -> dict[str, int]:
         """Counters since this object was made, plus `in_flight` and `sagas_stuck` (gauges)."""
         counts = self._metrics.snapshot()
@@ -594,6 +599,9 @@ class OrderSystem:
                 log_context={"order_id": saga_id},
                 address=address,
                 fresh=is_first,
+                # This process still holds the order (and its card): a restarted
+                # saga carries on. Recovered at start, without it: presumed abort.
+                resume_forward=order is not None,
             )
 
         return ChildSpec(saga_id, start, restart=TRANSIENT, address=address)

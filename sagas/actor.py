@@ -87,7 +87,9 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
     decision, rolls back before it). `fresh=True` says the saga's stream is
     known to be empty (its first start: no journal read); a restarted
     incarnation given `data` reads the journal and begins only if nothing
-    was journaled yet. `on_finish` is called once the end is journaled, in
+    was journaled yet. A recovered saga without the commit decision is
+    rolled back (presumed abort) unless `resume_forward` is true: its process
+    still holds what the steps need, so it carries on. `on_finish` is called once the end is journaled, in
     this actor's thread, then the actor stops. The metric `sagas_stuck` is
     raised by one while a step that must finish has used up its attempts.
     """
@@ -109,6 +111,7 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         log_context: Mapping[str, Any] | None = None,
         address: Recipient | None = None,
         fresh: bool = True,
+        resume_forward: bool = False,
     ) -> None:
         self.definition = definition
         super().__init__(journal, saga_persistence_id(definition, saga_id))
@@ -120,6 +123,7 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
         self._metrics = metrics
         self._start_data = data
         self._fresh = fresh and data is not None
+        self._resume_forward = resume_forward
         self._stuck_reported = False
         self._ephemeral = ephemeral
         self._random = random.Random(f"{seed}:{saga_id}")
@@ -163,7 +167,7 @@ class SagaActor(Monitored, EventSourcedActor[SagaState]):
                 "committed" if self.state.committed else self.state.phase,
                 self.state.stage,
             )
-            self._handle(Resume())
+            self._handle(Resume(forward=self._resume_forward))
 
     def on_stop(self) -> None:
         self._cancel_timeouts()

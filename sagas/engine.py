@@ -41,6 +41,7 @@ __all__ = [
     "AttemptRefused",
     "AttemptStarted",
     "AttemptTimedOut",
+    "AttemptsTracked",
     "CommitDecided",
     "CompensationSkipped",
     "Replied",
@@ -88,7 +89,14 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Resume:
-    """Sent once after recovery: carry on from the journaled state."""
+    """Sent once after recovery: carry on from the journaled state.
+
+    Before the commit decision a recovered saga is rolled back (presumed
+    abort), unless `forward` says it may carry on: its actor was restarted
+    in a process that still holds what the steps need (e.g. the card).
+    """
+
+    forward: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +201,14 @@ class StepStuck:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptsTracked:
+    """The steps of a stage just begun: their attempts are known from now on."""
+
+    durable: ClassVar[bool] = False
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSucceeded:
     durable: ClassVar[bool] = False
     kind: StepKind
@@ -272,8 +288,9 @@ def evolve(definition: SagaDefinition, state: SagaState, event: Any) -> SagaStat
                 run.last_error, run.stuck = previous.last_error, previous.stuck
             state.tasks[(kind, step)] = run
             if kind == DO:
-                state.uncertain.discard(step)  # from now on its attempts are tracked
                 state.unanswered.setdefault(step, set()).add(attempt)
+        case AttemptsTracked(steps=steps):
+            state.uncertain.difference_update(steps)
         case AttemptRefused(kind=kind, step=step, attempt=attempt):
             if kind == DO:
                 state.unanswered.get(step, set()).discard(attempt)
@@ -318,8 +335,8 @@ def decide(
             if state.phase != "new":
                 return []
             return [SagaStarted(saga_id, data), *_start_stage(definition, 0)]
-        case Resume():
-            return _resume(definition, state)
+        case Resume(forward=forward):
+            return _resume(definition, state, forward)
         case Replied():
             run = state.tasks.get((command.kind, command.step))
             if command.ok:
@@ -413,6 +430,9 @@ def _start_stage(definition: SagaDefinition, stage: int) -> list[Any]:
         return [*events, SagaCompleted()]
     events.append(StageStarted(stage))
     events += [AttemptStarted(DO, s.name, 1) for s in definition.stages[stage]]
+    # Live, every attempt of this stage is seen from the first; after a restart
+    # (this event is not journaled) they are not, and recovery stays conservative.
+    events.append(AttemptsTracked(tuple(s.name for s in definition.stages[stage])))
     return events
 
 
@@ -496,13 +516,15 @@ def _abort_tasks(definition: SagaDefinition, compensate: tuple[str, ...], reason
     return events
 
 
-def _resume(definition: SagaDefinition, state: SagaState) -> list[Any]:
+def _resume(definition: SagaDefinition, state: SagaState, forward: bool) -> list[Any]:
     if state.phase in ("new", "done"):
         return []
     if state.phase == "aborting":
         return _abort_tasks(definition, state.compensate, state.reason or INTERRUPTED)
-    if state.committed:
-        # Roll forward: send every step of the current stage again.
+    if state.committed or forward:
+        # Roll forward: send every step of the current stage again (idempotent
+        # participants answer a repeat with the first result). Attempts made
+        # before the restart are unknown: those steps stay "may have had an effect".
         return [AttemptStarted(DO, s.name, 1) for s in definition.stages[state.stage]]
     # No commit decision was recorded: presumed abort.
     return _abort(definition, state, INTERRUPTED, None)

@@ -422,3 +422,17 @@ def test_a_compensation_is_kept_while_another_attempt_may_have_had_an_effect():
     saga.fail("hotel", transient=False, reason="full")
     assert saga.fail("flight", 2, transient=True) == [AttemptRefused("do", "flight", 2)]  # 1 may still land
     assert saga.fail("flight", 1, transient=False, reason="no seats")[-1] == CompensationSkipped("flight")
+
+
+def test_a_restarted_saga_may_carry_on_before_the_decision_and_stays_conservative():
+    saga = Saga()
+    saga.send(Start("t1", None))
+    saga.ok("hotel")
+    state = recovered(saga.journal)  # the actor crashed; the process (and the card) are still here
+    events = decide(SAGA, state, Resume(forward=True), POLICY, lambda: 0.5)
+    assert started(events) == {("do", "hotel", 1), ("do", "flight", 1)}
+    for event in events:
+        state = evolve(SAGA, state, event)
+    # hotel's resent attempt is refused; the attempt before the crash may still have booked it.
+    events = decide(SAGA, state, Replied("do", "flight", 1, False, "full", False), POLICY, lambda: 0.5)
+    assert next(e for e in events if isinstance(e, AbortDecided)).compensate == ("hotel",)
