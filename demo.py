@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
 
-from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
+from saga_actors.actors import FaultPlan, JournalInUse, OrderSystem, RetryPolicy
 from saga_actors.actors.consistency import Check
 
 GOOD_CARDS = ("4242424242424242", "5555555555554444")
@@ -47,6 +47,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63-1, got {value}")
     return value
 
 
@@ -104,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MIN,MAX",
         help="seconds on the wire per call (default 0.001,0.02)",
     )
-    parser.add_argument("--seed", type=int, default=7, help="seeds the workload and the faults (default 7)")
+    parser.add_argument("--seed", type=_seed, default=7, help="seeds the workload and the faults (default 7)")
     parser.add_argument(
         "--journal",
         metavar="PATH",
@@ -515,9 +525,15 @@ def main(argv: list[str] | None = None) -> int:
         journal = args.journal or os.path.join(folder, "journal.db")
         if not args.child:
             out.write(f"journal: {journal}{'' if args.journal else ' (temporary)'}\n")
-        summary = (
-            kill_and_recover(args, journal, out) if args.kill_and_recover else simulate(args, journal, out)
-        )
+        try:
+            summary = (
+                kill_and_recover(args, journal, out)
+                if args.kill_and_recover
+                else simulate(args, journal, out)
+            )
+        except JournalInUse as in_use:
+            sys.stderr.write(f"demo.py: {in_use}\n")
+            return 2
     if args.child:
         return 0
     if args.json:

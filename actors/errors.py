@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from saga_actors.persistence.journal import JournalInUse
+
+_DIGIT_RUN = re.compile(r"\d(?:[\s-]*\d){11,}")
 
 __all__ = ["IdempotencyConflict", "InvalidOrder", "JournalInUse", "SystemNotRunning"]
 
@@ -23,9 +27,9 @@ class IdempotencyConflict(Exception):
 
     def __init__(self, order_id: str) -> None:
         self.order_id = order_id
+        shown = _DIGIT_RUN.sub("<12+ digits>", order_id)  # an order id may hold a card number
         super().__init__(
-            f"order {order_id!r} was already placed with different content; "
-            "use a new order id for a new order"
+            f"order {shown!r} was already placed with different content; use a new order id for a new order"
         )
 
 

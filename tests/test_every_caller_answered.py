@@ -376,3 +376,14 @@ def test_an_app_that_forgets_stop_still_exits_and_releases_its_journal(tmp_path)
     assert "the app failed" in result.stderr
     with OrderSystem(journal_path=path) as system:
         assert system.order("o-1").state == "confirmed"
+
+
+def test_an_order_id_holding_a_card_number_is_not_echoed_in_a_conflict():
+    from saga_actors import IdempotencyConflict
+
+    with OrderSystem(stock={101: 5}) as system:
+        assert system.place_order(r("5105105105105100"), timeout=5)
+        with pytest.raises(IdempotencyConflict) as conflict:
+            system.place_order(r("5105105105105100", user_id=7), timeout=5)
+        assert "5105105105105100" not in str(conflict.value)
+        assert conflict.value.order_id == "5105105105105100"
