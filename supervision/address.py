@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -19,12 +20,13 @@ class Address:
     failure that the sender's retry covers.
     """
 
-    __slots__ = ("_changed", "_ref", "name")
+    __slots__ = ("_changed", "_handed", "_ref", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._ref: pykka.ActorRef[Any] | None = None
         self._changed = threading.Condition()
+        self._handed: list[Any] = []
 
     def __repr__(self) -> str:
         return f"<Address {self.name}>"
@@ -34,9 +36,28 @@ class Address:
         return self._ref
 
     def bind(self, ref: pykka.ActorRef[Any] | None) -> None:
+        """Point at `ref` (None between incarnations); a new incarnation first gets
+        the messages its failed predecessor handed over."""
         with self._changed:
             self._ref = ref
+            handed, self._handed = (self._handed, []) if ref is not None else ([], self._handed)
+            for message in handed:
+                ref.tell(message)  # type: ignore[union-attr]
             self._changed.notify_all()
+
+    def hand_over(self, messages: list[Any]) -> None:
+        """Keep `messages` (queued for a failed incarnation) for the next one.
+
+        If an incarnation is bound already, they go to it at once.
+        """
+        with self._changed:
+            ref = self._ref
+            if ref is None or not ref.is_alive():
+                self._handed.extend(messages)
+                return
+        for message in messages:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(message)
 
     def wait_for_incarnation(self, timeout: float) -> bool:
         """Block the calling thread (never an actor's) until a live incarnation is bound."""

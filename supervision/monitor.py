@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,6 +63,7 @@ class Monitored:
         self._exit_hook: ExitHook | None
         address: Address | None
         self._exit_hook, address = current if current is not None else (None, None)
+        self._address = address
         self._exit_reported = False
         if address is not None:
             # Bound before the actor's thread runs, so a reply to a message it
@@ -85,7 +87,36 @@ class Monitored:
         try:
             super().on_failure(exception_type, exception_value, traceback)  # type: ignore[misc]
         finally:
+            self._hand_over_mailbox()
             self._report_exit(exception_value or RuntimeError("actor failed"))
+
+    def _hand_over_mailbox(self) -> None:
+        """Give the messages still queued to the next incarnation (runs in this actor's thread).
+
+        pykka drops the queued `tell`s of an actor that fails; one bad message
+        must not take the others down with it. The `tell`s go to the stable
+        address, which delivers them to the next incarnation first; asks stay
+        and fail with ActorDeadError (their callers retry); a Kill is not
+        passed on.
+        """
+        address = self._address
+        if address is None:
+            return
+        inbox = self.actor_inbox  # type: ignore[attr-defined]
+        kept, handed = [], []
+        while True:
+            try:
+                envelope = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if envelope.reply_to is None and not isinstance(envelope.message, Kill):
+                handed.append(envelope.message)
+            else:
+                kept.append(envelope)
+        for envelope in kept:
+            inbox.put(envelope)
+        if handed:
+            address.hand_over(handed)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Kill):

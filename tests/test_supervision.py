@@ -18,6 +18,7 @@ from saga_actors.supervision import (
     REST_FOR_ONE,
     TEMPORARY,
     TRANSIENT,
+    Address,
     Backoff,
     ChildSpec,
     Escalated,
@@ -366,3 +367,46 @@ def test_a_timer_whose_thread_dies_is_restarted_by_its_supervisor(supervisors, l
     assert inbox.messages.get(timeout=2) == "after"
     assert ref.ask(WhichChildren()) == [("timer", True, 1), ("user", True, 1)]
     assert log.of("start") == ["user", "user"]
+
+
+class Mailbox(Monitored, pykka.ThreadingActor):
+    """Records what it handles; "hold" blocks it until released, "crash" fails it."""
+
+    def __init__(self, handled: queue.Queue[str], release: threading.Event) -> None:
+        super().__init__()
+        self.handled, self.release = handled, release
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "hold":
+            self.release.wait(10)
+        elif message == "crash":
+            raise RuntimeError("one bad message")
+        elif isinstance(message, str):
+            self.handled.put(message)
+        else:
+            return super().on_receive(message)
+        return None
+
+
+def test_one_bad_message_does_not_lose_the_messages_queued_behind_it():
+    handled: queue.Queue[str] = queue.Queue()
+    release = threading.Event()
+    address = Address("m")
+    supervisor = start_supervisor(
+        name="mailbox",
+        children=[ChildSpec("m", lambda: Mailbox.start(handled, release), address=address)],
+        strategy=ONE_FOR_ONE,
+        intensity=Intensity(5, 5.0),
+        backoff=QUICK,
+    )
+    try:
+        address.tell("hold")
+        for message in ("crash", "a", "b", "c"):
+            address.tell(message)  # queued behind "hold"
+        release.set()
+        got = [handled.get(timeout=5) for _ in range(3)]
+        assert got == ["a", "b", "c"]  # handled by the next incarnation, in order; "crash" not again
+        address.tell("d")
+        assert handled.get(timeout=5) == "d"
+    finally:
+        supervisor.stop(timeout=10)
