@@ -403,6 +403,8 @@ class OrderSystem:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no order is submitted, being placed or in flight; False if some still are
         after `timeout` seconds (None waits as long as it takes)."""
+        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout)):
+            raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
         if timeout is None or timeout > _WAIT_SLICE:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not self._outcomes.wait_idle(_WAIT_SLICE):
@@ -575,9 +577,8 @@ class OrderSystem:
     def _saga_spec(self, saga_id: str, order: OrderRequest | None, *, fresh: bool) -> ChildSpec:
         """A transient child. Given the order, an incarnation begins the saga unless its
         journal shows it began; only the first skips that read (`fresh`)."""
-        address = Address(f"saga:{saga_id}")
-        with self._saga_lock:
-            self._saga_addresses[saga_id] = address
+        with self._saga_lock:  # one address per saga, even if it is asked to start twice
+            address = self._saga_addresses.setdefault(saga_id, Address(f"saga:{saga_id}"))
         data = OrderSagaData.from_order(order) if order is not None else None
         card = order.card if order is not None else None
         first = [fresh]
