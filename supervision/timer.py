@@ -110,7 +110,7 @@ class Timer:
 
     def start(self) -> None:
         """Start the thread; nothing if it runs already. Works again after `stop()`,
-        or after the thread died (starting with no pending entries)."""
+        or after the thread died; entries scheduled before are delivered then."""
         with self._condition:
             if self._thread is not None:
                 return
@@ -120,14 +120,20 @@ class Timer:
             self._thread = thread
 
     def stop(self) -> None:
-        """Stop delivering; pending messages are dropped. Waits for the thread
-        to finish a delivery in progress (unless called from the timer thread)."""
+        """Stop delivering. Pending entries are kept: a supervisor that restarts
+        the timer (`start()` again) loses none of them, and `schedule` keeps
+        taking entries meanwhile. Waits for the thread to finish a delivery in
+        progress (unless called from the timer thread). `clear()` drops them."""
         with self._condition:
             thread, self._thread = self._thread, None
-            self._clear()
             self._condition.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+    def clear(self) -> None:
+        """Drop every pending entry."""
+        with self._condition:
+            self._clear()
 
     def is_running(self) -> bool:
         """True from `start()` until `stop()`, or until the thread dies."""
@@ -147,18 +153,16 @@ class Timer:
     def schedule(self, delay: float, target: Recipient, message: Any) -> TimerHandle:
         """Deliver `target.tell(message)` after `delay` seconds (>= 0, `math.inf` = never).
 
-        Raises ValueError for a NaN or negative delay, RuntimeError if the timer
-        is not running (not started, stopped, or its thread died).
+        Raises ValueError for a NaN or negative delay. While the timer is not
+        running (stopped, or restarting after its thread died) the entry waits
+        and is delivered once it runs again: a restart of the timer loses no
+        scheduled message.
         """
         if math.isnan(delay) or delay < 0:
             raise ValueError(f"{self._name}: delay must be a non-negative number, got {delay!r}")
         handle = TimerHandle(target, message, self)
         due = time.monotonic() + delay
         with self._condition:
-            if self._thread is None:
-                if self._died is not None:
-                    raise RuntimeError(f"{self._name} is not running: its thread died of {self._died!r}")
-                raise RuntimeError(f"{self._name} is not running")
             heapq.heappush(self._heap, (due, next(self._counter), handle))
             handle._in_heap = True
             if self._heap[0][2] is handle:
@@ -219,9 +223,10 @@ class Timer:
                 due_now = self._wait_for_due(me)
                 if due_now is None:
                     return
-            for handle in due_now:
+            for index, handle in enumerate(due_now):
                 if self._thread is not me:
-                    return  # stopped meanwhile: the rest is dropped
+                    self._put_back(due_now[index:])  # stopped meanwhile: the next thread delivers them
+                    return
                 if not handle.cancelled:
                     self._deliver(handle)
 
@@ -254,13 +259,20 @@ class Timer:
                 due_now.append(handle)
         return due_now
 
+    def _put_back(self, handles: list[TimerHandle]) -> None:
+        now = time.monotonic()
+        with self._condition:
+            for handle in handles:
+                if not handle.cancelled:
+                    heapq.heappush(self._heap, (now, next(self._counter), handle))
+                    handle._in_heap = True
+
     def _thread_died(self, me: threading.Thread, error: BaseException) -> None:
         with self._condition:
             current = self._thread is me
             if current:
                 self._thread = None
                 self._died = error
-                self._clear()
             on_died = self._on_died if current else None
         # If it was stopped or replaced already, nobody relies on it: only log.
         logger.critical("%s: the timer thread died", self._name, exc_info=error)
