@@ -18,10 +18,12 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -38,6 +40,9 @@ DECLINED_CARDS = ("4000000000000002", "4000000000009995")
 
 
 # --- options ---
+
+
+MAX_ORDERS = 1_000_000
 
 
 def _positive_int(text: str) -> int:
@@ -134,6 +139,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--failure-rate plus --crash-rate must not exceed 1")
     if args.products > 1000 or args.concurrency > 1000:
         parser.error("--products and --concurrency are limited to 1000")
+    if args.orders > MAX_ORDERS:
+        parser.error(f"--orders is limited to {MAX_ORDERS:,}")
     return args
 
 
@@ -236,13 +243,16 @@ class Progress:
         if self.quiet:
             return
         rate = self.done / max(now - self.started, 1e-9)
-        width = 24
-        filled = int(width * self.done / self.total)
-        text = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} orders"
-            f"  confirmed {self.confirmed}  cancelled {self.cancelled}  {rate:.0f} orders/s"
+        stats = (
+            f" {self.done}/{self.total} answered  confirmed {self.confirmed}"
+            f"  cancelled {self.cancelled}  {rate:.0f}/s"
         )
+        columns = shutil.get_terminal_size((80, 24)).columns if self.tty else 80
+        width = max(0, min(24, columns - 1 - len(stats) - 2))  # the bar gives way first
+        filled = int(width * self.done / self.total)
+        text = (f"[{'#' * filled}{'.' * (width - filled)}]" if width else "") + stats
         if self.tty:
+            text = text[: max(columns - 1, 1)]  # a redrawn line must never wrap
             self.stream.write("\r" + text + "\x1b[K")  # clear what a longer line left
         else:
             self.stream.write(text + "\n")
@@ -448,7 +458,13 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
     w("\n== Consistency checks ==\n")
     for check in summary["checks"]:
         mark = "PASS" if check["ok"] else "FAIL"
-        w(f"  [{mark}] {check['name']}" + (f"  ({check['detail']})" if check["detail"] else "") + "\n")
+        line = f"  [{mark}] {check['name']}"
+        detail = f"({check['detail']})" if check["detail"] else ""
+        if detail and len(line) + 2 + len(detail) < 80:
+            line += "  " + detail
+        elif detail:  # on lines of its own, so an 80-column terminal does not wrap it
+            line += "\n" + textwrap.fill(detail, 79, initial_indent=" " * 9, subsequent_indent=" " * 9)
+        w(line + "\n")
     w("\nall checks passed\n" if summary["ok"] else "\nSOME CHECKS FAILED\n")
 
 

@@ -6,7 +6,13 @@ with OrderSystem(stock={101: 10}) as system:
     confirmed = system.place_order(request, timeout=5)
 """
 
-from saga_actors.actors.errors import IdempotencyConflict, InvalidOrder, JournalInUse, SystemNotRunning
+from saga_actors.actors.errors import (
+    IdempotencyConflict,
+    InvalidOrder,
+    JournalInUse,
+    NotAJournal,
+    SystemNotRunning,
+)
 from saga_actors.actors.inventory import StockView
 from saga_actors.actors.orders import OrderView
 from saga_actors.actors.payment import PaymentView
@@ -19,6 +25,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidOrder",
     "JournalInUse",
+    "NotAJournal",
     "OrderFuture",
     "OrderSystem",
     "OrderView",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 from saga_actors.persistence.journal import JournalInUse
+from saga_actors.persistence.sqlite import NotAJournal
 
 _DIGIT_RUN = re.compile(r"\d(?:[\s-]*\d){11,}")
 
-__all__ = ["IdempotencyConflict", "InvalidOrder", "JournalInUse", "SystemNotRunning"]
+__all__ = ["IdempotencyConflict", "InvalidOrder", "JournalInUse", "NotAJournal", "SystemNotRunning"]
 
 
 class InvalidOrder(ValueError):

@@ -160,9 +160,9 @@ class OrderFuture:
         system stops first. A timeout does not cancel the order: it carries
         on, and the TimeoutError says what it is waiting for.
         """
-        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout)):
-            raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
-        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + max(timeout, 0.0)
+        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout) or timeout < 0):
+            raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
         while True:
             remaining = _WAIT_SLICE if deadline is None else min(deadline - time.monotonic(), _WAIT_SLICE)
             try:
@@ -345,7 +345,10 @@ class OrderSystem:
         return view(state) if state.phase != "new" else None
 
     def actor_names(self) -> list[str]:
-        """The names `kill()` takes now: the services, the timer, and `saga:<order_id>` per saga running."""
+        """The names `kill()` takes now: the services, the timer, and `saga:<order_id>` per saga
+        running; empty while the system is not running."""
+        if not self._running:
+            return []
         with self._saga_lock:
             sagas = [f"saga:{i}" for i, a in sorted(self._saga_addresses.items()) if a.is_alive()]
         return [*SERVICE_NAMES, *sagas]
@@ -403,8 +406,8 @@ class OrderSystem:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no order is submitted, being placed or in flight; False if some still are
         after `timeout` seconds (None waits as long as it takes)."""
-        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout)):
-            raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout) or timeout < 0):
+            raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
         if timeout is None or timeout > _WAIT_SLICE:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not self._outcomes.wait_idle(_WAIT_SLICE):

@@ -119,3 +119,40 @@ def test_exit_status_is_1_when_a_check_fails(monkeypatch, capsys):
     assert demo.main([*SMALL, "--orders", "20"]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] stock conserved" in out and "SOME CHECKS FAILED" in out
+
+
+@pytest.mark.parametrize("columns", [80, 40])
+def test_the_live_progress_line_fits_the_terminal(columns):
+    """Run under a pseudo-terminal: every redraw of the progress line fits, so nothing wraps."""
+    import os
+    import pty
+    import re
+
+    env = {**os.environ, "COLUMNS": str(columns), "LINES": "24"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the demo on a terminal
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "demo.py", *SMALL, "--orders", "300"], env)
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    screen = b"".join(chunks).decode(errors="replace").replace("\x1b[K", "")
+    segments = re.split(r"[\r\n]", screen)
+    progress = [seg for seg in segments if "/300 answered" in seg]
+    assert len(progress) >= 2, screen[:500]  # it was redrawn
+    assert max(len(seg) for seg in progress) < columns
+    if columns == 80:  # and on a standard terminal, nothing else wraps either
+        assert max(len(seg) for seg in segments) <= columns, max(segments, key=len)
+
+
+def test_an_absurd_number_of_orders_is_refused():
+    result = run_demo("--orders", "99999999999999999999")
+    assert result.returncode == 2 and "--orders is limited" in result.stderr

@@ -409,3 +409,14 @@ def test_an_order_id_holding_a_card_number_is_not_echoed_in_a_conflict():
             system.place_order(r("5105105105105100", user_id=7), timeout=5)
         assert "5105105105105100" not in str(conflict.value)
         assert conflict.value.order_id == "5105105105105100"
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), True])
+def test_a_meaningless_timeout_is_refused(timeout):
+    with OrderSystem(stock={101: 1}) as system:
+        future = system.submit(r("o-1"))
+        with pytest.raises(ValueError, match="timeout"):
+            future.get(timeout)
+        with pytest.raises(ValueError, match="timeout"):
+            system.wait_idle(timeout)
+        assert future.get(5) is True
