@@ -49,7 +49,7 @@ def test_human_summary_and_plain_progress_lines_when_not_a_terminal():
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "\r" not in out
-    assert "80/80 orders" in out
+    assert "80/80 answered" in out
     for section in (
         "== Orders ==",
         "== Performance ==",
