@@ -10,12 +10,12 @@ with the same sequence instead of replaying the fault that killed it.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 from dataclasses import dataclass
 from typing import Any
 
+from saga_actors.sagas.policy import is_finite_number, show_parameter
 from saga_actors.supervision.timer import Recipient, Timer
 
 __all__ = ["MAX_LATENCY", "FaultInjector", "FaultPlan", "SimulatedCrash", "SimulatedLink"]
@@ -60,12 +60,14 @@ class FaultPlan:
         problems = []
         for name in ("failure_rate", "crash_rate"):
             value = getattr(self, name)
-            if not (_is_real(value) and 0 <= value <= 1):
-                problems.append(f"{name} must be a number in [0, 1], got {_show(value)}")
+            if not (is_finite_number(value) and 0 <= value <= 1):
+                problems.append(f"{name} must be a number in [0, 1], got " + show_parameter(value))
         for name in ("min_latency", "max_latency"):
             value = getattr(self, name)
-            if not (_is_real(value) and 0 <= value <= MAX_LATENCY):
-                problems.append(f"{name} must be a number of seconds in [0, 3600], got {_show(value)}")
+            if not (is_finite_number(value) and 0 <= value <= MAX_LATENCY):
+                problems.append(
+                    f"{name} must be a number of seconds in [0, 3600], got {show_parameter(value)}"
+                )
         if not problems and self.failure_rate + self.crash_rate > 1:
             problems.append("failure_rate + crash_rate must not exceed 1")
         if not problems and self.max_latency < self.min_latency:
@@ -74,7 +76,7 @@ class FaultPlan:
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64
         ):
-            problems.append(f"seed must be None or an integer in [0, 2**64), got {_show(seed)}")
+            problems.append("seed must be None or an integer in [0, 2**64), got " + show_parameter(seed))
         if problems:
             raise ValueError("invalid FaultPlan: " + "; ".join(problems))
 
@@ -130,23 +132,3 @@ class SimulatedLink:
             self._timer.schedule(delay, self._target, message)
         else:
             self._target.tell(message)
-
-
-def _is_real(value: object) -> bool:
-    """An int or a finite float (not a bool)."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return isinstance(value, float) and math.isfinite(value)
-
-
-def _show(value: object) -> str:
-    """A short rendering of a parameter for an error message (never a huge int's digits)."""
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, int):
-        return int.__repr__(value) if int.bit_length(value) <= 64 else "an integer too large to show"
-    if isinstance(value, float):
-        return float.__repr__(value)
-    return type(value).__name__

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["MAX_ATTEMPTS", "MAX_BACKOFF_COEFFICIENT", "MAX_SECONDS", "RetryPolicy"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "MAX_BACKOFF_COEFFICIENT",
+    "MAX_SECONDS",
+    "RetryPolicy",
+    "is_finite_number",
+    "show_parameter",
+]
 
 MAX_SECONDS = 86_400.0  # one day: the longest interval or attempt timeout
 MAX_BACKOFF_COEFFICIENT = 100.0
@@ -43,14 +50,20 @@ class RetryPolicy:
         problems = []
         for name in ("initial_interval", "maximum_interval", "attempt_timeout"):
             value = getattr(self, name)
-            if not (_is_number(value) and 0 < value <= MAX_SECONDS):
-                problems.append(f"{name} must be a number of seconds in (0, 86400], got {_show(value)}")
+            if not (is_finite_number(value) and 0 < value <= MAX_SECONDS):
+                problems.append(
+                    f"{name} must be a number of seconds in (0, 86400], got {show_parameter(value)}"
+                )
         coefficient = self.backoff_coefficient
-        if not (_is_number(coefficient) and 1 <= coefficient <= MAX_BACKOFF_COEFFICIENT):
-            problems.append(f"backoff_coefficient must be a number in [1, 100], got {_show(coefficient)}")
+        if not (is_finite_number(coefficient) and 1 <= coefficient <= MAX_BACKOFF_COEFFICIENT):
+            problems.append(
+                f"backoff_coefficient must be a number in [1, 100], got {show_parameter(coefficient)}"
+            )
         attempts = self.maximum_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= MAX_ATTEMPTS:
-            problems.append(f"maximum_attempts must be an integer in [1, 10000], got {_show(attempts)}")
+            problems.append(
+                f"maximum_attempts must be an integer in [1, 10000], got {show_parameter(attempts)}"
+            )
         if not problems and self.maximum_interval < self.initial_interval:
             problems.append("maximum_interval must not be less than initial_interval")
         if problems:
@@ -81,7 +94,7 @@ class RetryPolicy:
         return min(ceiling, interval) * (0.5 + 0.5 * rand)
 
 
-def _is_number(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
     """An int or a finite float (not a bool)."""
     if isinstance(value, bool):
         return False
@@ -90,7 +103,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _show(value: object) -> str:
+def show_parameter(value: object) -> str:
     """A short rendering of a parameter for an error message (never a huge int's digits)."""
     if isinstance(value, bool) or value is None:
         return repr(value)
