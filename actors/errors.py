@@ -9,6 +9,12 @@ from saga_actors.persistence.sqlite import NotAJournal
 
 _DIGIT_RUN = re.compile(r"\d(?:[\s-]*\d){11,}")
 
+
+def mask_digits(text: str) -> str:
+    """`text` with every run of 12 or more digits (a card number, perhaps) shown as `<12+ digits>`."""
+    return _DIGIT_RUN.sub("<12+ digits>", text)
+
+
 __all__ = ["IdempotencyConflict", "InvalidOrder", "JournalInUse", "NotAJournal", "SystemNotRunning"]
 
 
@@ -28,7 +34,7 @@ class IdempotencyConflict(Exception):
 
     def __init__(self, order_id: str) -> None:
         self.order_id = order_id
-        shown = _DIGIT_RUN.sub("<12+ digits>", order_id)  # an order id may hold a card number
+        shown = mask_digits(order_id)  # an order id may hold a card number
         super().__init__(
             f"order {shown!r} was already placed with different content; use a new order id for a new order"
         )

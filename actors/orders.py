@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -269,7 +270,7 @@ class Outcomes:
             entry = self._submissions.pop(id(message), None)
             self._lock.notify_all()
         if entry is not None and error is not None and message.reply is not None:
-            message.reply.set_exception(exc_info=(type(error), error, None))
+            _answer(message.reply, None, error)
 
     # placing and running
 
@@ -277,14 +278,14 @@ class Outcomes:
         """The order's placement is being written; its caller waits for the outcome."""
         with self._lock:
             futures = self._placing.setdefault(order_id, [])
-            if message.reply is not None:
-                futures.append(message.reply)
+            if message.reply is not None and not any(f is message.reply for f in futures):
+                futures.append(message.reply)  # once, however often the placement is retried
 
     def placed(self, order_id: str, restart: Any) -> bool:
         """The placement is durable: the order is in flight. False if it already was."""
         with self._lock:
-            futures = self._placing.pop(order_id, [])
-            self._waiters.setdefault(order_id, []).extend(futures)
+            waiting = self._waiters.setdefault(order_id, [])
+            waiting.extend(f for f in self._placing.pop(order_id, []) if not any(f is w for w in waiting))
             if order_id in self._running:
                 return False
             self._running[order_id] = restart
@@ -299,7 +300,7 @@ class Outcomes:
                 target = self._waiters.setdefault(order_id, [])
             else:
                 return False
-            if reply is not None:
+            if reply is not None and not any(f is reply for f in target):
                 target.append(reply)
             return True
 
@@ -310,7 +311,7 @@ class Outcomes:
             futures = self._waiters.pop(order_id, [])
             self._lock.notify_all()
         for future in futures:
-            future.set(confirmed)
+            _answer(future, confirmed)
         return known
 
     def running(self) -> dict[str, Any]:
@@ -342,11 +343,22 @@ class Outcomes:
             self._running = dict(running)
             self._lock.notify_all()
         if error is not None:
-            for future in futures:
-                future.set_exception(exc_info=(type(error), error, None))
+            for future in {id(f): f for f in futures}.values():  # a caller may be listed twice
+                _answer(future, None, error)
 
 
 _MISSING = object()
+
+
+def _answer(future: pykka.Future[bool], value: bool | None, error: BaseException | None = None) -> None:
+    """Answer a caller once; a second answer is dropped (never raised into whoever answers)."""
+    try:
+        if error is not None:
+            future.set_exception(exc_info=(type(error), error, None))
+        else:
+            future.set(value)
+    except queue.Full:
+        pass  # answered already
 
 
 # --- the actor ---
@@ -428,7 +440,6 @@ class OrderService(ParticipantActor[OrdersState]):
             return
         order_id = order.order_id
         if events:
-            self._metrics.increment("orders_placed")
             logger.info(
                 "[%s] placed: %d item(s), %s %s",
                 order_id,
@@ -449,7 +460,7 @@ class OrderService(ParticipantActor[OrdersState]):
         record = self.state.orders[order_id]
         if record.state != PENDING:
             if message.reply is not None:
-                message.reply.set(record.state == CONFIRMED)  # its first outcome
+                _answer(message.reply, record.state == CONFIRMED)  # its first outcome
             self._outcomes.settle(message)
             return
         # Durable, but no saga runs for it (its start was lost): start it once durable.
@@ -459,6 +470,7 @@ class OrderService(ParticipantActor[OrdersState]):
     def _placed(self, order: OrderRequest, message: PlaceOrder) -> None:
         """The placement is durable (runs in the journal's thread): start the saga."""
         if self._outcomes.placed(order.order_id, order):
+            self._metrics.increment("orders_placed")  # counted once it is durable, once
             self._start_saga(order)
         self._outcomes.settle(message)
 
@@ -468,7 +480,9 @@ class OrderService(ParticipantActor[OrdersState]):
             for order_id, record in self.state.orders.items()
             if record.state == PENDING and order_id not in sagas_started
         ]
+        events: list[Any] = []
         for order_id in unstarted:
             logger.info("[%s] cancelled: its saga never started", order_id, extra={"order_id": order_id})
-            self.persist(decide(CancelOrder(order_id, "interrupted"), self.state))
+            events += decide(CancelOrder(order_id, "interrupted"), self.state)
+        self.persist(events)  # one append, however many
         return unstarted

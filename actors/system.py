@@ -35,7 +35,7 @@ import pykka
 
 from saga_actors.actors.codec import order_codec
 from saga_actors.actors.consistency import Check, check_consistency
-from saga_actors.actors.errors import SystemNotRunning
+from saga_actors.actors.errors import SystemNotRunning, mask_digits
 from saga_actors.actors.inventory import PERSISTENCE_ID as INVENTORY_ID
 from saga_actors.actors.inventory import GetStock, InventoryActor, StockView, stock_command
 from saga_actors.actors.order_saga import ORDER_SAGA, OrderSagaData
@@ -160,8 +160,7 @@ class OrderFuture:
         system stops first. A timeout does not cancel the order: it carries
         on, and the TimeoutError says what it is waiting for.
         """
-        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout) or timeout < 0):
-            raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+        _check_timeout(timeout)
         deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
         while True:
             remaining = _WAIT_SLICE if deadline is None else min(deadline - time.monotonic(), _WAIT_SLICE)
@@ -172,7 +171,7 @@ class OrderFuture:
                     continue
             waiting = self._describe(self.order_id) if self._describe and self.order_id else None
             raise TimeoutError(
-                f"order {self.order_id!r}: outcome not known after {timeout} s"
+                f"order {mask_digits(self.order_id or '')!r}: outcome not known after {timeout} s"
                 + (f" ({waiting})" if waiting else "")
                 + "; it carries on"
             ) from None
@@ -195,7 +194,7 @@ class OrderSystem:
         retry: RetryPolicy | None = None,
         snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
     ) -> None:
-        _check_arguments(stock, inventory_faults, payment_faults, retry, snapshot_every)
+        _check_arguments(journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every)
         self._journal_path = journal_path
         self._stock = dict(stock or {})
         self._inventory_faults = inventory_faults or FaultPlan()
@@ -297,7 +296,12 @@ class OrderSystem:
         return OrderFuture(future, order.order_id, self._describe)
 
     def place_order(self, request: Any, *, timeout: float | None = None) -> bool:
-        """Place an order and wait: True once confirmed, False once rolled back."""
+        """Place an order and wait: True once confirmed, False once rolled back.
+
+        A meaningless `timeout` (negative, NaN, not a number) is refused with
+        ValueError before anything is placed.
+        """
+        _check_timeout(timeout)
         return self.submit(request).get(timeout)
 
     def order(self, order_id: str) -> OrderView | None:
@@ -377,7 +381,8 @@ class OrderSystem:
             if target is None:
                 return
         if target is None:
-            raise ValueError(f"unknown actor {name!r}: one of {', '.join(SERVICE_NAMES)} or saga:<order_id>")
+            shown = mask_digits(name)[:80] if isinstance(name, str) else type(name).__name__
+            raise ValueError(f"unknown actor {shown!r}: one of {', '.join(SERVICE_NAMES)} or saga:<order_id>")
         logger.warning("killing %s (fault injection)", name)
         kill(target, f"killed by OrderSystem.kill({name!r})")
 
@@ -406,8 +411,7 @@ class OrderSystem:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no order is submitted, being placed or in flight; False if some still are
         after `timeout` seconds (None waits as long as it takes)."""
-        if timeout is not None and (isinstance(timeout, bool) or math.isnan(timeout) or timeout < 0):
-            raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+        _check_timeout(timeout)
         if timeout is None or timeout > _WAIT_SLICE:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not self._outcomes.wait_idle(_WAIT_SLICE):
@@ -531,7 +535,7 @@ class OrderSystem:
             events = [stored.event for stored in journal.replay(persistence_id)]
             committed = any(isinstance(e, CommitDecided) for e in events)
             unfinished.append((persistence_id[len(prefix) :], committed))
-        never_started = self._orders.ask(RecoverOrders(frozenset(started)), timeout=QUERY_TIMEOUT)
+        never_started = self._orders.ask(RecoverOrders(frozenset(started)), timeout=RECOVERY_TIMEOUT)
         self._outcomes.reset(dict.fromkeys((saga_id for saga_id, _ in unfinished), None), None)
         for saga_id, _ in unfinished:
             self._spawn_saga(saga_id)
@@ -662,11 +666,29 @@ class OrderSystem:
 
 
 def _order_id_of(request: Any) -> str | None:
-    order_id = request.get("order_id") if isinstance(request, Mapping) else None
-    return order_id if isinstance(order_id, str) else None
+    """The order id of a request that failed validation, if it has a readable one."""
+    try:
+        order_id = request.get("order_id") if isinstance(request, dict) else None
+    except Exception:  # a hostile key: the InvalidOrder already says what is wrong
+        return None
+    return str.__str__(order_id) if isinstance(order_id, str) else None
+
+
+def _check_timeout(timeout: object) -> None:
+    """A timeout is None or a non-negative number of seconds (inf waits as long as it takes)."""
+    if timeout is None:
+        return
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r:.40}")
 
 
 def _check_arguments(
+    journal_path: object,
     stock: object,
     inventory_faults: object,
     payment_faults: object,
@@ -675,6 +697,10 @@ def _check_arguments(
 ) -> None:
     """Check arguments that an untyped caller may get wrong; raise ValueError naming each problem."""
     problems = []
+    if journal_path is not None and not (
+        isinstance(journal_path, (str, os.PathLike)) and os.fspath(journal_path)
+    ):
+        problems.append(f"journal_path must be a non-empty path or None, got {journal_path!r:.60}")
     if snapshot_every is not None and (
         isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1
     ):

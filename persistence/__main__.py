@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import sys
+import urllib.parse
 from typing import Any
 
 # The saga engine's conventions (sagas/): streams named "saga:<name>:<id>",
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isfile(args.journal):
         print(f"error: no journal file at {args.journal}", file=sys.stderr)
         return 2
-    db = sqlite3.connect(f"file:{args.journal}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(args.journal))}?mode=ro", uri=True)
     try:
         return history(db, args.id) if args.id else summary(db, args.journal)
     except sqlite3.DatabaseError as error:

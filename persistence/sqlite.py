@@ -26,6 +26,7 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -184,14 +185,20 @@ class SQLiteJournal:
         if not self._closed:
             return
         lock_fd = _acquire_lock(self.path)
+        file_fd: int | None = None
         writer: sqlite3.Connection | None = None
         reader: sqlite3.Connection | None = None
         try:
             _prepare_file(self.path)
+            # The lock file is found by path; the journal itself may be reached by
+            # other paths too (a symlink, a hard link, a lock file deleted by
+            # hand): lock the file's inode as well.
+            file_fd = _lock_file_itself(self.path, lock_fd)
+            _check_schema(self.path)
             writer = self._connect(self._synchronous)
             writer.executescript(SCHEMA)
             reader = self._connect(self._synchronous)
-            self._writer, self._reader, self._lock_fd = writer, reader, lock_fd
+            self._writer, self._reader, self._lock_fd, self._file_fd = writer, reader, lock_fd, file_fd
             self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
             self._highest: dict[str, int] = {}  # the writer's record, read from the file once per stream
             self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
@@ -204,9 +211,19 @@ class SQLiteJournal:
                     if db is not None:
                         db.close()
             finally:
+                if file_fd is not None:
+                    os.close(
+                        file_fd
+                    )  # after SQLite's connections: closing it drops this process's fcntl locks
                 _release_lock(lock_fd)
-            if isinstance(error, sqlite3.DatabaseError) and error.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
-                raise NotAJournal(self.path, f"not a SQLite database ({error})") from error
+            if isinstance(error, sqlite3.DatabaseError) and error.sqlite_errorcode in (
+                sqlite3.SQLITE_NOTADB,
+                sqlite3.SQLITE_CORRUPT,
+            ):
+                problem = (
+                    "not a SQLite database" if error.sqlite_errorcode == sqlite3.SQLITE_NOTADB else "damaged"
+                )
+                raise NotAJournal(self.path, f"{problem} ({error})") from error
             raise
 
     # --- journal ---
@@ -378,7 +395,10 @@ class SQLiteJournal:
             with self._reader_lock:
                 self._reader.close()
         finally:
-            _release_lock(self._lock_fd)
+            try:
+                os.close(self._file_fd)
+            finally:
+                _release_lock(self._lock_fd)
 
     # --- internals ---
 
@@ -522,10 +542,11 @@ def _acquire_lock(path: str) -> int:
     in this same process conflicts too, and a killed holder's lock goes with
     its process. Raises JournalInUse if it is held.
     """
-    _make_private_directories(os.path.dirname(os.path.abspath(path)))
-    fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    real = os.path.realpath(path)  # a symlink to a journal shares the journal's lock file
+    _make_private_directories(os.path.dirname(real))
+    fd = os.open(real + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     try:
-        _make_private(path + LOCK_SUFFIX, os.fstat(fd), fd)
+        _make_private(real + LOCK_SUFFIX, os.fstat(fd), fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -536,6 +557,45 @@ def _acquire_lock(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _lock_file_itself(path: str, lock_fd: int) -> int:
+    """flock the journal file's own inode (not its path); return the descriptor that holds it.
+
+    SQLite's own locks are fcntl locks, which flock does not touch on Linux.
+    Raises JournalInUse if another journal object holds the file under another path.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalInUse(path, None) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_schema(path: str) -> None:
+    """Refuse a SQLite database that is not a journal (another program's, or tables dropped).
+
+    Reads it read-only first: a database that is refused is left exactly as it was.
+    """
+    db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True)
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        db.close()
+    missing = {"streams", "events", "snapshots"} - tables
+    if missing:
+        others = sorted(tables - {"streams", "events", "snapshots"})
+        raise NotAJournal(
+            path,
+            f"a SQLite database without the journal's tables ({', '.join(sorted(missing))} missing"
+            + (f"; it holds {', '.join(others[:5])}" if others else "")
+            + "): not a journal, or a damaged one",
+        )
 
 
 def _release_lock(fd: int) -> None:
@@ -581,11 +641,17 @@ def _prepare_file(path: str) -> None:
     creates `-wal` and `-shm` with the journal file's mode, so fixing that
     mode first keeps new companions private, and existing ones are fixed here.
     """
+    if os.path.islink(path) and not os.path.exists(path):
+        raise NotAJournal(
+            path, f"a symbolic link to {os.readlink(path)!r}, which does not exist (a volume not mounted?)"
+        )
     try:
         info = os.stat(path)
     except FileNotFoundError:
         _create_journal_file(path)
         return
+    if stat.S_ISDIR(info.st_mode):
+        raise NotAJournal(path, "it is a directory")
     if stat.S_ISREG(info.st_mode) and info.st_size == 0:
         raise NotAJournal(
             path,

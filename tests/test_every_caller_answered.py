@@ -420,3 +420,95 @@ def test_a_meaningless_timeout_is_refused(timeout):
         with pytest.raises(ValueError, match="timeout"):
             system.wait_idle(timeout)
         assert future.get(5) is True
+
+
+DISK_FULL = textwrap.dedent(
+    """
+    import os, resource, signal, sys, threading, logging
+    from saga_actors import OrderSystem, FaultPlan, SystemNotRunning
+    from tests.conftest import make_request
+    logging.disable(logging.CRITICAL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG: a full disk
+    path = sys.argv[1]
+    def disk_full(full):
+        limit = os.path.getsize(path + "-wal") if full else resource.RLIM_INFINITY
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    def r(oid):
+        return make_request(oid, [(101, 1)], amount="1.00")
+    def outcome(future):
+        try:
+            return repr(future.get(10))
+        except SystemNotRunning:
+            return "SystemNotRunning"
+    slow = FaultPlan(min_latency=1.0, max_latency=1.0, seed=1)
+    system = OrderSystem(journal_path=path, stock={101: 100}, payment_faults=slow).start()
+    system.place_order(r("warm"), timeout=10)
+    in_flight = system.submit(r("in-flight"))  # its saga waits on a slow wire
+    disk_full(True)
+    first = system.submit(r("o1"))  # cannot be written: the order service restarts, again and again
+    restarts = system.metrics()["restarts"]
+    while system.metrics()["restarts"] < restarts + 20:
+        threading.Event().wait(0.01)
+    second = system.submit(r("o1"))  # the customer retries meanwhile
+    disk_full(False)
+    print("o1", outcome(first), outcome(second))
+    print("placed", system.metrics()["orders_placed"])
+    disk_full(True)
+    stuck = system.submit(r("o2"))
+    restarts = system.metrics()["restarts"]
+    while system.metrics()["restarts"] < restarts + 5:
+        threading.Event().wait(0.01)
+    system.stop()  # must answer every caller, and not raise
+    disk_full(False)
+    print("after stop", outcome(stuck), outcome(in_flight))
+    """
+)
+
+
+def test_a_full_disk_strands_no_caller_and_stop_answers_everyone(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, str(tmp_path / "o.db")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["o1"] == "True True"  # both callers of the retried order get its one outcome
+    assert lines["placed"] == "3"  # warm, in-flight and o1, each once however often it was retried
+    stuck, in_flight = lines["after"].split()[1:]
+    assert stuck == "SystemNotRunning"  # its placement never became durable
+    assert in_flight in ("True", "SystemNotRunning")  # answered either way, never left waiting
+
+
+def test_a_meaningless_timeout_places_nothing():
+    with OrderSystem(stock={101: 5}) as system:
+        for i, timeout in enumerate([float("nan"), -1, "5", True]):
+            with pytest.raises(ValueError, match="timeout"):
+                system.place_order(r(f"t{i}"), timeout=timeout)
+        assert system.wait_idle(5)
+        assert system.orders() == {}
+
+
+class _ExplodingKey:
+    def __hash__(self) -> int:
+        return hash("order_id")
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__ exploded")
+
+
+class _GetRaises(dict):
+    def get(self, key, default=None):  # type: ignore[override]
+        raise RuntimeError("get exploded")
+
+
+@pytest.mark.parametrize("request_", [{_ExplodingKey(): 1}, _GetRaises(order_id="x")], ids=["key", "get"])
+def test_a_hostile_mapping_is_invalid_through_the_public_api(request_):
+    with OrderSystem(stock={101: 5}) as system:
+        with pytest.raises(InvalidOrder):
+            system.place_order(request_, timeout=5)
+        with pytest.raises(InvalidOrder):
+            system.submit(request_).get(5)
+        assert system.orders() == {}

@@ -73,3 +73,25 @@ def test_runs_as_a_module(tmp_path):
         check=True,
     )
     assert "inventory" in result.stdout and "unfinished sagas: none" in result.stdout
+
+
+def test_a_path_with_uri_characters_is_read_as_a_path(tmp_path):
+    from saga_actors import OrderSystem
+    from tests.conftest import make_request
+
+    path = tmp_path / "shop?2024#a%20b.db"
+    with OrderSystem(journal_path=path, stock={101: 5}) as system:
+        system.place_order(make_request("i1", [(101, 1)]), timeout=5)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = subprocess.run(
+        [sys.executable, "-m", "saga_actors.persistence", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "orders" in result.stdout and "inventory" in result.stdout
+    after = {p.name for p in tmp_path.iterdir()}
+    companions = {path.name + "-wal", path.name + "-shm"}  # WAL readers may recreate these
+    assert after - companions == set(before) - companions  # no stray file named after a piece of the path

@@ -193,3 +193,73 @@ def test_failed_open_leaves_nothing_running_and_nothing_locked(path, content, pr
     assert _journal_threads() == []
     assert _lock_is_free(path)
     assert path.read_bytes() == content  # left as it was
+
+
+# --- one writer, whatever path reaches the journal ---
+
+
+def _journal(path):
+    return SQLiteJournal(str(path), CODEC)
+
+
+@pytest.mark.parametrize("alias", ["symlink", "hard link", "lock file deleted"])
+def test_a_second_writer_reaching_the_journal_another_way_is_refused(tmp_path, alias):
+    real = tmp_path / "orders.db"
+    first = _journal(real)
+    try:
+        other = tmp_path / "alias.db"
+        if alias == "symlink":
+            other.symlink_to(real)
+        elif alias == "hard link":
+            os.link(real, other)
+        else:
+            os.unlink(str(real) + ".lock")
+            other = real
+        with pytest.raises(JournalInUse):
+            _journal(other)
+        first.append("p", [Happened(1, "still mine")], 0)
+    finally:
+        first.close()
+    _journal(real).close()  # free again
+
+
+def test_a_dangling_symlink_is_refused_not_replaced(tmp_path):
+    link = tmp_path / "orders.db"
+    link.symlink_to(tmp_path / "unmounted" / "orders.db")
+    with pytest.raises(NotAJournal, match="does not exist"):
+        _journal(link)
+    assert link.is_symlink()
+
+
+def test_a_directory_is_refused(tmp_path):
+    (tmp_path / "orders.db").mkdir()
+    with pytest.raises(NotAJournal, match="directory"):
+        _journal(tmp_path / "orders.db")
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers(name TEXT)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(NotAJournal, match="customers"):
+        _journal(path)
+    assert path.read_bytes() == before
+    assert not (tmp_path / "app.db-wal").exists()
+
+
+def test_a_truncated_journal_is_refused_naming_the_path(tmp_path):
+    path = tmp_path / "orders.db"
+    journal = _journal(path)
+    journal.append("p", [Happened(i, "x" * 50) for i in range(2000)], 0)
+    journal.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NotAJournal) as refused:
+        journal = _journal(path)
+        list(journal.replay("p"))  # if the damage only shows when read
+    assert str(path) in str(refused.value)
