@@ -89,6 +89,15 @@ class EventCodec:
         return registration.name, registration.version, _dumps(fields)
 
     def decode(self, type_name: str, version: int, data: str) -> Any:
+        """The value stored as (type name, version, JSON): the inverse of `encode`.
+
+        Raises SerializationError, and nothing else, for any stored data that
+        does not decode: unknown type, unreadable JSON, a version newer than
+        the code, a malformed tagged value (a `$decimal` that is not a decimal
+        string, a `$set` or `$dict` of the wrong shape, an untagged object),
+        fields that do not fit the class (missing, unknown), or an upcaster or
+        constructor that fails on them. The original error, if any, is chained.
+        """
         registration = self._by_name.get(type_name)
         if registration is None:
             raise SerializationError(f"unknown type {type_name!r}")
@@ -98,7 +107,14 @@ class EventCodec:
             raise SerializationError(f"unreadable JSON for {type_name}: {error}") from None
         if not isinstance(fields, dict):
             raise SerializationError(f"{type_name}: stored data is not an object")
-        return self._build(registration, version, fields)
+        try:
+            return self._build(registration, version, fields)
+        except SerializationError:
+            raise
+        except Exception as error:  # stored data that does not fit: an upcaster's KeyError, say
+            raise SerializationError(
+                f"{type_name}: stored data does not decode: {type(error).__name__}: {error}"
+            ) from error
 
     # --- internals ---
 
@@ -138,15 +154,18 @@ class EventCodec:
         if not isinstance(value, dict):
             return value
         if "$decimal" in value:
-            return Decimal(value["$decimal"])
+            return _decimal(value)
         if "$set" in value:
-            return {self._from_json(v) for v in value["$set"]}
+            return {self._from_json(v) for v in _tagged_list(value, "$set")}
         if "$dict" in value:
-            return {self._from_json(k): self._from_json(v) for k, v in value["$dict"]}
+            pairs = _tagged_list(value, "$dict")
+            if not all(isinstance(pair, list) and len(pair) == 2 for pair in pairs):
+                raise SerializationError("malformed $dict in stored data: not a list of [key, value] pairs")
+            return {self._from_json(k): self._from_json(v) for k, v in pairs}
         if "$type" in value:
             fields = dict(value)
             name = fields.pop("$type")
-            registration = self._by_name.get(name)
+            registration = self._by_name.get(name) if isinstance(name, str) else None
             if registration is None:
                 raise SerializationError(f"unknown type {name!r}")
             return self._build(registration, registration.version, fields)
@@ -168,3 +187,26 @@ class EventCodec:
             return registration.cls(**values)
         except TypeError as error:
             raise SerializationError(f"{registration.name}: fields do not fit: {error}") from None
+
+
+def _tagged_list(value: dict[str, Any], tag: str) -> list[Any]:
+    """The list under `tag` in `{tag: [...]}`; SerializationError for any other shape."""
+    content = value[tag]
+    if len(value) != 1 or not isinstance(content, list):
+        raise SerializationError(f"malformed {tag} in stored data: {_dumps(value)[:80]}")
+    return content
+
+
+def _decimal(value: dict[str, Any]) -> Decimal:
+    """`{"$decimal": "12.34"}` as a Decimal; SerializationError for any other shape or text.
+
+    Only a string is accepted: `encode` never writes anything else, and a JSON
+    number would come back as a binary float's exact value.
+    """
+    text = value["$decimal"]
+    if len(value) != 1 or not isinstance(text, str):
+        raise SerializationError(f"malformed $decimal in stored data: {_dumps(value)[:80]}")
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation, and the signals a context may trap
+        raise SerializationError(f"malformed $decimal in stored data: {text[:40]!r}") from None

@@ -13,12 +13,19 @@ another process or this one, is refused with `JournalInUse` instead of
 interleaving its writes. The journal, its SQLite companions (`-wal`, `-shm`)
 and its lock file are private to their owner (0600), whatever the umask and
 whatever mode an existing file had; directories it creates are 0700.
+
+Stored data cannot change silently: every event and snapshot row carries a
+checksum of what it stores (see `row_checksum`), written with the row and
+verified whenever the row is read. The file records its schema version
+(`PRAGMA user_version`, `SCHEMA_VERSION`); a journal from a newer version is
+refused, and one from before checksums (version 0) is migrated on open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import queue
@@ -41,7 +48,7 @@ from saga_actors.persistence.journal import (
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 
-__all__ = ["NotAJournal", "SQLiteJournal"]
+__all__ = ["SCHEMA_VERSION", "NotAJournal", "SQLiteJournal", "row_checksum"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL,
     version INTEGER NOT NULL,
     data TEXT NOT NULL,
+    checksum TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (persistence_id, sequence_nr)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -67,9 +75,48 @@ CREATE TABLE IF NOT EXISTS snapshots (
     type TEXT NOT NULL,
     version INTEGER NOT NULL,
     data TEXT NOT NULL,
+    checksum TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (persistence_id, sequence_nr)
 ) WITHOUT ROWID;
 """
+
+# The schema this library writes, recorded in the file as `PRAGMA user_version`.
+# 0: the first schema, without checksums (user_version never set); migrated on open.
+# 1: a `checksum` column on events and snapshots.
+SCHEMA_VERSION = 1
+
+# The columns of each table, by schema version: anything else is refused.
+_PAYLOAD_COLUMNS = ("persistence_id", "sequence_nr", "timestamp", "type", "version", "data")
+COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
+    0: {
+        "streams": ("persistence_id", "highest_sequence_nr", "deleted_to"),
+        "events": _PAYLOAD_COLUMNS,
+        "snapshots": _PAYLOAD_COLUMNS,
+    },
+    1: {
+        "streams": ("persistence_id", "highest_sequence_nr", "deleted_to"),
+        "events": (*_PAYLOAD_COLUMNS, "checksum"),
+        "snapshots": (*_PAYLOAD_COLUMNS, "checksum"),
+    },
+}
+
+# From version 0 to 1: the column as SCHEMA declares it, then every row's checksum.
+_MIGRATION_TO_1 = """
+ALTER TABLE events ADD COLUMN checksum TEXT NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN checksum TEXT NOT NULL DEFAULT '';
+UPDATE events SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data);
+UPDATE snapshots SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data);
+PRAGMA user_version = 1;
+"""
+
+_INSERT_EVENTS = (
+    "INSERT INTO events (persistence_id, sequence_nr, timestamp, type, version, data, checksum) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SNAPSHOT = (
+    "INSERT OR REPLACE INTO snapshots "
+    "(persistence_id, sequence_nr, timestamp, type, version, data, checksum) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -101,6 +148,31 @@ class NotAJournal(JournalCorrupted):
 
     def __reduce__(self) -> tuple[type[NotAJournal], tuple[str, str]]:
         return type(self), (self.path, self.problem)
+
+
+def row_checksum(persistence_id: str, sequence_nr: int, type_name: str, version: int, data: str) -> str:
+    """The checksum stored with an event or snapshot row: 16 hex digits (64 bits) of SHA-256.
+
+    Over the row's place and payload, framed so no two rows share an input:
+    `f"{len(persistence_id)}:{persistence_id}:{sequence_nr}:{len(type_name)}:{type_name}:{version}:{data}"`
+    in UTF-8. The place is included so that a row copied or moved to another
+    stream or sequence number is caught as well as a changed one; the
+    timestamp is left out (it is not part of any state).
+
+    Why SHA-256 cut to 64 bits rather than CRC32: CRC32 reliably catches a
+    burst of flipped bits, but any other change (two digits edited, a
+    tool rewriting a row) slips through once in 2**32, which a journal of
+    millions of rows can meet; 64 bits of a cryptographic hash make an
+    undetected change of any kind practically impossible, at under a
+    microsecond per row (computed in Python while encoding: no extra query).
+    It is a checksum against damage and mistakes, not a signature: anyone
+    who can write the file can also recompute it. Raises nothing for str/int
+    arguments.
+    """
+    framed = (
+        f"{len(persistence_id)}:{persistence_id}:{sequence_nr}:{len(type_name)}:{type_name}:{version}:{data}"
+    )
+    return hashlib.sha256(framed.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class _Operation:
@@ -176,11 +248,21 @@ class SQLiteJournal:
         this process's id. Makes the journal, its `-wal`/`-shm` and the lock
         file owner-only (0600) and any directory it creates 0700.
 
+        A new journal is created at `SCHEMA_VERSION`. A journal of schema
+        version 0 (made before checksums) is migrated in one transaction: the
+        `checksum` columns are added, every stored row's checksum is computed
+        from what it holds now (the migration cannot know what was written
+        before; rows that do not decode still fail when read), and the version
+        is set to 1. An interrupted migration leaves the file at version 0.
+
         Raises `JournalInUse` if another journal object, in this process or
         another, has the file open; `NotAJournal` (a `JournalCorrupted`) if the
-        file exists but is empty or not a SQLite database; `OSError` or
-        `sqlite3.Error` if the file cannot be created or opened. A failed open
-        leaves nothing running, nothing open and nothing locked.
+        file exists but is empty, not a SQLite database, a database without the
+        journal's tables or columns, or a journal of a newer schema version than
+        `SCHEMA_VERSION` (the message names both versions; such a file is left
+        exactly as it was); `OSError` or `sqlite3.Error` if the file cannot be
+        created, opened or migrated. A failed open leaves nothing running,
+        nothing open and nothing locked.
         """
         if not self._closed:
             return
@@ -194,9 +276,10 @@ class SQLiteJournal:
             # other paths too (a symlink, a hard link, a lock file deleted by
             # hand): lock the file's inode as well.
             file_fd = _lock_file_itself(self.path, lock_fd)
-            _check_schema(self.path)
+            version = _check_schema(self.path)
             writer = self._connect(self._synchronous)
-            writer.executescript(SCHEMA)
+            if version < SCHEMA_VERSION:
+                _migrate(writer, self.path, version)
             reader = self._connect(self._synchronous)
             self._writer, self._reader, self._lock_fd, self._file_fd = writer, reader, lock_fd, file_fd
             self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -229,6 +312,13 @@ class SQLiteJournal:
     # --- journal ---
 
     def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
+        """Store `events` atomically after `expected_sequence_nr`, each with its checksum; return the new highest.
+
+        Raises SerializationError (before anything is written) if an event
+        cannot be encoded, ConcurrencyError if `expected_sequence_nr` is not
+        the stream's highest, RuntimeError if the journal is closed, and
+        `sqlite3.Error` or OSError if the transaction fails.
+        """
         highest: int = self._submit(
             _Operation(append=self._rows(persistence_id, events, expected_sequence_nr))
         )
@@ -253,10 +343,12 @@ class SQLiteJournal:
     ) -> tuple[str, int, list[tuple[Any, ...]]]:
         # Encode in the caller's thread: a value that cannot be stored fails here, at its source.
         now = time.time()
-        rows = [
-            (persistence_id, expected_sequence_nr + i, now, *self.codec.encode(event))
-            for i, event in enumerate(events, start=1)
-        ]
+        encode = self.codec.encode
+        rows = []
+        for sequence_nr, event in enumerate(events, start=expected_sequence_nr + 1):
+            type_name, version, data = encode(event)
+            checksum = row_checksum(persistence_id, sequence_nr, type_name, version, data)
+            rows.append((persistence_id, sequence_nr, now, type_name, version, data, checksum))
         return persistence_id, expected_sequence_nr, rows
 
     def replay(
@@ -266,6 +358,15 @@ class SQLiteJournal:
         to_sequence_nr: int = MAX_SEQUENCE_NR,
         max_count: int = MAX_SEQUENCE_NR,
     ) -> list[PersistentEvent]:
+        """Events with from <= sequence_nr <= to, oldest first, at most `max_count`.
+
+        Every row read is checked: raises `JournalCorrupted` naming the
+        persistence id and sequence number if an event is missing (a gap, or
+        fewer rows than the stream's highest promises), if its checksum does
+        not match what it stores (changed after it was written), or if it does
+        not decode (unknown type, unreadable JSON, a malformed value, fields
+        that do not fit).
+        """
         with self._reader_lock:
             self._reader.execute("BEGIN")
             try:
@@ -282,7 +383,7 @@ class SQLiteJournal:
                     return []
                 limit = min(max_count, end - start + 1)
                 rows = self._reader.execute(
-                    "SELECT sequence_nr, timestamp, type, version, data FROM events "
+                    "SELECT sequence_nr, timestamp, type, version, data, checksum FROM events "
                     "WHERE persistence_id = ? AND sequence_nr BETWEEN ? AND ? "
                     "ORDER BY sequence_nr LIMIT ?",
                     (persistence_id, start, end, limit),
@@ -290,7 +391,9 @@ class SQLiteJournal:
             finally:
                 self._reader.execute("COMMIT")
         result = []
-        for expected, (sequence_nr, timestamp, type_name, version, data) in enumerate(rows, start=start):
+        for expected, (sequence_nr, timestamp, type_name, version, data, checksum) in enumerate(
+            rows, start=start
+        ):
             if sequence_nr != expected:
                 raise JournalCorrupted(
                     persistence_id, expected, f"event missing (next stored is #{sequence_nr})"
@@ -299,7 +402,7 @@ class SQLiteJournal:
                 PersistentEvent(
                     persistence_id,
                     sequence_nr,
-                    self._decode(persistence_id, sequence_nr, type_name, version, data),
+                    self._decode(persistence_id, sequence_nr, type_name, version, data, checksum),
                     timestamp,
                 )
             )
@@ -355,25 +458,38 @@ class SQLiteJournal:
     # --- snapshots ---
 
     def save_snapshot(self, persistence_id: str, sequence_nr: int, snapshot: Any) -> None:
-        row = (persistence_id, sequence_nr, time.time(), *self.codec.encode(snapshot))
+        """Store `snapshot` (with its checksum) as the state after event `sequence_nr`, replacing one there.
+
+        Raises SerializationError if it cannot be encoded, RuntimeError if the
+        journal is closed, `sqlite3.Error` or OSError if the write fails.
+        """
+        type_name, version, data = self.codec.encode(snapshot)
+        checksum = row_checksum(persistence_id, sequence_nr, type_name, version, data)
+        row = (persistence_id, sequence_nr, time.time(), type_name, version, data, checksum)
 
         def run(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?)", row)
+            db.execute(_INSERT_SNAPSHOT, row)
 
         self._submit(_Operation(run))
 
     def load_snapshot(
         self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
     ) -> SelectedSnapshot | None:
+        """The most recent snapshot at or below `max_sequence_nr`, if any.
+
+        Raises `JournalCorrupted` naming the persistence id and the snapshot's
+        sequence number if its checksum does not match or it does not decode;
+        an older snapshot is not silently used instead.
+        """
         row = self._read_one(
-            "SELECT sequence_nr, timestamp, type, version, data FROM snapshots "
+            "SELECT sequence_nr, timestamp, type, version, data, checksum FROM snapshots "
             "WHERE persistence_id = ? AND sequence_nr <= ? ORDER BY sequence_nr DESC LIMIT 1",
             (persistence_id, max_sequence_nr),
         )
         if row is None:
             return None
-        sequence_nr, timestamp, type_name, version, data = row
-        snapshot = self._decode(persistence_id, sequence_nr, type_name, version, data, "snapshot")
+        sequence_nr, timestamp, type_name, version, data, checksum = row
+        snapshot = self._decode(persistence_id, sequence_nr, type_name, version, data, checksum, "snapshot")
         return SelectedSnapshot(persistence_id, sequence_nr, snapshot, timestamp)
 
     # --- lifecycle ---
@@ -419,12 +535,32 @@ class SQLiteJournal:
         type_name: str,
         version: int,
         data: str,
+        checksum: str,
         what: str = "event",
     ) -> Any:
+        """The stored value, once its checksum and decoding both pass; else JournalCorrupted.
+
+        A row that does not decode is reported as such (with "checksum does not
+        match too" if it was also changed after it was written); one that
+        decodes but does not match its checksum is reported as changed.
+        """
+        expected = row_checksum(persistence_id, sequence_nr, type_name, version, data)
+        changed = checksum != expected
         try:
-            return self.codec.decode(type_name, version, data)
+            value = self.codec.decode(type_name, version, data)
         except SerializationError as error:
-            raise JournalCorrupted(persistence_id, sequence_nr, f"{what}: {error}") from None
+            problem = f"{what}: {error}"
+            if changed:
+                problem += f" (and its checksum does not match: {_checksum_problem(checksum, expected)})"
+            raise JournalCorrupted(persistence_id, sequence_nr, problem) from error
+        if changed:
+            raise JournalCorrupted(
+                persistence_id,
+                sequence_nr,
+                f"{what}: checksum does not match, the stored {type_name} changed after it was written "
+                f"({_checksum_problem(checksum, expected)})",
+            )
+        return value
 
     def _submit(self, operation: _Operation) -> Any:
         if self._closed:
@@ -518,7 +654,7 @@ class SQLiteJournal:
     def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]], highest: dict[str, int]) -> None:
         if not rows:
             return
-        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+        db.executemany(_INSERT_EVENTS, rows)
         db.executemany(
             "INSERT INTO streams (persistence_id, highest_sequence_nr) VALUES (?, ?) "
             "ON CONFLICT (persistence_id) DO UPDATE SET highest_sequence_nr = excluded.highest_sequence_nr",
@@ -577,14 +713,30 @@ def _lock_file_itself(path: str, lock_fd: int) -> int:
     return fd
 
 
-def _check_schema(path: str) -> None:
-    """Refuse a SQLite database that is not a journal (another program's, or tables dropped).
+def _checksum_problem(stored: str, expected: str) -> str:
+    if not stored:
+        return f"no checksum stored, its data gives {expected}"
+    return f"stored {stored}, its data gives {expected}"
 
-    Reads it read-only first: a database that is refused is left exactly as it was.
+
+def _check_schema(path: str) -> int:
+    """Refuse a SQLite database that is not a journal this library can use; return its schema version.
+
+    Refused with NotAJournal: another program's database, tables dropped or
+    columns missing (damaged), or a schema this library does not know: a
+    `user_version` above SCHEMA_VERSION, or columns beyond the ones its
+    version has (a newer library's). Reads it read-only: a database that is
+    refused is left exactly as it was.
     """
     db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro", uri=True)
     try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = {
+            table: tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+            for table in ("streams", "events", "snapshots")
+            if table in tables
+        }
     finally:
         db.close()
     missing = {"streams", "events", "snapshots"} - tables
@@ -596,6 +748,61 @@ def _check_schema(path: str) -> None:
             + (f"; it holds {', '.join(others[:5])}" if others else "")
             + "): not a journal, or a damaged one",
         )
+    if version not in COLUMNS:
+        raise NotAJournal(
+            path,
+            f"its schema version is {version} (PRAGMA user_version), and this library reads versions "
+            f"0 to {SCHEMA_VERSION} and writes version {SCHEMA_VERSION}"
+            + (": made by a newer saga-actors? Open it with that version" if version > SCHEMA_VERSION else ""),
+        )
+    for table, expected in COLUMNS[version].items():
+        found = columns[table]
+        unknown = [c for in_file in (found,) for c in in_file if c not in expected]
+        lacking = [c for c in expected if c not in found]
+        if unknown:
+            raise NotAJournal(
+                path,
+                f"its {table} table has columns this library does not know ({', '.join(unknown)}) "
+                f"for schema version {version}; this library writes version {SCHEMA_VERSION}: "
+                "made by a newer saga-actors?",
+            )
+        if lacking:
+            raise NotAJournal(
+                path,
+                f"its {table} table lacks columns of schema version {version} "
+                f"({', '.join(lacking)}): damaged, or not a journal",
+            )
+    return int(version)
+
+
+def _migrate(db: sqlite3.Connection, path: str, version: int) -> None:
+    """Bring a journal of schema `version` to SCHEMA_VERSION, in one transaction.
+
+    0 -> 1: add the checksum columns and fill them from the rows as stored.
+    Raises `sqlite3.Error` if it fails; the file is then left as it was.
+    """
+    assert version == 0, version  # _check_schema admits no other
+    db.create_function("journal_row_checksum", 5, row_checksum, deterministic=True)
+    started = time.monotonic()
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _MIGRATION_TO_1.strip().split(";\n"):
+            db.execute(statement)
+        events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        snapshots = db.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    logger.info(
+        "journal %s: schema version 0 -> %d: checksums added to %d events and %d snapshots in %.2f s",
+        path,
+        SCHEMA_VERSION,
+        events,
+        snapshots,
+        time.monotonic() - started,
+    )
 
 
 def _release_lock(fd: int) -> None:
@@ -701,7 +908,7 @@ def _create_journal_file(path: str) -> None:
     try:
         db = sqlite3.connect(creating, isolation_level=None)
         try:
-            db.executescript(f"BEGIN; {SCHEMA} COMMIT;")
+            db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         finally:
             db.close()
         fd = os.open(creating, os.O_RDONLY | os.O_CLOEXEC)
