@@ -4,7 +4,11 @@
     python -m saga_actors.persistence JOURNAL ID         # every event about ID, in time order
 
 The tool reads the stored JSON directly, so it needs none of the
-application's classes and never changes the file.
+application's classes and never changes the file. It verifies each row's
+checksum (see `row_checksum`): the summary counts and names rows that changed
+after they were written (exit status 1 if there are any), the history marks
+them. A journal of a newer schema version than this library's is refused
+(exit status 2), as the library refuses it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import sqlite3
 import sys
 import urllib.parse
 from typing import Any
+
+from saga_actors.persistence.sqlite import SCHEMA_VERSION, row_checksum
 
 # The saga engine's conventions (sagas/): streams named "saga:<name>:<id>",
 # finished once their last event is one of these.
@@ -36,7 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(args.journal))}?mode=ro", uri=True)
     try:
-        return history(db, args.id) if args.id else summary(db, args.journal)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            print(
+                f"error: {args.journal} has schema version {version}; this library reads versions "
+                f"0 to {SCHEMA_VERSION} (made by a newer saga-actors?)",
+                file=sys.stderr,
+            )
+            return 2
+        checked = version >= 1  # version 0 was written before checksums
+        return history(db, args.id, checked) if args.id else summary(db, args.journal, checked)
     except sqlite3.DatabaseError as error:
         print(f"error: {args.journal} is not a readable journal: {error}", file=sys.stderr)
         return 2
@@ -44,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         db.close()
 
 
-def summary(db: sqlite3.Connection, path: str) -> int:
+def summary(db: sqlite3.Connection, path: str, checked: bool = True) -> int:
     streams = db.execute(
         "SELECT s.persistence_id, s.highest_sequence_nr, s.deleted_to, "
         "  (SELECT count(*) FROM events e WHERE e.persistence_id = s.persistence_id), "
@@ -80,29 +95,69 @@ def summary(db: sqlite3.Connection, path: str) -> int:
             print(f"  ... and {len(unfinished) - 50} more")
     else:
         print("unfinished sagas: none")
-    return 0
+    print()
+    if not checked:
+        print("checksums: none stored (schema version 0); added when the journal is next opened to write")
+        return 0
+    changed = [
+        (what, pid, sequence_nr)
+        for what in ("events", "snapshots")
+        for pid, sequence_nr, type_name, version, data, checksum in db.execute(
+            f"SELECT persistence_id, sequence_nr, type, version, data, checksum FROM {what} "
+            "ORDER BY persistence_id, sequence_nr"
+        )
+        if checksum != row_checksum(pid, sequence_nr, type_name, version, data)
+    ]
+    if not changed:
+        print("checksums: every event and snapshot matches")
+        return 0
+    print(f"checksums: {len(changed)} rows do NOT match: changed after they were written")
+    for what, pid, sequence_nr in changed[:50]:
+        print(f"  {what[:-1]} {pid} #{sequence_nr}")
+    if len(changed) > 50:
+        print(f"  ... and {len(changed) - 50} more")
+    return 1
 
 
-def history(db: sqlite3.Connection, wanted: str) -> int:
+def history(db: sqlite3.Connection, wanted: str, checked: bool = True) -> int:
+    checksum = "checksum" if checked else "NULL"
     candidates = db.execute(
-        "SELECT persistence_id, sequence_nr, timestamp, type, version, data FROM events "
+        f"SELECT persistence_id, sequence_nr, timestamp, type, version, data, {checksum} FROM events "
         "WHERE persistence_id = ? OR persistence_id LIKE ? ESCAPE '\\' OR instr(data, ?) > 0",
         (wanted, "%:" + _escape_like(wanted), json.dumps(wanted)),
     ).fetchall()
     rows = [
         row
         for row in candidates
-        if row[0] == wanted or row[0].endswith(":" + wanted) or _mentions(json.loads(row[5]), wanted)
+        if row[0] == wanted or row[0].endswith(":" + wanted) or _mentions(_loads(row[5]), wanted)
     ]
     if not rows:
         print(f"no event mentions {wanted!r}")
         return 1
     rows.sort(key=lambda r: (r[2], r[0], r[1]))
     print(f"{len(rows)} events about {wanted!r}:")
-    for pid, sequence_nr, timestamp, type_name, version, data in rows:
+    for pid, sequence_nr, timestamp, type_name, version, data, stored in rows:
         when = datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="milliseconds")
-        print(f"  {when}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {_plain(json.loads(data))}")
+        value = _loads(data)
+        shown = _plain(value) if value is not _UNREADABLE else f"{data[:200]!r} (unreadable JSON)"
+        mark = (
+            "  [CHECKSUM DOES NOT MATCH: changed after it was written]"
+            if checked and stored != row_checksum(pid, sequence_nr, type_name, version, data)
+            else ""
+        )
+        print(f"  {when}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {shown}{mark}")
     return 0
+
+
+_UNREADABLE = object()
+
+
+def _loads(data: str) -> Any:
+    """The stored JSON, or _UNREADABLE: a damaged row is shown, not a traceback."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return _UNREADABLE
 
 
 def _group(persistence_id: str) -> str:

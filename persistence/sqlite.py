@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL,
     version INTEGER NOT NULL,
     data TEXT NOT NULL,
-    checksum TEXT NOT NULL DEFAULT '',
+    checksum INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (persistence_id, sequence_nr)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     type TEXT NOT NULL,
     version INTEGER NOT NULL,
     data TEXT NOT NULL,
-    checksum TEXT NOT NULL DEFAULT '',
+    checksum INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (persistence_id, sequence_nr)
 ) WITHOUT ROWID;
 """
@@ -101,13 +101,13 @@ COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
 }
 
 # From version 0 to 1: the column as SCHEMA declares it, then every row's checksum.
-_MIGRATION_TO_1 = """
-ALTER TABLE events ADD COLUMN checksum TEXT NOT NULL DEFAULT '';
-ALTER TABLE snapshots ADD COLUMN checksum TEXT NOT NULL DEFAULT '';
-UPDATE events SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data);
-UPDATE snapshots SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data);
-PRAGMA user_version = 1;
-"""
+_MIGRATION_TO_1 = (
+    "ALTER TABLE events ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE snapshots ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0",
+    "UPDATE events SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data)",
+    "UPDATE snapshots SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data)",
+    "PRAGMA user_version = 1",
+)
 
 _INSERT_EVENTS = (
     "INSERT INTO events (persistence_id, sequence_nr, timestamp, type, version, data, checksum) "
@@ -150,29 +150,32 @@ class NotAJournal(JournalCorrupted):
         return type(self), (self.path, self.problem)
 
 
-def row_checksum(persistence_id: str, sequence_nr: int, type_name: str, version: int, data: str) -> str:
-    """The checksum stored with an event or snapshot row: 16 hex digits (64 bits) of SHA-256.
+def row_checksum(persistence_id: str, sequence_nr: int, type_name: str, version: int, data: str) -> int:
+    """The checksum stored with an event or snapshot row: the first 64 bits of SHA-256, as a signed int.
 
     Over the row's place and payload, framed so no two rows share an input:
     `f"{len(persistence_id)}:{persistence_id}:{sequence_nr}:{len(type_name)}:{type_name}:{version}:{data}"`
-    in UTF-8. The place is included so that a row copied or moved to another
-    stream or sequence number is caught as well as a changed one; the
+    in UTF-8; the first 8 bytes of the digest, big-endian, signed (SQLite's
+    INTEGER range). The place is included so that a row copied or moved to
+    another stream or sequence number is caught as well as a changed one; the
     timestamp is left out (it is not part of any state).
 
     Why SHA-256 cut to 64 bits rather than CRC32: CRC32 reliably catches a
-    burst of flipped bits, but any other change (two digits edited, a
-    tool rewriting a row) slips through once in 2**32, which a journal of
-    millions of rows can meet; 64 bits of a cryptographic hash make an
-    undetected change of any kind practically impossible, at under a
-    microsecond per row (computed in Python while encoding: no extra query).
-    It is a checksum against damage and mistakes, not a signature: anyone
-    who can write the file can also recompute it. Raises nothing for str/int
-    arguments.
+    burst of flipped bits, but any other change (two digits edited, a tool
+    rewriting a row) slips through once in 2**32, which a journal of millions
+    of rows can meet; 64 bits of a cryptographic hash make an undetected
+    change of any kind practically impossible, at under a microsecond per row
+    (computed in Python while encoding: no extra query). Stored as an
+    INTEGER, not hex text: 8 bytes a row, and no runs of digits in the file
+    that a search for sensitive numbers (a CVV) would trip over. It is a
+    checksum against damage and mistakes, not a signature: anyone who can
+    write the file can also recompute it. Raises nothing for str/int arguments.
     """
     framed = (
         f"{len(persistence_id)}:{persistence_id}:{sequence_nr}:{len(type_name)}:{type_name}:{version}:{data}"
     )
-    return hashlib.sha256(framed.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    digest = hashlib.sha256(framed.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 class _Operation:
@@ -312,7 +315,7 @@ class SQLiteJournal:
     # --- journal ---
 
     def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
-        """Store `events` atomically after `expected_sequence_nr`, each with its checksum; return the new highest.
+        """Store `events` atomically after `expected_sequence_nr`, with checksums; return the new highest.
 
         Raises SerializationError (before anything is written) if an event
         cannot be encoded, ConcurrencyError if `expected_sequence_nr` is not
@@ -535,14 +538,14 @@ class SQLiteJournal:
         type_name: str,
         version: int,
         data: str,
-        checksum: str,
+        checksum: object,
         what: str = "event",
     ) -> Any:
         """The stored value, once its checksum and decoding both pass; else JournalCorrupted.
 
-        A row that does not decode is reported as such (with "checksum does not
-        match too" if it was also changed after it was written); one that
-        decodes but does not match its checksum is reported as changed.
+        A row that does not decode is reported as such, first (adding "and its
+        checksum does not match" if it was also changed after it was written);
+        one that decodes but does not match its checksum is reported as changed.
         """
         expected = row_checksum(persistence_id, sequence_nr, type_name, version, data)
         changed = checksum != expected
@@ -713,10 +716,15 @@ def _lock_file_itself(path: str, lock_fd: int) -> int:
     return fd
 
 
-def _checksum_problem(stored: str, expected: str) -> str:
-    if not stored:
-        return f"no checksum stored, its data gives {expected}"
-    return f"stored {stored}, its data gives {expected}"
+def _checksum_problem(stored: object, expected: int) -> str:
+    if stored == 0 or stored == "":
+        return f"no checksum stored, its data gives {_hex(expected)}"
+    shown = _hex(stored) if isinstance(stored, int) else repr(stored)
+    return f"stored {shown}, its data gives {_hex(expected)}"
+
+
+def _hex(checksum: int) -> str:
+    return f"{checksum & 0xFFFF_FFFF_FFFF_FFFF:016x}"
 
 
 def _check_schema(path: str) -> int:
@@ -753,11 +761,13 @@ def _check_schema(path: str) -> int:
             path,
             f"its schema version is {version} (PRAGMA user_version), and this library reads versions "
             f"0 to {SCHEMA_VERSION} and writes version {SCHEMA_VERSION}"
-            + (": made by a newer saga-actors? Open it with that version" if version > SCHEMA_VERSION else ""),
+            + (
+                ": made by a newer saga-actors? Open it with that version" if version > SCHEMA_VERSION else ""
+            ),
         )
     for table, expected in COLUMNS[version].items():
         found = columns[table]
-        unknown = [c for in_file in (found,) for c in in_file if c not in expected]
+        unknown = [c for c in found if c not in expected]
         lacking = [c for c in expected if c not in found]
         if unknown:
             raise NotAJournal(
@@ -786,7 +796,7 @@ def _migrate(db: sqlite3.Connection, path: str, version: int) -> None:
     started = time.monotonic()
     try:
         db.execute("BEGIN IMMEDIATE")
-        for statement in _MIGRATION_TO_1.strip().split(";\n"):
+        for statement in _MIGRATION_TO_1:
             db.execute(statement)
         events = db.execute("SELECT count(*) FROM events").fetchone()[0]
         snapshots = db.execute("SELECT count(*) FROM snapshots").fetchone()[0]
