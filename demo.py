@@ -14,6 +14,7 @@ status 1 if a check fails (2 for bad options).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -299,8 +300,11 @@ def place_all(
         progress.record(outcome)
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
+    pool = ThreadPoolExecutor(concurrency)
+    try:
         list(pool.map(place, requests))
+    finally:  # interrupted: do not place the orders not yet started
+        pool.shutdown(wait=True, cancel_futures=True)
     result.elapsed = time.perf_counter() - started
     progress.finish()
     return result
@@ -537,19 +541,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pykka").setLevel(logging.CRITICAL)  # simulated crashes are expected
     out = sys.stderr if (args.json or args.child) else sys.stdout
-    with tempfile.TemporaryDirectory(prefix="saga-demo-") as folder:
-        journal = args.journal or os.path.join(folder, "journal.db")
-        if not args.child:
-            out.write(f"journal: {journal}{'' if args.journal else ' (temporary)'}\n")
-        try:
-            summary = (
-                kill_and_recover(args, journal, out)
-                if args.kill_and_recover
-                else simulate(args, journal, out)
-            )
-        except JournalInUse as in_use:
-            sys.stderr.write(f"demo.py: {in_use}\n")
-            return 2
+    # SIGTERM stops the demo as Ctrl-C does: the system stops, the temporary journal is removed.
+    signal.signal(signal.SIGTERM, _interrupted)
+    # A temporary folder only when no journal is given (a child always gets one: it is
+    # SIGKILLed, and would leave its own folder behind).
+    folder_or_none = tempfile.TemporaryDirectory(prefix="saga-demo-") if args.journal is None else None
+    try:
+        with folder_or_none or contextlib.nullcontext():
+            journal = args.journal or os.path.join(folder_or_none.name, "journal.db")  # type: ignore[union-attr]
+            if not args.child:
+                out.write(f"journal: {journal}{'' if args.journal else ' (temporary)'}\n")
+            run = kill_and_recover if args.kill_and_recover else simulate
+            summary = run(args, journal, out)
+    except JournalInUse as in_use:
+        sys.stderr.write(f"demo.py: {in_use}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("\ndemo.py: interrupted\n")
+        return 130
     if args.child:
         return 0
     if args.json:
@@ -558,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_summary(summary, out)
     return 0 if summary["ok"] else 1
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -156,3 +156,64 @@ def test_the_live_progress_line_fits_the_terminal(columns):
 def test_an_absurd_number_of_orders_is_refused():
     result = run_demo("--orders", "99999999999999999999")
     assert result.returncode == 2 and "--orders is limited" in result.stderr
+
+
+def test_a_slow_wire_rolls_nothing_back_for_retries_exhausted():
+    """The issue's input: every attempt times out (0.5 s) before its answer (0.5-1.0 s) comes back."""
+    result = run_demo("--latency", "0.5,1.0", "--orders", "5", "--concurrency", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert "retries_exhausted" not in summary["orders"]["cancelled_by_reason"]
+    assert summary["performance"]["seconds"] < 30  # it took 181 s before
+
+
+def test_a_service_that_refuses_everything_ends_every_order_and_the_checks_say_so():
+    result = run_demo(
+        "--failure-rate", "1.0", "--crash-rate", "0", "--orders", "10", "--concurrency", "10", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    checks = {c["name"]: c["ok"] for c in summary["checks"]}
+    assert checks["no saga in flight"] and checks["every caller got its outcome"]
+    assert summary["orders"]["cancelled_by_reason"] == {"retries_exhausted": 10}
+
+
+def test_the_demo_leaves_no_temporary_folder_behind(tmp_path):
+    import os
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for extra in ([], ["--kill-and-recover"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "demo.py"), *SMALL, "--json", *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert list(tmp_path.iterdir()) == [], extra
+
+
+def test_sigterm_stops_the_demo_cleanly(tmp_path):
+    import os
+    import signal
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "demo.py"), "--orders", "100000", "--latency", "0.01,0.02"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None
+    first = child.stdout.readline()
+    assert first.startswith("journal: ")
+    assert "answered" in child.stdout.readline()  # under way (a progress line comes each second)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # the temporary journal is gone
