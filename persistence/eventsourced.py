@@ -60,6 +60,7 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.snapshot_every = snapshot_every
         self.state: S = self.initial_state()
         self.sequence_nr = 0
+        self._last_snapshot_nr = 0  # the newest snapshot this actor knows of
         self.exit_reason: BaseException | None = None
         self._recovery_waiter = _recovery_waiter.get()
 
@@ -121,6 +122,7 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
             snapshot = self.journal.load_snapshot(self.persistence_id)
             if snapshot is not None:
                 state, after = snapshot.snapshot, snapshot.sequence_nr
+        self._last_snapshot_nr = after
         count = 0
         for stored in self.journal.replay(self.persistence_id, from_sequence_nr=after + 1):
             state = self.apply_event(state, stored.event)
@@ -185,3 +187,8 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
             # failed), so a snapshot is never ahead of the stored events.
             self.journal.append(self.persistence_id, [], self.sequence_nr)
             self.journal.save_snapshot(self.persistence_id, self.sequence_nr, self.state)
+            # Keep the newest two (the one before the newest covers a newest that
+            # turns out unreadable); superseded ones only cost space.
+            if self._last_snapshot_nr:
+                self.journal.delete_snapshots(self.persistence_id, self._last_snapshot_nr - 1)
+            self._last_snapshot_nr = self.sequence_nr

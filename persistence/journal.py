@@ -181,6 +181,14 @@ class SnapshotStore(Protocol):
         """The most recent snapshot at or below `max_sequence_nr`, if any."""
         ...
 
+    def delete_snapshots(self, persistence_id: str, max_sequence_nr: int) -> None:
+        """Delete the snapshots at or below `max_sequence_nr` (superseded ones); later ones stay.
+
+        After Akka's `deleteSnapshots(persistenceId, SnapshotSelectionCriteria(maxSequenceNr))`.
+        Deleting what is not there is not an error.
+        """
+        ...
+
 
 class InMemoryJournal:
     """A journal and snapshot store in dicts: fast, thread-safe, gone with the process."""
@@ -263,6 +271,12 @@ class InMemoryJournal:
         stored = SelectedSnapshot(persistence_id, sequence_nr, copy.deepcopy(snapshot), time.time())
         with self._lock:
             self._snapshots.setdefault(persistence_id, {})[sequence_nr] = stored
+
+    def delete_snapshots(self, persistence_id: str, max_sequence_nr: int) -> None:
+        with self._lock:
+            stored = self._snapshots.get(persistence_id, {})
+            for sequence_nr in [n for n in stored if n <= max_sequence_nr]:
+                del stored[sequence_nr]
 
     def load_snapshot(
         self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR

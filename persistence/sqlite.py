@@ -475,6 +475,20 @@ class SQLiteJournal:
 
         self._submit(_Operation(run))
 
+    def delete_snapshots(self, persistence_id: str, max_sequence_nr: int) -> None:
+        """Delete the snapshots of `persistence_id` at or below `max_sequence_nr`, in the writer's thread.
+
+        Raises RuntimeError if the journal is closed, `sqlite3.Error` or OSError if the write fails.
+        """
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM snapshots WHERE persistence_id = ? AND sequence_nr <= ?",
+                (persistence_id, max_sequence_nr),
+            )
+
+        self._submit(_Operation(run))
+
     def load_snapshot(
         self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
     ) -> SelectedSnapshot | None:

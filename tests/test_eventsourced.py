@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
 import time
 
-from saga_actors.actors.inventory import InventoryActor, ReserveStock, StockProducts
+from saga_actors.actors.inventory import GetStock, InventoryActor, ReserveStock, StockProducts
 from saga_actors.actors.validation import OrderItem
 from saga_actors.persistence import InMemoryJournal
 from saga_actors.sagas.protocol import Correlation, Reply, Request
@@ -79,3 +80,39 @@ def test_a_failed_write_stops_the_actor_and_nothing_is_told():
         time.sleep(0.01)
     assert not actor.is_alive()
     assert inbox.messages.empty()
+
+
+def test_superseded_snapshots_are_deleted_and_recovery_uses_the_newest(tmp_path):
+    from saga_actors.actors.codec import order_codec
+    from saga_actors.persistence import SQLiteJournal
+
+    journal = SQLiteJournal(str(tmp_path / "j.db"), order_codec())
+    try:
+        actor = InventoryActor.start_recovered(journal, snapshot_every=3, timeout=10)
+        try:
+            actor.ask(StockProducts(((1, 100),)))
+            inbox = Inbox()
+            for i in range(20):  # 20 reservations: a snapshot every 3 events
+                actor.tell(reserve(f"o{i}", inbox))
+            replies = [inbox.messages.get(timeout=5) for _ in range(20)]
+            assert all(r.ok for r in replies)
+        finally:
+            actor.stop()
+        journal.flush()
+        reader = sqlite3.connect(tmp_path / "j.db")
+        try:
+            query = (
+                "SELECT sequence_nr FROM snapshots WHERE persistence_id = 'inventory' ORDER BY sequence_nr"
+            )
+            kept = [row[0] for row in reader.execute(query)]
+        finally:
+            reader.close()
+        assert 1 <= len(kept) <= 2, kept  # the newest and the one before it, not one per 3 events
+        again = InventoryActor.start_recovered(journal, snapshot_every=3, timeout=10)
+        try:
+            stock = again.ask(GetStock())
+            assert stock[1].reserved == 20 and stock[1].on_hand == 100
+        finally:
+            again.stop()
+    finally:
+        journal.close()

@@ -234,3 +234,13 @@ def test_open_persistence_ids_are_those_without_a_final_last_event(journal):
     journal.delete_to("job:d", 2)  # its last event is gone: it cannot be known finished
     journal.append("other", [Happened(1)], 0)
     assert journal.open_persistence_ids("job:", (Finished,)) == ["job:b", "job:c", "job:d"]
+
+
+def test_delete_snapshots_removes_those_at_or_below_the_bound(journal):
+    for n in (1, 3, 5):
+        journal.save_snapshot(PID, n, Counter(n, {}))
+    journal.delete_snapshots(PID, 3)
+    assert journal.load_snapshot(PID).sequence_nr == 5
+    assert journal.load_snapshot(PID, max_sequence_nr=4) is None
+    journal.delete_snapshots(PID, 3)  # nothing left there: not an error
+    journal.delete_snapshots("never", 10)
