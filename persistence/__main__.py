@@ -1,33 +1,65 @@
 """Inspect a SQLite journal: where a person debugging a stuck order starts.
 
     python -m saga_actors.persistence JOURNAL            # summary: streams, counts, unfinished sagas
-    python -m saga_actors.persistence JOURNAL ID         # every event about ID, in time order
+    python -m saga_actors.persistence JOURNAL ID         # every event about ID, and its sagas' state
+    python -m saga_actors.persistence --json JOURNAL [ID]  # the same as one JSON document on stdout
 
-The tool reads the stored JSON directly, so it needs none of the
-application's classes and never changes the file. It verifies each row's
-checksum (see `row_checksum`): the summary counts and names rows that changed
-after they were written (exit status 1 if there are any), the history marks
-them. A journal of a newer schema version than this library's is refused
-(exit status 2), as the library refuses it.
+The history of an id merges the events of several streams (`orders`,
+`inventory`, `payment`, `saga:order:<id>`, ...). Within one stream events are
+always shown in sequence-number order, the order they happened in; the
+streams are interleaved by timestamp, which is only as good as the clocks
+that wrote it (a clock stepped back reorders streams, never one stream's
+events). Times are shown in UTC (`...Z`).
+
+For a saga that has not finished, the inspector says what it waits for: its
+phase (forward, committed, compensating), the steps of its current stage or
+the compensations still pending, what happens to it at the next start, and
+how long ago its last event was written. Attempt numbers, and which steps of
+a stage have already answered, are not journaled, so they cannot be shown.
+
+The tool reads the stored JSON directly and never changes the file; it uses
+the application's saga definitions (those it knows: `saga:order:*`) only to
+name the steps of a stage. It verifies each row's checksum (see
+`row_checksum`): the summary counts and names rows that changed after they
+were written (exit status 1 if there are any), the history marks them. A
+journal of a newer schema version than this library's is refused (exit
+status 2), as the library refuses it.
+
+Output cut short by the reader (`... | head`) ends the tool quietly with
+exit status 141 (128 + SIGPIPE, what a tool killed by SIGPIPE reports): the
+output is incomplete, so no verdict, such as the checksums' status 0 or 1,
+is claimed.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import heapq
 import json
 import os
 import sqlite3
 import sys
+import time
 import urllib.parse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from saga_actors.persistence.sqlite import SCHEMA_VERSION, row_checksum
+
+if TYPE_CHECKING:
+    from saga_actors.sagas.definition import SagaDefinition
 
 # The saga engine's conventions (sagas/): streams named "saga:<name>:<id>",
 # finished once their last event is one of these.
 SAGA_PREFIX = "saga:"
 SAGA_FINAL_TYPES = ("SagaCompleted", "SagaAborted")
+
+# Exit status when the reader of stdout went away (`| head`): 128 + SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+
+# The clock "how long ago" is measured against (tests replace it).
+_now: Callable[[], float] = time.time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("journal", help="path of the SQLite journal file")
     parser.add_argument("id", nargs="?", help="an order id (or any id): show every event about it")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout instead of text"
+    )
     args = parser.parse_args(argv)
     if not os.path.isfile(args.journal):
         print(f"error: no journal file at {args.journal}", file=sys.stderr)
@@ -51,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         checked = version >= 1  # version 0 was written before checksums
-        return history(db, args.id, checked) if args.id else summary(db, args.journal, checked)
+        if args.id:
+            return history(db, args.id, checked, as_json=args.json)
+        return summary(db, args.journal, checked, as_json=args.json)
     except sqlite3.DatabaseError as error:
         print(f"error: {args.journal} is not a readable journal: {error}", file=sys.stderr)
         return 2
@@ -59,7 +96,25 @@ def main(argv: list[str] | None = None) -> int:
         db.close()
 
 
-def summary(db: sqlite3.Connection, path: str, checked: bool = True) -> int:
+def run_command(argv: list[str] | None = None) -> int:
+    """`main` as a command: a reader that stops reading (`| head`) ends it quietly."""
+    try:
+        status = main(argv)
+        sys.stdout.flush()  # inside the try: the last buffered output may meet the closed pipe
+        return status
+    except BrokenPipeError:
+        # Python's own flush at exit would fail again and print a traceback:
+        # point stdout at /dev/null so nothing more is written anywhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+# --- the summary -----------------------------------------------------------------
+
+
+def summary(db: sqlite3.Connection, path: str, checked: bool = True, *, as_json: bool = False) -> int:
     streams = db.execute(
         "SELECT s.persistence_id, s.highest_sequence_nr, s.deleted_to, "
         "  (SELECT count(*) FROM events e WHERE e.persistence_id = s.persistence_id), "
@@ -71,7 +126,45 @@ def summary(db: sqlite3.Connection, path: str, checked: bool = True) -> int:
         db.execute("SELECT persistence_id, max(sequence_nr) FROM snapshots GROUP BY persistence_id")
     )
     total = sum(s[3] for s in streams)
-    print(f"journal {path}: {len(streams)} streams, {total} events, {os.path.getsize(path)} bytes")
+    size = os.path.getsize(path)
+    unfinished = [s[0] for s in streams if s[0].startswith(SAGA_PREFIX) and s[4] not in SAGA_FINAL_TYPES]
+    changed = _changed_rows(db) if checked else []
+    status = 1 if changed else 0
+    now = _now()
+
+    if as_json:
+        _print_json(
+            {
+                "journal": path,
+                "size_bytes": size,
+                "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+                "now": _utc(now),
+                "streams": [
+                    {
+                        "persistence_id": pid,
+                        "events": count,
+                        "highest_sequence_nr": highest,
+                        "deleted_to": deleted_to,
+                        "snapshot_sequence_nr": snapshots.get(pid),
+                        "last_event": last,
+                    }
+                    for pid, highest, deleted_to, count, last in streams
+                ],
+                "events": total,
+                "unfinished_sagas": [saga_status(db, pid, now) for pid in unfinished],
+                "checksums": {
+                    "stored": checked,
+                    "all_match": not changed if checked else None,
+                    "mismatched": [
+                        {"table": what, "persistence_id": pid, "sequence_nr": sequence_nr}
+                        for what, pid, sequence_nr in changed
+                    ],
+                },
+            }
+        )
+        return status
+
+    print(f"journal {path}: {len(streams)} streams, {total} events, {size} bytes")
     groups: dict[str, list[Any]] = {}
     for stream in streams:
         groups.setdefault(_group(stream[0]), []).append(stream)
@@ -85,29 +178,20 @@ def summary(db: sqlite3.Connection, path: str, checked: bool = True) -> int:
         else:
             count = sum(m[3] for m in members)
             print(f"  {group + '*':<28} {count:>8} {'':>8} {'':>9}  ({len(members)} streams)")
-    unfinished = [s for s in streams if s[0].startswith(SAGA_PREFIX) and s[4] not in SAGA_FINAL_TYPES]
     print()
     if unfinished:
-        print(f"unfinished sagas ({len(unfinished)}): resumed at the next start")
-        for pid, highest, _, _, last in unfinished[:50]:
-            print(f"  {pid}  last event #{highest} {last}")
+        print(f"unfinished sagas ({len(unfinished)}): resumed at the next start; now is {_utc(now)}")
+        for pid in unfinished[:50]:
+            for line in _saga_lines(saga_status(db, pid, now)):
+                print("  " + line)
         if len(unfinished) > 50:
-            print(f"  ... and {len(unfinished) - 50} more")
+            print(f"  ... and {len(unfinished) - 50} more (--json lists them all)")
     else:
         print("unfinished sagas: none")
     print()
     if not checked:
         print("checksums: none stored (schema version 0); added when the journal is next opened to write")
         return 0
-    changed = [
-        (what, pid, sequence_nr)
-        for what in ("events", "snapshots")
-        for pid, sequence_nr, type_name, version, data, checksum in db.execute(
-            f"SELECT persistence_id, sequence_nr, type, version, data, checksum FROM {what} "
-            "ORDER BY persistence_id, sequence_nr"
-        )
-        if checksum != row_checksum(pid, sequence_nr, type_name, version, data)
-    ]
     if not changed:
         print("checksums: every event and snapshot matches")
         return 0
@@ -116,28 +200,68 @@ def summary(db: sqlite3.Connection, path: str, checked: bool = True) -> int:
         print(f"  {what[:-1]} {pid} #{sequence_nr}")
     if len(changed) > 50:
         print(f"  ... and {len(changed) - 50} more")
-    return 1
+    return status
 
 
-def history(db: sqlite3.Connection, wanted: str, checked: bool = True) -> int:
+def _changed_rows(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    return [
+        (what, pid, sequence_nr)
+        for what in ("events", "snapshots")
+        for pid, sequence_nr, type_name, version, data, checksum in db.execute(
+            f"SELECT persistence_id, sequence_nr, type, version, data, checksum FROM {what} "
+            "ORDER BY persistence_id, sequence_nr"
+        )
+        if checksum != row_checksum(pid, sequence_nr, type_name, version, data)
+    ]
+
+
+# --- the history of one id -----------------------------------------------------------
+
+
+def history(db: sqlite3.Connection, wanted: str, checked: bool = True, *, as_json: bool = False) -> int:
     checksum = "checksum" if checked else "NULL"
     candidates = db.execute(
         f"SELECT persistence_id, sequence_nr, timestamp, type, version, data, {checksum} FROM events "
         "WHERE persistence_id = ? OR persistence_id LIKE ? ESCAPE '\\' OR instr(data, ?) > 0",
         (wanted, "%:" + _escape_like(wanted), json.dumps(wanted)),
     ).fetchall()
-    rows = [
+    rows = _in_order(
         row
         for row in candidates
         if row[0] == wanted or row[0].endswith(":" + wanted) or _mentions(_loads(row[5]), wanted)
+    )
+    now = _now()
+    sagas = [
+        saga_status(db, pid, now) for pid in sorted({r[0] for r in rows if r[0].startswith(SAGA_PREFIX)})
     ]
+
+    if as_json:
+        events = []
+        for pid, sequence_nr, timestamp, type_name, version, data, stored in rows:
+            value = _loads(data)
+            event: dict[str, Any] = {
+                "persistence_id": pid,
+                "sequence_nr": sequence_nr,
+                "time": _utc(timestamp),
+                "timestamp": timestamp,
+                "type": type_name,
+                "version": version,
+                "data": None if value is _UNREADABLE else value,
+                "checksum_matches": (
+                    stored == row_checksum(pid, sequence_nr, type_name, version, data) if checked else None
+                ),
+            }
+            if value is _UNREADABLE:
+                event["unreadable_data"] = data
+            events.append(event)
+        _print_json({"id": wanted, "now": _utc(now), "events": events, "sagas": sagas})
+        return 0 if rows else 1
+
     if not rows:
         print(f"no event mentions {wanted!r}")
         return 1
-    rows.sort(key=lambda r: (r[2], r[0], r[1]))
-    print(f"{len(rows)} events about {wanted!r}:")
+    print(f"{len(rows)} events about {wanted!r} (times in UTC; each stream in sequence order):")
     for pid, sequence_nr, timestamp, type_name, version, data, stored in rows:
-        when = datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="milliseconds")
         value = _loads(data)
         shown = _plain(value) if value is not _UNREADABLE else f"{data[:200]!r} (unreadable JSON)"
         mark = (
@@ -145,9 +269,224 @@ def history(db: sqlite3.Connection, wanted: str, checked: bool = True) -> int:
             if checked and stored != row_checksum(pid, sequence_nr, type_name, version, data)
             else ""
         )
-        print(f"  {when}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {shown}{mark}")
+        print(f"  {_utc(timestamp)}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {shown}{mark}")
+    for saga in sagas:
+        print()
+        for line in _saga_lines(saga):
+            print(line)
     return 0
 
+
+def _in_order(rows: Any) -> list[Any]:
+    """Each stream's rows by sequence number; the streams merged by timestamp.
+
+    A k-way merge compares only the streams' next rows, so a clock that went
+    backwards can interleave streams oddly but never reorders one stream.
+    """
+    streams: dict[str, list[Any]] = {}
+    for row in rows:
+        streams.setdefault(row[0], []).append(row)
+    ordered = [sorted(events, key=lambda r: r[1]) for _, events in sorted(streams.items())]
+    return list(heapq.merge(*ordered, key=lambda r: r[2]))
+
+
+# --- what an unfinished saga waits for ------------------------------------------------
+
+
+def saga_status(db: sqlite3.Connection, persistence_id: str, now: float) -> dict[str, Any]:
+    """Fold a saga stream's stored events (the JSON, no classes) into what it is doing.
+
+    The result is plain JSON-able data: `phase` is "forward" (no decision
+    yet), "committed", "compensating", "completed", "aborted", "new" (no
+    event says it began) or "empty" (no events left); `waiting_for` the steps
+    ({"step", "kind": "do" | "undo"}) it still sends, or None when the saga's
+    definition is not known to this tool.
+    """
+    rows = db.execute(
+        "SELECT sequence_nr, timestamp, type, data FROM events WHERE persistence_id = ? ORDER BY sequence_nr",
+        (persistence_id,),
+    ).fetchall()
+    parts = persistence_id.split(":", 2)
+    name, saga_id = (parts[1], parts[2]) if len(parts) == 3 else ("", persistence_id[len(SAGA_PREFIX) :])
+    definition = _definition(name)
+    notes: list[str] = []
+    phase = "new" if rows else "empty"
+    stage: int | None = None
+    committed = False
+    reason: str | None = None
+    failed_step: str | None = None
+    compensate: list[str] = []
+    for sequence_nr, _, type_name, data in rows:
+        value = _loads(data)
+        if value is _UNREADABLE:
+            notes.append(f"#{sequence_nr} {type_name}: unreadable JSON, its fields are not known")
+        fields = value if isinstance(value, dict) else {}
+        if type_name == "SagaStarted":
+            phase = "forward"
+        elif type_name == "StageStarted":
+            phase = "forward" if phase == "new" else phase
+            stage = fields.get("stage") if isinstance(fields.get("stage"), int) else stage
+        elif type_name == "CommitDecided":
+            phase, committed = ("forward" if phase == "new" else phase), True
+        elif type_name == "AbortDecided":
+            phase = "compensating"
+            reason = _text(fields.get("reason"))
+            failed_step = _text(fields.get("failed_step"))
+            listed = fields.get("compensate")
+            compensate = [str(s) for s in listed] if isinstance(listed, list) else []
+        elif type_name == "SagaCompleted":
+            phase = "completed"
+        elif type_name == "SagaAborted":
+            phase, reason = "aborted", _text(fields.get("reason")) or reason
+        else:
+            notes.append(f"#{sequence_nr}: unknown saga event type {type_name!r}, ignored")
+    if phase == "forward" and committed:
+        phase = "committed"
+    if rows and rows[0][0] > 1:
+        notes.append(f"events before #{rows[0][0]} are deleted: the state is folded from what is left")
+
+    waiting: list[dict[str, str]] | None = []
+    stages = len(definition.stages) if definition is not None else None
+    on_restart: str | None = None
+    if phase in ("forward", "committed"):
+        if definition is None:
+            waiting = None
+        elif stage is not None and 0 <= stage < len(definition.stages):
+            waiting = [{"step": s.name, "kind": "do"} for s in definition.stages[stage]]
+        else:
+            notes.append(f"stage {stage} is not a stage of saga {name!r}")
+        if phase == "committed":
+            on_restart = "every step of this stage is sent again, until it succeeds (roll forward)"
+        else:
+            on_restart = (
+                "rolled back: no commit decision is journaled (presumed abort); "
+                "every step of the stages begun is compensated"
+            )
+    elif phase == "compensating":
+        waiting = [{"step": s, "kind": "undo"} for s in compensate]
+        if definition is None:
+            notes.append(f"saga {name!r} is not known to this tool: steps it runs on abort are not shown")
+        else:
+            waiting += [{"step": s.name, "kind": "do"} for s in definition.on_abort]
+        on_restart = "the compensations are sent again, until they succeed"
+    if phase in ("forward", "committed", "compensating"):
+        if definition is None:
+            notes.append(f"saga {name!r} is not known to this tool: the names of its steps are not shown")
+        notes.append("attempt numbers, and which of these steps have answered, are not journaled")
+
+    last = rows[-1] if rows else None
+    return {
+        "persistence_id": persistence_id,
+        "saga": name,
+        "saga_id": saga_id,
+        "phase": phase,
+        "finished": phase in ("completed", "aborted"),
+        "stage": stage,
+        "stages": stages,
+        "reason": reason,
+        "failed_step": failed_step,
+        "waiting_for": waiting,
+        "on_restart": on_restart,
+        "last_event": None
+        if last is None
+        else {
+            "sequence_nr": last[0],
+            "type": last[2],
+            "time": _utc(last[1]),
+            "timestamp": last[1],
+            "seconds_ago": round(now - last[1], 3),
+        },
+        "notes": notes,
+    }
+
+
+def _saga_lines(status: dict[str, Any]) -> list[str]:
+    """A saga status (from `saga_status`) for people: a head line, then indented details."""
+    last = status["last_event"]
+    if last is None:
+        head = f"{status['persistence_id']}  no events left"
+    else:
+        head = (
+            f"{status['persistence_id']}  last event #{last['sequence_nr']} {last['type']} "
+            f"at {last['time']} ({_ago(last['seconds_ago'])})"
+        )
+    phase, stage, stages = status["phase"], status["stage"], status["stages"]
+    reason = f" ({status['reason']})" if status["reason"] else ""
+    where = ""
+    if phase in ("forward", "committed") and stage is not None:
+        where = f", stage {stage + 1} of {stages}" if stages else f", stage {stage + 1}"
+    described = {
+        "forward": "forward, no commit decision yet",
+        "committed": "committed (the commit decision is journaled: driven to the end)",
+        "compensating": f"compensating{reason}"
+        + (f", failed step {status['failed_step']}" if status["failed_step"] else ""),
+        "completed": "completed",
+        "aborted": f"rolled back{reason}",
+        "new": "no event says it began",
+        "empty": "its stream has no events left",
+    }.get(phase, phase)
+    details = [described + where]
+    waiting = status["waiting_for"]
+    if waiting:
+        names = ", ".join(w["step"] + (" (compensation)" if w["kind"] == "undo" else "") for w in waiting)
+        details[0] += f": waiting for {names}"
+    elif waiting is not None and not status["finished"] and phase in ("forward", "committed", "compensating"):
+        details[0] += ": nothing pending is journaled"
+    if status["on_restart"]:
+        details.append(f"at the next start: {status['on_restart']}")
+    details += status["notes"]
+    return [head] + ["    " + line for line in details]
+
+
+_DEFINITIONS = ("order",)
+
+
+def _definition(name: str) -> SagaDefinition | None:
+    """The saga definitions this tool knows, to name a stage's steps; None for others."""
+    if name not in _DEFINITIONS:
+        return None
+    try:
+        from saga_actors.actors.order_saga import ORDER_SAGA
+    except Exception:  # the application's modules are a help here, not a requirement
+        return None
+    return ORDER_SAGA
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 0:
+        return f"{_duration(-seconds)} in the future: a clock was stepped back?"
+    return f"{_duration(seconds)} ago"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s"
+
+
+def _utc(timestamp: float) -> str:
+    """A journal timestamp (unix seconds) in UTC, e.g. 2026-11-29T10:45:44.508Z."""
+    when = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _print_json(document: dict[str, Any]) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+# --- reading the stored JSON -------------------------------------------------------------
 
 _UNREADABLE = object()
 
@@ -199,4 +538,4 @@ def _plain(value: Any) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +15,9 @@ from saga_actors.actors.codec import order_codec
 from saga_actors.actors.order_saga import OrderSagaData
 from saga_actors.actors.validation import validate_order
 from saga_actors.persistence import SQLiteJournal
+from saga_actors.persistence import __main__ as inspector
 from saga_actors.persistence.__main__ import main
-from saga_actors.sagas.engine import SagaStarted, StageStarted
+from saga_actors.sagas.engine import AbortDecided, CommitDecided, SagaCompleted, SagaStarted, StageStarted
 from tests.conftest import DECLINED, make_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +100,256 @@ def test_a_path_with_uri_characters_is_read_as_a_path(tmp_path):
     after = {p.name for p in tmp_path.iterdir()}
     companions = {path.name + "-wal", path.name + "-shm"}  # WAL readers may recreate these
     assert after - companions == set(before) - companions  # no stray file named after a piece of the path
+
+
+# --- sequence order, UTC, what a saga waits for, --json, a closed pipe ---
+
+
+def _sql(path, *statements):
+    db = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
+    finally:
+        db.close()
+
+
+def _saga_journal(path, *sagas):
+    """Saga streams `saga:<name>:<id>` with the given events after SagaStarted."""
+    journal = SQLiteJournal(path, order_codec())
+    try:
+        for pid, events in sagas:
+            saga_id = pid.split(":", 2)[2]
+            order = validate_order(make_request(saga_id))
+            journal.append(pid, [SagaStarted(saga_id, OrderSagaData.from_order(order)), *events], 0)
+    finally:
+        journal.close()
+
+
+def _numbers(out, stream):
+    return [int(n) for n in re.findall(re.escape(stream) + r" #(\d+)", out)]
+
+
+def test_one_stream_stays_in_sequence_order_when_the_clock_went_back(tmp_path, capsys):
+    path = tmp_path / "o.db"
+    with OrderSystem(journal_path=path, stock={1: 5}) as system:
+        system.place_order(make_request("ord-1", [(1, 2)]), timeout=5)
+    # The clock was stepped back one hour after the saga's first two events
+    # (the checksum does not cover the timestamp: this is a legitimate journal).
+    _sql(
+        path,
+        "UPDATE events SET timestamp = timestamp - 3600 "
+        "WHERE persistence_id = 'saga:order:ord-1' AND sequence_nr >= 3",
+    )
+    assert main([str(path), "ord-1"]) == 0
+    out = capsys.readouterr().out
+    assert _numbers(out, "saga:order:ord-1") == [1, 2, 3, 4, 5]
+    assert _numbers(out, "orders") == sorted(_numbers(out, "orders")) and len(_numbers(out, "orders")) == 2
+    assert main(["--json", str(path), "ord-1"]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]
+    saga = [e["sequence_nr"] for e in events if e["persistence_id"] == "saga:order:ord-1"]
+    assert saga == [1, 2, 3, 4, 5]
+    assert f"{len(events)} events about 'ord-1'" in out
+
+
+def test_streams_are_merged_by_timestamp(tmp_path, capsys):
+    path = tmp_path / "o.db"
+    _saga_journal(path, ("saga:order:a1", [StageStarted(0)]))
+    journal = SQLiteJournal(path, order_codec())
+    try:
+        order = validate_order(make_request("a1"))
+        journal.append("saga:order:other", [SagaStarted("a1", OrderSagaData.from_order(order))], 0)
+    finally:
+        journal.close()
+    _sql(
+        path,
+        "UPDATE events SET timestamp = 1000 + sequence_nr WHERE persistence_id = 'saga:order:a1'",
+        "UPDATE events SET timestamp = 1001.5 WHERE persistence_id = 'saga:order:other'",
+    )
+    assert main([str(path), "a1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " #" in line and "Z  saga" in line]
+    assert [line.split()[1:3] for line in lines] == [
+        ["saga:order:a1", "#1"],
+        ["saga:order:other", "#1"],
+        ["saga:order:a1", "#2"],
+    ]
+
+
+def test_times_are_shown_in_utc_with_the_zone(tmp_path):
+    path = tmp_path / "o.db"
+    _saga_journal(path, ("saga:order:t1", [StageStarted(0)]))
+    _sql(path, "UPDATE events SET timestamp = 1795949144.508")  # 2026-11-29 10:45:44.508 UTC
+    result = subprocess.run(
+        [sys.executable, "-m", "saga_actors.persistence", str(path), "t1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TZ": "America/New_York"},
+        check=True,
+    )
+    assert "2026-11-29T10:45:44.508Z  saga:order:t1 #1" in result.stdout
+    assert "05:45:44" not in result.stdout
+
+
+def _at(monkeypatch, path, pid, seconds_later):
+    """Pretend "now" is `seconds_later` after the last event of `pid`."""
+    db = sqlite3.connect(path)
+    try:
+        (last,) = db.execute("SELECT max(timestamp) FROM events WHERE persistence_id = ?", (pid,)).fetchone()
+    finally:
+        db.close()
+    monkeypatch.setattr(inspector, "_now", lambda: last + seconds_later)
+
+
+def test_an_unfinished_saga_says_what_it_waits_for(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "o.db"
+    _saga_journal(
+        path,
+        ("saga:order:fwd", [StageStarted(0)]),
+        ("saga:order:cmt", [StageStarted(0), CommitDecided(), StageStarted(1)]),
+        (
+            "saga:order:rbk",
+            [StageStarted(0), AbortDecided("timeout", "authorize_payment", ("reserve_stock",))],
+        ),
+        ("saga:order:end", [StageStarted(0), CommitDecided(), StageStarted(1), SagaCompleted()]),
+    )
+    _sql(path, "UPDATE events SET timestamp = 1795949144.508")
+    _at(monkeypatch, path, "saga:order:fwd", 192)
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "unfinished sagas (3)" in out and "saga:order:end" not in out.split("unfinished sagas")[1]
+    sections = out.split("unfinished sagas")[1].split("\n  saga:")
+    fwd = next(s for s in sections if s.startswith("order:fwd"))
+    assert "last event #2 StageStarted at 2026-11-29T10:45:44.508Z (3 min 12 s ago)" in fwd
+    assert (
+        "forward, no commit decision yet, stage 1 of 2: waiting for reserve_stock, authorize_payment" in fwd
+    )
+    assert "rolled back" in fwd and "attempt numbers" in fwd and "not journaled" in fwd
+    cmt = next(s for s in sections if s.startswith("order:cmt"))
+    assert (
+        "committed" in cmt and "stage 2 of 2: waiting for commit_stock, capture_payment, confirm_order" in cmt
+    )
+    rbk = next(s for s in sections if s.startswith("order:rbk"))
+    assert "compensating (timeout), failed step authorize_payment" in rbk
+    assert "waiting for reserve_stock (compensation), cancel_order" in rbk
+
+    assert main([str(path), "rbk"]) == 0  # the ID view says the same
+    out = capsys.readouterr().out
+    assert "waiting for reserve_stock (compensation), cancel_order" in out and "3 min 12 s ago" in out
+    assert main([str(path), "end"]) == 0
+    out = capsys.readouterr().out
+    assert "completed" in out and "waiting for" not in out
+
+
+def test_a_saga_the_tool_does_not_know_or_cannot_read_is_still_shown(tmp_path, capsys):
+    path = tmp_path / "o.db"
+    _saga_journal(path, ("saga:refund:r1", [StageStarted(0)]), ("saga:order:bad", [StageStarted(0)]))
+    _sql(path, "UPDATE events SET data = '{oops' WHERE persistence_id = 'saga:order:bad' AND sequence_nr = 2")
+    assert main([str(path)]) == 1  # the changed row is also a checksum mismatch
+    out = capsys.readouterr().out
+    assert "saga:refund:r1" in out and "'refund' is not known to this tool" in out
+    assert "saga:order:bad" in out and "#2 StageStarted: unreadable JSON" in out
+
+
+def test_json_summary(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "o.db"
+    with OrderSystem(journal_path=path, stock={1: 5}) as system:
+        system.place_order(make_request("ord-1", [(1, 2)]), timeout=5)
+    _saga_journal(path, ("saga:order:stuck", [StageStarted(0)]))
+    _at(monkeypatch, path, "saga:order:stuck", 60.25)
+    assert main(["--json", str(path)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    streams = {s["persistence_id"]: s for s in document["streams"]}
+    assert streams["saga:order:ord-1"]["last_event"] == "SagaCompleted"
+    assert document["events"] == sum(s["events"] for s in document["streams"])
+    assert document["checksums"] == {"stored": True, "all_match": True, "mismatched": []}
+    (stuck,) = document["unfinished_sagas"]
+    assert stuck["persistence_id"] == "saga:order:stuck" and stuck["phase"] == "forward"
+    assert stuck["stage"] == 0 and stuck["stages"] == 2
+    assert stuck["waiting_for"] == [
+        {"step": "reserve_stock", "kind": "do"},
+        {"step": "authorize_payment", "kind": "do"},
+    ]
+    assert stuck["last_event"]["sequence_nr"] == 2 and stuck["last_event"]["seconds_ago"] == 60.25
+    assert stuck["last_event"]["time"].endswith("Z")
+
+    _sql(path, "UPDATE events SET data = replace(data, '19.98', '1.98') WHERE persistence_id = 'orders'")
+    assert main(["--json", str(path)]) == 1
+    checksums = json.loads(capsys.readouterr().out)["checksums"]
+    assert checksums["all_match"] is False
+    assert checksums["mismatched"] == [{"table": "events", "persistence_id": "orders", "sequence_nr": 1}]
+
+
+def test_json_history(tmp_path, capsys):
+    path = tmp_path / "o.db"
+    with OrderSystem(journal_path=path, stock={1: 5}) as system:
+        system.place_order(make_request("ord-2", [(1, 1)], card=DECLINED), timeout=5)
+    _sql(
+        path,
+        "UPDATE events SET data = '{not json' WHERE persistence_id = 'saga:order:ord-2' AND sequence_nr = 2",
+    )
+    assert main(["--json", str(path), "ord-2"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["id"] == "ord-2"
+    types = [e["type"] for e in document["events"]]
+    assert types[0] == "OrderPlaced" and "AbortDecided" in types and types[-1] == "SagaAborted"
+    placed = document["events"][0]
+    assert placed["data"]["order_id"] == "ord-2" and placed["checksum_matches"] is True
+    assert placed["time"].endswith("Z")
+    damaged = next(e for e in document["events"] if e["type"] == "StageStarted")
+    assert damaged["data"] is None and damaged["unreadable_data"] == "{not json"
+    assert damaged["checksum_matches"] is False
+    (saga,) = document["sagas"]
+    assert "#2 StageStarted: unreadable JSON, its fields are not known" in saga["notes"]
+    assert saga["phase"] == "aborted" and saga["reason"] == "card_declined" and saga["finished"]
+    assert main(["--json", str(path), "nobody"]) == 1
+    assert json.loads(capsys.readouterr().out) == {"id": "nobody", "now": ANY_TIME, "events": [], "sagas": []}
+
+
+class _AnyTime:
+    def __eq__(self, other):
+        return isinstance(other, str) and other.endswith("Z")
+
+
+ANY_TIME = _AnyTime()
+
+
+def test_a_closed_pipe_ends_the_tool_quietly(tmp_path):
+    path = tmp_path / "o.db"
+    with OrderSystem(journal_path=path, stock={1: 5}) as system:
+        system.place_order(make_request("ord-1", [(1, 2)]), timeout=5)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write: every write fails
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "saga_actors.persistence", str(path)],
+            cwd=ROOT,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert result.stderr == ""
+    assert result.returncode == 141
+
+
+def test_piped_into_head(tmp_path):
+    path = tmp_path / "o.db"
+    with OrderSystem(journal_path=path, stock={1: 5}) as system:
+        for n in range(3):
+            system.place_order(make_request(f"ord-{n}", [(1, 1)]), timeout=5)
+    tool = subprocess.Popen(
+        [sys.executable, "-m", "saga_actors.persistence", str(path), "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    head = subprocess.run(["head", "-1"], stdin=tool.stdout, capture_output=True, text=True, timeout=60)
+    tool.stdout.close()
+    _, stderr = tool.communicate(timeout=60)
+    assert head.stdout == "{\n"
+    assert stderr == b""
+    assert tool.returncode in (0, 141)  # 0 if it wrote everything before head exited
