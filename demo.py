@@ -418,10 +418,13 @@ def summarize(
 
 def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
     o = summary["orders"]
-    w = out.write
+
+    def w(text: str) -> None:
+        out.write(_fit(text))
+
     w("\n== Orders ==\n")
     w(f"  {o['submitted']} submissions of {o['distinct']} distinct orders\n")
-    w(f"  confirmed {o['confirmed']}, cancelled {o['cancelled']}, pending {o['pending']}\n")
+    w(f"  distinct orders: confirmed {o['confirmed']}, cancelled {o['cancelled']}, pending {o['pending']}\n")
     if o["in_journal"] != o["distinct"]:
         w(f"  (the journal holds {o['in_journal']} orders in all; the checks cover every one)\n")
     for reason, count in o["cancelled_by_reason"].items():
@@ -511,18 +514,25 @@ def kill_and_recover(args: argparse.Namespace, journal: str, out: IO[str]) -> di
     child.send_signal(signal.SIGKILL)
     child.wait()
     progress.finish()
-    out.write(f"killed the child (SIGKILL) after {len(reported)} outcomes; recovering from {journal}\n")
+    out.write(
+        _fit(
+            f"killed the child (SIGKILL) after {len(reported)} reported outcomes; recovering from {journal}\n"
+        )
+    )
 
     system = build_system(args, journal, workload.stock)
     with system:
         report = system.recovery()
         out.write(
-            f"recovery: {report.sagas_resumed} sagas resumed ({report.rolled_forward} rolled forward, "
-            f"{report.rolled_back} rolled back), {report.orders_never_started} orders never started\n"
+            _fit(
+                f"recovery: {report.sagas_resumed} sagas resumed ({report.rolled_forward} rolled forward, "
+                f"{report.rolled_back} rolled back); orders whose saga never began: "
+                f"{report.orders_never_started}\n"
+            )
         )
         system.wait_idle(60)
         before = {p: {"on_hand": v.received, "reserved": 0} for p, v in system.inventory().items()}
-        out.write("placing the whole workload again: finished orders are answered from the journal\n")
+        out.write(_fit("placing the whole workload again: finished orders are answered from the journal\n"))
         progress = Progress(len(workload.requests), out)
         result = place_all(system, workload.requests, args.concurrency, progress)
         recovery = {
@@ -567,6 +577,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_summary(summary, out)
     return 0 if summary["ok"] else 1
+
+
+def _fit(text: str, width: int = 79) -> str:
+    """`text` with every line longer than `width` wrapped (indented under itself): nothing
+    the demo prints wraps on an 80-column terminal."""
+    lines = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            lines.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 4)
+        lines.append(textwrap.fill(line, width, subsequent_indent=indent, break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def _interrupted(signum: int, frame: object) -> None:

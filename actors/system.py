@@ -114,6 +114,7 @@ METRIC_NAMES = (
     "sagas_stuck",
 )
 SERVICE_NAMES = ("orders", "inventory", "payment", "timer")
+_FOREVER = 10**9  # seconds (~32 years): any timeout this long waits as long as it takes
 _WAIT_SLICE = 60.0  # a caller's wait is cut in slices this long (threading refuses huge timeouts)
 
 # Systems still running when the interpreter exits are stopped cleanly then
@@ -160,8 +161,8 @@ class OrderFuture:
         system stops first. A timeout does not cancel the order: it carries
         on, and the TimeoutError says what it is waiting for.
         """
-        _check_timeout(timeout)
-        deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
+        seconds = _check_timeout(timeout)
+        deadline = None if seconds is None or math.isinf(seconds) else time.monotonic() + seconds
         while True:
             remaining = _WAIT_SLICE if deadline is None else min(deadline - time.monotonic(), _WAIT_SLICE)
             try:
@@ -411,14 +412,14 @@ class OrderSystem:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once no order is submitted, being placed or in flight; False if some still are
         after `timeout` seconds (None waits as long as it takes)."""
-        _check_timeout(timeout)
-        if timeout is None or timeout > _WAIT_SLICE:
-            deadline = None if timeout is None else time.monotonic() + timeout
+        seconds = _check_timeout(timeout)
+        if seconds is None or seconds > _WAIT_SLICE:
+            deadline = None if seconds is None or math.isinf(seconds) else time.monotonic() + seconds
             while not self._outcomes.wait_idle(_WAIT_SLICE):
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
             return True
-        return self._outcomes.wait_idle(timeout)
+        return self._outcomes.wait_idle(seconds)
 
     # --- the supervision tree ---
 
@@ -674,17 +675,20 @@ def _order_id_of(request: Any) -> str | None:
     return str.__str__(order_id) if isinstance(order_id, str) else None
 
 
-def _check_timeout(timeout: object) -> None:
-    """A timeout is None or a non-negative number of seconds (inf waits as long as it takes)."""
+def _check_timeout(timeout: object) -> float | None:
+    """None, or the timeout as seconds: a non-negative number (any huge one, or inf, waits as long
+    as it takes: it comes back as inf). Raises ValueError for anything else."""
     if timeout is None:
-        return
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or math.isnan(timeout)
-        or timeout < 0
-    ):
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r:.40}")
+    if isinstance(timeout, int):  # exact, however large: no float conversion to overflow
+        if timeout < 0:
+            raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout}")
+        return float(timeout) if timeout < _FOREVER else math.inf
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+    return timeout if timeout < _FOREVER else math.inf
 
 
 def _check_arguments(

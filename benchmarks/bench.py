@@ -396,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json",
         metavar="PATH",
-        default="benchmarks/results.json",
-        help="where to write the results (default benchmarks/results.json)",
+        help="where to write the results (default: benchmarks/results.json for a full run, "
+        "nowhere for --quick or --only, so a partial run never replaces the reference results)",
     )
     args = parser.parse_args(argv)
     if args.only:
@@ -422,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in sections:
             print(f"{name}:", flush=True)
             results[name] = SECTIONS[name](args, folder)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results written to {args.json}")
+    target = args.json or (None if (quick or args.only) else "benchmarks/results.json")
+    if target is not None:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {target}")
     return 0
 
 

@@ -280,6 +280,7 @@ class SQLiteJournal:
             # hand): lock the file's inode as well.
             file_fd = _lock_file_itself(self.path, lock_fd)
             version = _check_schema(self.path)
+            _make_journal_private(self.path)  # before SQLite makes -wal/-shm with the file's mode
             writer = self._connect(self._synchronous)
             if version < SCHEMA_VERSION:
                 _migrate(writer, self.path, version)
@@ -889,14 +890,17 @@ def _prepare_file(path: str) -> None:
             "it is an empty file (0 bytes), perhaps truncated; restore it from a backup, "
             "or delete it to start a new, empty journal",
         )
-    _make_private(path, info)
-    for suffix in COMPANION_SUFFIXES:
-        companion = path + suffix
+
+
+def _make_journal_private(path: str) -> None:
+    """Make the journal and its existing companions owner-only (once it is known to be a journal:
+    a file that is refused is left as it was)."""
+    for name in (path, *(path + suffix for suffix in COMPANION_SUFFIXES)):
         try:
-            info = os.stat(companion)
+            info = os.stat(name)
         except FileNotFoundError:
             continue
-        _make_private(companion, info)
+        _make_private(name, info)
 
 
 def _make_private(path: str, info: os.stat_result, fd: int | None = None) -> None:

@@ -121,8 +121,12 @@ def test_exit_status_is_1_when_a_check_fails(monkeypatch, capsys):
     assert "[FAIL] stock conserved" in out and "SOME CHECKS FAILED" in out
 
 
-@pytest.mark.parametrize("columns", [80, 40])
-def test_the_live_progress_line_fits_the_terminal(columns):
+@pytest.mark.parametrize(
+    ("columns", "extra"),
+    [(80, []), (40, []), (80, ["--kill-and-recover", "--concurrency", "256"])],
+    ids=["80", "40", "80-kill-and-recover"],
+)
+def test_the_live_progress_line_fits_the_terminal(columns, extra):
     """Run under a pseudo-terminal: every redraw of the progress line fits, so nothing wraps."""
     import os
     import pty
@@ -132,7 +136,7 @@ def test_the_live_progress_line_fits_the_terminal(columns):
     pid, fd = pty.fork()
     if pid == 0:  # the child: the demo on a terminal
         os.chdir(ROOT)
-        os.execve(sys.executable, [sys.executable, "demo.py", *SMALL, "--orders", "300"], env)
+        os.execve(sys.executable, [sys.executable, "demo.py", *SMALL, "--orders", "300", *extra], env)
     chunks = []
     while True:
         try:

@@ -263,3 +263,12 @@ def test_a_truncated_journal_is_refused_naming_the_path(tmp_path):
         journal = _journal(path)
         list(journal.replay("p"))  # if the damage only shows when read
     assert str(path) in str(refused.value)
+
+
+def test_a_refused_file_keeps_its_mode(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("hello\n")
+    os.chmod(path, 0o644)
+    with pytest.raises(NotAJournal):
+        _journal(path)
+    assert (path.stat().st_mode & 0o777) == 0o644 and path.read_text() == "hello\n"
