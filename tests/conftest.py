@@ -39,3 +39,16 @@ def assert_consistent(system: Any, initial_stock: dict[int, int] | None = None) 
 @pytest.fixture
 def request_factory():
     return make_request
+
+
+def execute_sql(path: Any, *statements: str) -> None:
+    """Run SQL statements against a journal file directly (to damage or inspect it in a test)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
+    finally:
+        db.close()

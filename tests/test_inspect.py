@@ -18,7 +18,7 @@ from saga_actors.persistence import SQLiteJournal
 from saga_actors.persistence import __main__ as inspector
 from saga_actors.persistence.__main__ import main
 from saga_actors.sagas.engine import AbortDecided, CommitDecided, SagaCompleted, SagaStarted, StageStarted
-from tests.conftest import DECLINED, make_request
+from tests.conftest import DECLINED, execute_sql, make_request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,16 +105,6 @@ def test_a_path_with_uri_characters_is_read_as_a_path(tmp_path):
 # --- sequence order, UTC, what a saga waits for, --json, a closed pipe ---
 
 
-def _sql(path, *statements):
-    db = sqlite3.connect(path)
-    try:
-        for statement in statements:
-            db.execute(statement)
-        db.commit()
-    finally:
-        db.close()
-
-
 def _saga_journal(path, *sagas):
     """Saga streams `saga:<name>:<id>` with the given events after SagaStarted."""
     journal = SQLiteJournal(path, order_codec())
@@ -137,7 +127,7 @@ def test_one_stream_stays_in_sequence_order_when_the_clock_went_back(tmp_path, c
         system.place_order(make_request("ord-1", [(1, 2)]), timeout=5)
     # The clock was stepped back one hour after the saga's first two events
     # (the checksum does not cover the timestamp: this is a legitimate journal).
-    _sql(
+    execute_sql(
         path,
         "UPDATE events SET timestamp = timestamp - 3600 "
         "WHERE persistence_id = 'saga:order:ord-1' AND sequence_nr >= 3",
@@ -162,7 +152,7 @@ def test_streams_are_merged_by_timestamp(tmp_path, capsys):
         journal.append("saga:order:other", [SagaStarted("a1", OrderSagaData.from_order(order))], 0)
     finally:
         journal.close()
-    _sql(
+    execute_sql(
         path,
         "UPDATE events SET timestamp = 1000 + sequence_nr WHERE persistence_id = 'saga:order:a1'",
         "UPDATE events SET timestamp = 1001.5 WHERE persistence_id = 'saga:order:other'",
@@ -179,7 +169,7 @@ def test_streams_are_merged_by_timestamp(tmp_path, capsys):
 def test_times_are_shown_in_utc_with_the_zone(tmp_path):
     path = tmp_path / "o.db"
     _saga_journal(path, ("saga:order:t1", [StageStarted(0)]))
-    _sql(path, "UPDATE events SET timestamp = 1795949144.508")  # 2026-11-29 10:45:44.508 UTC
+    execute_sql(path, "UPDATE events SET timestamp = 1795949144.508")  # 2026-11-29 10:45:44.508 UTC
     result = subprocess.run(
         [sys.executable, "-m", "saga_actors.persistence", str(path), "t1"],
         cwd=ROOT,
@@ -214,7 +204,7 @@ def test_an_unfinished_saga_says_what_it_waits_for(tmp_path, capsys, monkeypatch
         ),
         ("saga:order:end", [StageStarted(0), CommitDecided(), StageStarted(1), SagaCompleted()]),
     )
-    _sql(path, "UPDATE events SET timestamp = 1795949144.508")
+    execute_sql(path, "UPDATE events SET timestamp = 1795949144.508")
     _at(monkeypatch, path, "saga:order:fwd", 192)
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
@@ -245,7 +235,9 @@ def test_an_unfinished_saga_says_what_it_waits_for(tmp_path, capsys, monkeypatch
 def test_a_saga_the_tool_does_not_know_or_cannot_read_is_still_shown(tmp_path, capsys):
     path = tmp_path / "o.db"
     _saga_journal(path, ("saga:refund:r1", [StageStarted(0)]), ("saga:order:bad", [StageStarted(0)]))
-    _sql(path, "UPDATE events SET data = '{oops' WHERE persistence_id = 'saga:order:bad' AND sequence_nr = 2")
+    execute_sql(
+        path, "UPDATE events SET data = '{oops' WHERE persistence_id = 'saga:order:bad' AND sequence_nr = 2"
+    )
     assert main([str(path)]) == 1  # the changed row is also a checksum mismatch
     out = capsys.readouterr().out
     assert "saga:refund:r1" in out and "'refund' is not known to this tool" in out
@@ -274,7 +266,9 @@ def test_json_summary(tmp_path, capsys, monkeypatch):
     assert stuck["last_event"]["sequence_nr"] == 2 and stuck["last_event"]["seconds_ago"] == 60.25
     assert stuck["last_event"]["time"].endswith("Z")
 
-    _sql(path, "UPDATE events SET data = replace(data, '19.98', '1.98') WHERE persistence_id = 'orders'")
+    execute_sql(
+        path, "UPDATE events SET data = replace(data, '19.98', '1.98') WHERE persistence_id = 'orders'"
+    )
     assert main(["--json", str(path)]) == 1
     checksums = json.loads(capsys.readouterr().out)["checksums"]
     assert checksums["all_match"] is False
@@ -285,7 +279,7 @@ def test_json_history(tmp_path, capsys):
     path = tmp_path / "o.db"
     with OrderSystem(journal_path=path, stock={1: 5}) as system:
         system.place_order(make_request("ord-2", [(1, 1)], card=DECLINED), timeout=5)
-    _sql(
+    execute_sql(
         path,
         "UPDATE events SET data = '{not json' WHERE persistence_id = 'saga:order:ord-2' AND sequence_nr = 2",
     )

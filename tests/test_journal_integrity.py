@@ -22,7 +22,7 @@ from saga_actors.persistence import (
 from saga_actors.persistence import sqlite as sqlite_module
 from saga_actors.persistence.__main__ import main as inspect
 from saga_actors.persistence.sqlite import SCHEMA_VERSION, row_checksum
-from tests.conftest import make_request
+from tests.conftest import execute_sql, make_request
 from tests.test_journal_contract import CODEC, Counter, Happened
 
 PID = "p-7"
@@ -41,16 +41,6 @@ def written(path):
     journal.save_snapshot(PID, 2, Counter(2, {"amount": Decimal("13.10")}))
     journal.close()
     return path
-
-
-def _execute(path, *statements):
-    db = sqlite3.connect(path)
-    try:
-        for statement in statements:
-            db.execute(statement)
-        db.commit()
-    finally:
-        db.close()
 
 
 def _reseal(path, table="events"):
@@ -101,7 +91,7 @@ def test_every_row_carries_the_checksum_of_what_it_stores(written):
     ids=["amount", "quantity", "text", "version", "no checksum", "checksum not a number", "checksum changed"],
 )
 def test_a_changed_event_stops_replay_naming_id_and_sequence_nr(written, edit):
-    _execute(written, edit)
+    execute_sql(written, edit)
     error = _replay_error(written)
     assert (error.persistence_id, error.sequence_nr) == (PID, 2)
     assert str(error).startswith(f"{PID} #2: event: ")
@@ -109,7 +99,7 @@ def test_a_changed_event_stops_replay_naming_id_and_sequence_nr(written, edit):
 
 
 def test_events_swapped_between_sequence_numbers_are_caught(written):
-    _execute(
+    execute_sql(
         written,
         "UPDATE events SET sequence_nr = -1 WHERE sequence_nr = 1",
         "UPDATE events SET sequence_nr = 1 WHERE sequence_nr = 3",
@@ -120,7 +110,7 @@ def test_events_swapped_between_sequence_numbers_are_caught(written):
 
 
 def test_an_event_copied_to_another_stream_is_caught(written):
-    _execute(
+    execute_sql(
         written,
         "INSERT INTO events SELECT 'p-8', sequence_nr, timestamp, type, version, data, checksum "
         "FROM events WHERE persistence_id = 'p-7'",
@@ -135,7 +125,7 @@ def test_an_event_copied_to_another_stream_is_caught(written):
 
 
 def test_a_changed_snapshot_is_refused_not_used(written):
-    _execute(written, "UPDATE snapshots SET data = replace(data, '13.10', '12.10')")
+    execute_sql(written, "UPDATE snapshots SET data = replace(data, '13.10', '12.10')")
     journal = SQLiteJournal(written, CODEC)
     try:
         with pytest.raises(JournalCorrupted, match=r"p-7 #2: snapshot: checksum does not match") as raised:
@@ -171,7 +161,7 @@ def test_bytes_flipped_in_the_raw_file_are_caught(written, before, after, read):
 
 
 def test_a_row_that_neither_decodes_nor_matches_says_both(written):
-    _execute(written, "UPDATE events SET type = 'Vanished' WHERE sequence_nr = 2")
+    execute_sql(written, "UPDATE events SET type = 'Vanished' WHERE sequence_nr = 2")
     error = _replay_error(written)
     assert str(error).startswith("p-7 #2: event: unknown type 'Vanished'")
     assert "checksum does not match" in str(error)
@@ -198,7 +188,7 @@ def _order_journal(path):
 )
 def test_a_changed_journal_stops_the_order_system_at_start(path, edit, error):
     _order_journal(path)
-    _execute(path, edit)
+    execute_sql(path, edit)
     threads_before = set(threading.enumerate())
     with pytest.raises(JournalCorrupted, match=error):
         OrderSystem(journal_path=path).start()
@@ -226,7 +216,7 @@ def test_a_changed_journal_stops_the_order_system_at_start(path, edit, error):
     ],
 )
 def test_stored_data_that_does_not_decode_is_journal_corrupted(written, data, problem):
-    _execute(written, f"UPDATE events SET data = '{data}' WHERE sequence_nr = 2")
+    execute_sql(written, f"UPDATE events SET data = '{data}' WHERE sequence_nr = 2")
     _reseal(written)  # the checksum matches: written so, not changed since
     error = _replay_error(written)
     assert (error.persistence_id, error.sequence_nr) == (PID, 2)
@@ -237,7 +227,7 @@ def test_stored_data_that_does_not_decode_is_journal_corrupted(written, data, pr
 
 
 def test_a_malformed_snapshot_decimal_is_journal_corrupted(written):
-    _execute(written, "UPDATE snapshots SET data = replace(data, '13.10', '13.1x0')")
+    execute_sql(written, "UPDATE snapshots SET data = replace(data, '13.10', '13.1x0')")
     _reseal(written, "snapshots")
     journal = SQLiteJournal(written, CODEC)
     try:
@@ -261,7 +251,7 @@ def test_a_failing_upcaster_is_journal_corrupted():
 
 def test_a_malformed_decimal_stops_the_order_system_naming_its_row(path):
     _order_journal(path)
-    _execute(
+    execute_sql(
         path, "UPDATE events SET data = replace(data, '13.10', '13.1x0') WHERE persistence_id = 'payment'"
     )
     _reseal(path)
@@ -361,7 +351,7 @@ def test_a_journal_from_before_checksums_is_migrated_and_keeps_working(path, cap
 
     assert inspect([str(path)]) == 0
     assert "checksums: every event and snapshot matches" in capsys.readouterr().out
-    _execute(path, "UPDATE events SET data = replace(data, '13.10', '12.10')")  # now it is caught
+    execute_sql(path, "UPDATE events SET data = replace(data, '13.10', '12.10')")  # now it is caught
     assert _replay_error(path).sequence_nr == 2
     journal = SQLiteJournal(path, CODEC)  # reopening a migrated journal changes nothing
     journal.close()
@@ -372,7 +362,7 @@ def test_an_order_journal_from_before_checksums_is_migrated(path):
     _order_journal(path)
     with OrderSystem(journal_path=path) as system:
         before = (system.orders(), system.inventory(), system.payments())
-    _execute(  # back to the old schema, as a journal written before this version would be
+    execute_sql(  # back to the old schema, as a journal written before this version would be
         path,
         "ALTER TABLE events DROP COLUMN checksum",
         "ALTER TABLE snapshots DROP COLUMN checksum",
@@ -403,7 +393,7 @@ def test_a_failed_migration_leaves_the_old_journal_as_it_was(path, monkeypatch):
 
 def _newer(path, *statements):
     SQLiteJournal(path, CODEC).close()
-    _execute(path, *statements)
+    execute_sql(path, *statements)
     return path.read_bytes()
 
 
@@ -444,7 +434,7 @@ def test_the_inspector_refuses_a_newer_schema(path, capsys):
 
 
 def test_the_inspector_names_changed_rows(written, capsys):
-    _execute(
+    execute_sql(
         written,
         "UPDATE events SET data = replace(data, '13.10', '12.10')",
         "UPDATE snapshots SET data = replace(data, '13.10', '12.10')",
@@ -460,7 +450,7 @@ def test_the_inspector_names_changed_rows(written, capsys):
 
 
 def test_the_inspector_shows_unreadable_json_instead_of_failing(written, capsys):
-    _execute(written, "UPDATE events SET data = '{not json' WHERE sequence_nr = 2")
+    execute_sql(written, "UPDATE events SET data = '{not json' WHERE sequence_nr = 2")
     assert inspect([str(written), PID]) == 0
     out = capsys.readouterr().out
     assert "(unreadable JSON)" in out and "CHECKSUM DOES NOT MATCH" in out
