@@ -337,6 +337,7 @@ def summarize(
     recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     system.wait_idle(60)
+    in_flight = system.metrics()["in_flight"]
     orders = system.orders()
     inventory = system.inventory()
     payments = system.payments()
@@ -381,6 +382,7 @@ def summarize(
             "cancelled_by_reason": dict(reasons.most_common()),
             "duplicates_answered_from_first_outcome": metrics["duplicates"],
             "in_journal": len(all_orders),
+            "in_flight": in_flight,
         },
         "activity": {k: metrics[k] for k in ("retries", "compensations", "restarts")},
         "stock": {
@@ -563,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(f"journal: {journal}{'' if args.journal else ' (temporary)'}\n")
             run = kill_and_recover if args.kill_and_recover else simulate
             summary = run(args, journal, out)
+            summary["run"] = {
+                "options": {k: v for k, v in vars(args).items() if k not in ("argv", "child", "run", "json")},
+                "seed": args.seed,
+                "journal": journal,
+                "journal_kept": args.journal is not None,
+            }
     except JournalInUse as in_use:
         sys.stderr.write(f"demo.py: {in_use}\n")
         return 2

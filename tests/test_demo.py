@@ -28,7 +28,10 @@ def test_json_summary_with_every_check_passing():
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     orders = summary["orders"]
-    assert orders["submitted"] == 80 and orders["pending"] == 0
+    assert orders["submitted"] == 80 and orders["pending"] == 0 and orders["in_flight"] == 0
+    run = summary["run"]  # what reproduces the run
+    assert run["seed"] == 7 and run["options"]["orders"] == 80 and run["options"]["crash_rate"] == 0.05
+    assert run["journal"].endswith("journal.db") and run["journal_kept"] is False
     assert orders["confirmed"] + orders["cancelled"] == orders["distinct"]
     assert orders["duplicates_answered_from_first_outcome"] == 80 - orders["distinct"]
     assert {c["name"] for c in summary["checks"]} >= {
