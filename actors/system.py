@@ -10,7 +10,8 @@ It builds the supervision tree and offers a small blocking API on top:
     |   |-- payment     simulated, behind a faulty wire
     |   `-- orders      the order service
     `-- sagas (one_for_one)
-        `-- one saga actor per order in flight (transient)
+        `-- saga-host-0, saga-host-1   threads hosting one saga actor per order
+                                       in flight (each a transient child of its host)
 
 Everything talks through stable addresses, so a restarted actor is reached
 where its predecessor was. The system stops only the actors it started,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -53,21 +55,18 @@ from saga_actors.actors.simulation import FaultInjector, FaultPlan, SimulatedLin
 from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
 from saga_actors.persistence.sqlite import SQLiteJournal
-from saga_actors.sagas.actor import GetSagaView, SagaActor, SagaFinished, saga_persistence_id
 from saga_actors.sagas.engine import FINAL_EVENTS, CommitDecided, SagaState, SagaView, evolve, view
+from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.policy import RetryPolicy
 from saga_actors.supervision import (
     ONE_FOR_ONE,
     REST_FOR_ONE,
-    TRANSIENT,
-    AddChild,
     Address,
     Backoff,
     ChildSpec,
     Intensity,
     ResourceActor,
-    StartChild,
     kill,
     start_supervisor,
 )
@@ -89,9 +88,11 @@ DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived acto
 #   stays short (1-4 ms) because every caller is waiting. A child that cannot
 #   start at all retries every ~4 ms and so passes 1000 restarts within 5 s:
 #   that is a crash loop, and it escalates.
-# - sagas: one transient child per order in flight; a crash is a bug, a
-#   restart is cheap (resume from the journal). 1000 in 10 s with backoff of
-#   at most 5 ms tolerates a burst, and a saga that always crashes escalates.
+# - sagas: one transient child of its host per order in flight; a crash is a
+#   bug, a restart is cheap (resume from the journal). 1000 in 10 s per host,
+#   with backoff of at most 5 ms, tolerates a burst; a saga that always
+#   crashes makes its host fail, and a host that fails 3 times in 30 s
+#   escalates to the root.
 # - root: a subtree that escalated is restarted from the journal twice at
 #   most in 30 s; the third time the system stops with the error instead of
 #   looping.
@@ -99,6 +100,9 @@ SERVICES_INTENSITY = Intensity(max_restarts=1000, within_seconds=5.0)
 SERVICES_BACKOFF = Backoff(min_backoff=0.001, max_backoff=0.004, random_factor=0.1, reset_after=1.0)
 SAGAS_INTENSITY = Intensity(max_restarts=1000, within_seconds=10.0)
 SAGAS_BACKOFF = Backoff(min_backoff=0.001, max_backoff=0.005, random_factor=0.2, reset_after=1.0)
+SAGA_HOSTS = 2  # threads hosting the sagas (each saga is an actor, not a thread)
+SAGA_HOSTS_INTENSITY = Intensity(max_restarts=3, within_seconds=30.0)
+SAGA_HOSTS_BACKOFF = Backoff(min_backoff=0.01, max_backoff=0.2, random_factor=0.2, reset_after=10.0)
 ROOT_INTENSITY = Intensity(max_restarts=2, within_seconds=30.0)
 ROOT_BACKOFF = Backoff(min_backoff=0.05, max_backoff=0.5, random_factor=0.2, reset_after=30.0)
 
@@ -215,9 +219,7 @@ class OrderSystem:
         self._inventory = Address("inventory")
         self._payment = Address("payment")
         self._timer_address = Address("timer")
-        self._sagas = Address("sagas")
-        self._saga_addresses: dict[str, Address] = {}
-        self._saga_lock = threading.Lock()
+        self._hosts = SagaHosts("saga-host", SAGA_HOSTS)
 
     # --- lifecycle ---
 
@@ -334,13 +336,13 @@ class OrderSystem:
         Asks the saga actor while it runs; reads its journal stream once it has finished.
         """
         self._check_running()
-        with self._saga_lock:
-            address = self._saga_addresses.get(order_id)
-        if address is not None:
+        if self._outcomes.is_running(order_id):
             try:
-                return cast(SagaView, address.ask(GetSagaView(), timeout=VIEW_TIMEOUT))
+                found = self._hosts.view(order_id, VIEW_TIMEOUT)
             except (pykka.ActorDeadError, pykka.Timeout):
-                pass  # finished or restarting meanwhile: read the journal
+                found = None  # its host is restarting: read the journal
+            if found is not None:
+                return found
         journal = self._journal
         if journal is None:
             return None
@@ -354,8 +356,7 @@ class OrderSystem:
         running; empty while the system is not running."""
         if not self._running:
             return []
-        with self._saga_lock:
-            sagas = [f"saga:{i}" for i, a in sorted(self._saga_addresses.items()) if a.is_alive()]
+        sagas = [f"saga:{i}" for i in sorted(self._outcomes.running())]
         return [*SERVICE_NAMES, *sagas]
 
     def kill(self, name: str) -> None:
@@ -377,10 +378,11 @@ class OrderSystem:
         }
         target = targets.get(name)
         if target is None and isinstance(name, str) and name.startswith("saga:"):
-            with self._saga_lock:
-                target = self._saga_addresses.get(name[len("saga:") :])
-            if target is None:
-                return
+            saga_id = name[len("saga:") :]
+            if self._outcomes.is_running(saga_id):
+                logger.warning("killing %s (fault injection)", name)
+                self._hosts.kill(saga_id, f"killed by OrderSystem.kill({name!r})")
+            return
         if target is None:
             shown = mask_digits(name)[:80] if isinstance(name, str) else type(name).__name__
             raise ValueError(f"unknown actor {shown!r}: one of {', '.join(SERVICE_NAMES)} or saga:<order_id>")
@@ -482,7 +484,7 @@ class OrderSystem:
                     on_restart=restarted,
                 ),
             ),
-            ChildSpec("sagas", address=self._sagas, start=self._start_sagas_supervisor),
+            ChildSpec("sagas", self._start_sagas_supervisor),
         ]
         return start_supervisor(
             name="order-system",
@@ -501,8 +503,6 @@ class OrderSystem:
                 root.stop(block=True, timeout=RECOVERY_TIMEOUT)
         if self._journal is not None:
             self._journal.close()  # in case the tree never got to start it
-        with self._saga_lock:
-            self._saga_addresses.clear()
         self._outcomes.reset({}, SystemNotRunning("the order system stopped before the outcome was known"))
 
     def _root_exited(self, urn: str, error: BaseException | None) -> None:
@@ -551,74 +551,90 @@ class OrderSystem:
         return report
 
     def _start_sagas_supervisor(self) -> pykka.ActorRef[Any]:
-        ref = start_supervisor(
+        """The sagas subtree: a few threads, each hosting the sagas of one shard of order ids.
+
+        A host (re)started resumes every saga of its shard still in flight
+        from the journal, so a restart of the subtree loses none.
+        """
+        hosts = self._hosts
+        specs = [
+            ChildSpec(
+                address.name,
+                address=address,
+                start=functools.partial(self._start_host, shard, address),
+            )
+            for shard, address in enumerate(hosts.addresses)
+        ]
+        return start_supervisor(
             name="sagas",
+            children=specs,
             strategy=ONE_FOR_ONE,
-            intensity=SAGAS_INTENSITY,
-            backoff=SAGAS_BACKOFF,
+            intensity=SAGA_HOSTS_INTENSITY,
+            backoff=SAGA_HOSTS_BACKOFF,
             on_restart=self._count_restart,
         )
-        # When this subtree is restarted, its sagas were stopped with it:
-        # resume every one still in flight from its journal.
-        for saga_id, order in self._outcomes.running().items():
-            try:
-                ref.ask(StartChild(self._saga_spec(saga_id, order, fresh=False)), timeout=QUERY_TIMEOUT)
-            except ValueError:
-                pass  # started meanwhile by the order service
-        return ref
+
+    def _start_host(self, shard: int, address: Address) -> pykka.ActorRef[Any]:
+        assert self._journal is not None
+        return SagaHost.start(
+            definition=ORDER_SAGA,
+            journal=self._journal,
+            participants=self._participants,
+            timer=self._timer,
+            policy=self._retry,
+            metrics=self._metrics,
+            on_finish=self._saga_finished,
+            address=address,
+            shard=shard,
+            shards=len(self._hosts),
+            resume=self._sagas_in_flight,
+            on_restart=self._count_restart,
+            intensity=SAGAS_INTENSITY,
+            backoff=SAGAS_BACKOFF,
+            seed=self._seed,
+        )
+
+    def _sagas_in_flight(self) -> list[SagaSpec]:
+        """Every saga in flight, to resume from the journal (a host picks those of its shard)."""
+        return [
+            self._saga_spec(saga_id, order, fresh=False)
+            for saga_id, order in self._outcomes.running().items()
+        ]
 
     def _start_saga(self, order: OrderRequest) -> None:
         """Called in the journal's thread once a new order is durable."""
         self._spawn_saga(order.order_id, order)
 
     def _spawn_saga(self, saga_id: str, order: OrderRequest | None = None) -> None:
-        """Have the sagas supervisor start a saga actor, without waiting (callers are actors).
+        """Have the saga's host start it, without waiting (callers are actors).
 
-        If the sagas supervisor is down, its next incarnation resumes every
-        saga in flight from the journal, this one included.
+        If the host is down, its next incarnation resumes every saga of its
+        shard in flight, this one included.
         """
         try:
-            self._sagas.tell(AddChild(self._saga_spec(saga_id, order, fresh=order is not None)))
+            self._hosts.start(self._saga_spec(saga_id, order, fresh=order is not None))
         except pykka.ActorDeadError:
-            logger.warning("[%s] sagas supervisor restarting: the saga starts with it", saga_id)
+            logger.warning("[%s] saga host restarting: the saga starts with it", saga_id)
 
-    def _saga_spec(self, saga_id: str, order: OrderRequest | None, *, fresh: bool) -> ChildSpec:
-        """A transient child. Given the order, an incarnation begins the saga unless its
-        journal shows it began; only the first skips that read (`fresh`)."""
-        with self._saga_lock:  # one address per saga, even if it is asked to start twice
-            address = self._saga_addresses.setdefault(saga_id, Address(f"saga:{saga_id}"))
-        data = OrderSagaData.from_order(order) if order is not None else None
-        card = order.card if order is not None else None
-        first = [fresh]
-
-        def start() -> pykka.ActorRef[Any]:
-            is_first, first[0] = first[0], False
-            return SagaActor.start(
-                definition=ORDER_SAGA,
-                saga_id=saga_id,
-                journal=self._journal,
-                participants=self._participants,
-                timer=self._timer,
-                policy=self._retry,
-                on_finish=self._saga_finished,
-                metrics=self._metrics,
-                data=data,
-                ephemeral=card,
-                seed=self._seed,
-                log_context={"order_id": saga_id},
-                address=address,
-                fresh=is_first,
-                # This process still holds the order (and its card): a restarted
-                # saga carries on. Recovered at start, without it: presumed abort.
-                resume_forward=order is not None,
-            )
-
-        return ChildSpec(saga_id, start, restart=TRANSIENT, address=address)
+    @staticmethod
+    def _saga_spec(saga_id: str, order: OrderRequest | None, *, fresh: bool) -> SagaSpec:
+        """Given the order, the saga begins unless its journal shows it began (only its
+        first start skips that read: `fresh`); this process still holds the order (and
+        its card), so a restarted saga carries on. Without it (recovered at start):
+        presumed abort."""
+        if order is None:
+            return SagaSpec(saga_id, log_context={"order_id": saga_id})
+        return SagaSpec(
+            saga_id,
+            OrderSagaData.from_order(order),
+            order.card,
+            fresh=fresh,
+            resume_forward=True,
+            log_context={"order_id": saga_id},
+        )
 
     def _saga_finished(self, finished: SagaFinished) -> None:
-        """Called by a saga actor, in its thread, once its end is journaled: answer the callers."""
-        with self._saga_lock:
-            self._saga_addresses.pop(finished.saga_id, None)
+        """Called by a saga host, in its thread, once the saga's end is journaled: answer the callers."""
         if self._outcomes.finished(finished.saga_id, finished.committed):
             self._metrics.increment("orders_confirmed" if finished.committed else "orders_cancelled")
 
