@@ -229,7 +229,7 @@ class _Saga:
         self.finished = False
         self.stuck_reported = False
         self.timeouts: dict[tuple[str, str], tuple[int, TimerHandle]] = {}
-        self.random = random.Random(f"{host.seed}:{spec.saga_id}")
+        self._random: random.Random | None = None  # made on first use: most sagas never retry
         self.log = _SagaLog(logger, {"saga_id": spec.saga_id, **(spec.log_context or {})})
 
     # lifecycle
@@ -284,7 +284,7 @@ class _Saga:
             return None
         if self.finished:
             return None
-        events = decide(self.host.definition, self.state, message, self.host.policy, self.random.random)
+        events = decide(self.host.definition, self.state, message, self.host.policy, self._draw)
         if not events:
             return None
         state = self.state
@@ -306,6 +306,12 @@ class _Saga:
         else:
             self.run_effects(tuple(deferred))
         return None
+
+    def _draw(self) -> float:
+        """The saga's seeded jitter: the same seed and saga id draw the same sequence."""
+        if self._random is None:
+            self._random = random.Random(f"{self.host.seed}:{self.saga_id}")
+        return self._random.random()
 
     def _append(self, events: list[Any], effects: tuple[Any, ...]) -> None:
         """Append `events` without waiting; `effects` run in the host once they are durable.
