@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from saga_actors.actors import inventory, orders, payment
 from saga_actors.actors.order_saga import OrderSagaData
+from saga_actors.actors.retention import FinishedBatch, Retained, RetentionExpired
 from saga_actors.actors.validation import OrderItem
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.sagas.engine import DURABLE_EVENTS
@@ -21,6 +22,10 @@ def order_codec() -> EventCodec:
         OrderItem,
         OrderSagaData,
         *DURABLE_EVENTS,
+        # every service: forgetting finished entries, and what a state retains of them
+        RetentionExpired,
+        Retained,
+        FinishedBatch,
         # inventory: events, and the state for snapshots
         inventory.ProductsStocked,
         inventory.StockReserved,
