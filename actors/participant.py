@@ -110,6 +110,12 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         logger.warning("%s: unexpected message %s", self.persistence_id, type(message).__name__)
         return None
 
+    def snapshot_of(self, state: S) -> S:
+        # The state's own copy: its dicts copied, its immutable entries shared. Under
+        # 0.1 ms for 10,000 entries, against 38-92 ms to encode them and 76-266 ms to
+        # deepcopy them (see EventSourcedActor.snapshot_of).
+        return state.copy()
+
     def on_recovered(self) -> None:
         super().on_recovered()
         self._schedule_expiry()
@@ -136,7 +142,7 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
                 self._schedule_expiry()
             return None
         if isinstance(message, GetState):
-            return self.state.copy()
+            return self.snapshot_of(self.state)
         return self.on_other_message(message)
 
     def expire(self, command: ExpireRetention) -> None:
