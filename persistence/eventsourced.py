@@ -116,6 +116,10 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.state: S = self.initial_state()
         self.sequence_nr = 0
         self._last_snapshot_nr = 0  # the newest snapshot this actor knows of
+        # The newest snapshot whose events are durable and that waits for the snapshot
+        # writer; a newer one replaces it (a backlog of snapshots collapses to the newest).
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_waiting: tuple[int, S] | None = None
         self.exit_reason: BaseException | None = None
         self._recovery_waiter = _recovery_waiter.get()
 
@@ -258,9 +262,11 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         completes once they are all durable - or fails if one of them failed
         - and only then is the copy handed to the snapshot writer, which
         encodes it, stores it and deletes superseded snapshots. So a snapshot
-        is never ahead of the stored events, and the actor never waits. A
-        snapshot that cannot be written is logged and skipped: the events are
-        the truth, and the next snapshot is due `snapshot_every` events later.
+        is never ahead of the stored events, and the actor never waits. If
+        the writer falls behind, only this actor's newest snapshot waits for
+        it (a newer one replaces an older one not yet begun). A snapshot that
+        cannot be written is logged and skipped: the events are the truth,
+        and the next snapshot is due `snapshot_every` events later.
         """
         every = self.snapshot_every
         if every is None or self.sequence_nr // every <= before // every:
@@ -269,27 +275,41 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
 
         def events_durable(highest: int | None, error: BaseException | None) -> None:
             # In the journal's thread: hand the write over, never do it here.
-            if error is not None:
-                logger.warning(
-                    "%s: snapshot #%d skipped, the events before it were not written: %s",
-                    self.persistence_id,
-                    sequence_nr,
-                    error,
-                )
-                return
-            _snapshot_writer.submit(lambda: self._write_snapshot(sequence_nr, snapshot))
+            if error is None:
+                self._hand_over_snapshot(sequence_nr, snapshot)
+            else:  # the actor stops with that error (see persist_async)
+                logger.info("%s: snapshot #%d skipped: %s", self.persistence_id, sequence_nr, error)
 
         try:
             self.journal.append_async(self.persistence_id, [], sequence_nr, events_durable)
         except Exception as error:  # the journal is closed, say: the actor is on its way out
-            logger.warning("%s: snapshot #%d skipped: %s", self.persistence_id, sequence_nr, error)
+            logger.info("%s: snapshot #%d skipped: %s", self.persistence_id, sequence_nr, error)
+
+    def _hand_over_snapshot(self, sequence_nr: int, snapshot: S) -> None:
+        """The events up to `sequence_nr` are durable: have the snapshot writer store `snapshot`
+        (runs in the journal's thread, or the actor's for a journal that writes at once)."""
+        with self._snapshot_lock:
+            queued = self._snapshot_waiting is not None
+            self._snapshot_waiting = (sequence_nr, snapshot)
+        if not queued:
+            _snapshot_writer.submit(self._write_waiting_snapshot)
+
+    def _write_waiting_snapshot(self) -> None:
+        """Store the snapshot waiting, the newest handed over (runs on the snapshot writer's thread)."""
+        with self._snapshot_lock:
+            waiting, self._snapshot_waiting = self._snapshot_waiting, None
+        if waiting is not None:
+            self._write_snapshot(*waiting)
 
     def _write_snapshot(self, sequence_nr: int, snapshot: S) -> None:
         """Store `snapshot` and delete the superseded ones (runs on the snapshot writer's thread)."""
         try:
             self.journal.save_snapshot(self.persistence_id, sequence_nr, snapshot)
         except Exception as error:
-            logger.warning(
+            # Once the actor has stopped, a closed journal is its shutdown, not a problem.
+            level = logging.WARNING if self.actor_ref.is_alive() else logging.DEBUG
+            logger.log(
+                level,
                 "%s: snapshot #%d not written (%s: %s); the events are kept, recovery replays them",
                 self.persistence_id,
                 sequence_nr,

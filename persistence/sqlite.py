@@ -252,6 +252,7 @@ class SQLiteJournal:
         self._synchronous = synchronous.upper()
         self._max_batch = max_batch if group_commit else 1
         self._reader_lock = threading.Lock()
+        self._queue_lock = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = True
         self.transactions = 0  # for measurements: operations / transactions = batch size
         self.operations = 0
@@ -354,9 +355,7 @@ class SQLiteJournal:
         operation = _Operation(
             append=self._rows(persistence_id, events, expected_sequence_nr), callback=on_done
         )
-        if self._closed:
-            raise RuntimeError(f"journal {self.path} is closed")
-        self._queue.put(operation)
+        self._enqueue(operation)
 
     def _rows(
         self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
@@ -535,10 +534,11 @@ class SQLiteJournal:
         Writes submitted after it starts raise RuntimeError ("closed"). The
         lock is released even if closing a connection fails.
         """
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._queue_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         try:
             self._thread.join()
             self._writer.close()
@@ -596,10 +596,20 @@ class SQLiteJournal:
             )
         return value
 
+    def _enqueue(self, operation: _Operation) -> None:
+        """Queue `operation` for the writer, or raise RuntimeError if the journal is closed.
+
+        Checked and queued under the lock `close()` takes to queue the writer's
+        stop: an operation queued behind the stop would never be done, and its
+        caller (a thread writing a snapshot, say) would wait for ever.
+        """
+        with self._queue_lock:
+            if self._closed:
+                raise RuntimeError(f"journal {self.path} is closed")
+            self._queue.put(operation)
+
     def _submit(self, operation: _Operation) -> Any:
-        if self._closed:
-            raise RuntimeError(f"journal {self.path} is closed")
-        self._queue.put(operation)
+        self._enqueue(operation)
         operation.done.acquire()
         if operation.error is not None:
             raise operation.error
