@@ -2,19 +2,27 @@
 
 Pure functions over the public views, so the same checks serve the tests,
 the demo, and an application that wants to audit a running system.
+
+The views of orders and payments hold what is in flight and what finished
+within the retention window; the money and the units sold are checked over
+all history through running totals that are never forgotten (`SalesView`,
+`CapturesView`), and entry by entry where both sides still hold the entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
 from saga_actors.actors.inventory import StockView
-from saga_actors.actors.orders import OrderView
-from saga_actors.actors.payment import PaymentView
+from saga_actors.actors.orders import OrderView, SalesView
+from saga_actors.actors.payment import CapturesView, PaymentView
 
 __all__ = ["Check", "check_consistency"]
+
+# Views carry no currency: totals derived from them are in one nameless currency.
+_CURRENCY = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +37,30 @@ def check_consistency(
     orders: Mapping[str, OrderView],
     inventory: Mapping[int, StockView],
     payments: Mapping[str, PaymentView],
+    *,
+    sales: SalesView | None = None,
+    captures: CapturesView | None = None,
 ) -> list[Check]:
     """Check a quiescent system: every saga has finished.
 
     `initial_stock` is the on-hand stock before the first order; None takes
     every unit the inventory ever received (its journal's own record).
+    `sales` and `captures` are the running totals of every order ever
+    confirmed and every payment ever captured; given, `orders` and
+    `payments` may lack entries forgotten past the retention window (an
+    entry one side has forgotten is then checked through the totals only).
+    None derives each from its view, which must then hold every order
+    (payment) ever. Give both or neither: ValueError otherwise.
     """
+    if (sales is None) != (captures is None):
+        raise ValueError("check_consistency: give both sales and captures, or neither")
     confirmed = {o: v for o, v in orders.items() if v.state == "confirmed"}
-    sold: dict[int, int] = {}
-    for view in confirmed.values():
-        for item in view.items:
-            sold[item.product_id] = sold.get(item.product_id, 0) + item.quantity
+    complete = sales is None and captures is None  # the views hold every order and payment ever
+    if sales is None:
+        sales = _sales(confirmed.values())
+    if captures is None:
+        captures = _captures(payments.values())
+    sold = sales.units
     if initial_stock is None:
         initial_stock = {p: v.received for p, v in inventory.items()}
 
@@ -55,13 +76,22 @@ def check_consistency(
     wrong_capture = sorted(
         o
         for o, v in confirmed.items()
-        if o not in payments or payments[o].state != "captured" or payments[o].amount != v.amount
+        if (o in payments and (payments[o].state != "captured" or payments[o].amount != v.amount))
+        or (o not in payments and complete)
     )
     captured_not_confirmed = sorted(
-        o for o, p in payments.items() if p.state == "captured" and o not in confirmed
+        o
+        for o, p in payments.items()
+        if p.state == "captured" and ((o in orders and o not in confirmed) or (o not in orders and complete))
     )
+    totals_differ = []
+    if sales.orders != captures.payments:
+        totals_differ.append(f"{sales.orders} orders confirmed, {captures.payments} payments captured")
+    if _nonzero(sales.amounts) != _nonzero(captures.amounts):
+        totals_differ.append(
+            f"confirmed {_amounts(sales.amounts)}, captured {_amounts(captures.amounts)} in all"
+        )
     oversold = sorted(p for p, v in inventory.items() if v.on_hand < 0 or v.reserved < 0)
-    total = sum((v.amount for v in confirmed.values()), Decimal(0))
     return [
         Check("no order pending", not pending, _some(pending)),
         Check("nothing reserved", not reserved, _some(reserved)),
@@ -73,11 +103,40 @@ def check_consistency(
         ),
         Check(
             "every confirmed order captured exactly its amount",
-            not wrong_capture and not captured_not_confirmed,
-            _some(wrong_capture + captured_not_confirmed) or f"{len(confirmed)} orders, {total}",
+            not wrong_capture and not captured_not_confirmed and not totals_differ,
+            "; ".join(filter(None, [_some(wrong_capture + captured_not_confirmed), *totals_differ]))
+            or f"{sales.orders} orders, {_amounts(sales.amounts)}",
         ),
         Check("no product oversold", not oversold, _some(oversold)),
     ]
+
+
+def _sales(confirmed: Iterable[OrderView]) -> SalesView:
+    """The totals of the confirmed orders given (all there ever were, when derived from a view)."""
+    count, units, amounts = 0, dict[int, int](), dict[str, Decimal]()
+    for view in confirmed:
+        count += 1
+        for item in view.items:
+            units[item.product_id] = units.get(item.product_id, 0) + item.quantity
+        amounts[_CURRENCY] = amounts.get(_CURRENCY, Decimal(0)) + view.amount
+    return SalesView(count, units, amounts)
+
+
+def _captures(payments: Iterable[PaymentView]) -> CapturesView:
+    captured = [p.amount for p in payments if p.state == "captured"]
+    return CapturesView(len(captured), {_CURRENCY: sum(captured, Decimal(0))} if captured else {})
+
+
+def _nonzero(amounts: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    return {currency: amount for currency, amount in amounts.items() if amount}
+
+
+def _amounts(amounts: Mapping[str, Decimal]) -> str:
+    """`55825.49` for one currency (or none), `EUR 10.00, USD 55825.49` for several."""
+    shown = _nonzero(amounts)
+    if len(shown) <= 1:
+        return str(next(iter(shown.values()), Decimal(0)))
+    return ", ".join(f"{currency} {amount}" for currency, amount in sorted(shown.items()))
 
 
 def _some(items: object, limit: int = 5) -> str:

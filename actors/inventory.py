@@ -5,6 +5,10 @@ reservation is committed (on-hand drops) or released. Every change goes
 through the inventory actor's mailbox, one at a time, so there is no
 oversell under any concurrency. A release that overtakes its reserve
 leaves a tombstone, and the late reserve is refused.
+
+A finished reservation (committed, released, rejected, or a tombstone) is
+kept for the retention window, then forgotten (`RetentionExpired`); the
+per-product counters - on hand, reserved, received - are never forgotten.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from saga_actors.actors.participant import Answer, ParticipantActor
+from saga_actors.actors.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.actors.validation import OrderItem
 
 __all__ = [
@@ -108,8 +113,10 @@ class StockReleased:
 ReservationStatus = Literal["held", "committed", "released", "rejected"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Reservation:
+    """One order's reservation; immutable (a change replaces it), so copies of the state share it."""
+
     items: tuple[OrderItem, ...]
     status: ReservationStatus
     reason: str | None = None
@@ -117,13 +124,27 @@ class Reservation:
 
 @dataclass(slots=True)
 class InventoryState:
+    """Stock per product (units; never forgotten) and the reservations active or finished
+    within the retention window, by order id."""
+
     on_hand: dict[int, int] = field(default_factory=dict)
     reserved: dict[int, int] = field(default_factory=dict)
     received: dict[int, int] = field(default_factory=dict)  # every unit ever stocked
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    retained: Retained = field(default_factory=Retained)  # the finished reservations
 
     def available(self, product_id: int) -> int:
         return self.on_hand[product_id] - self.reserved[product_id]
+
+    def copy(self) -> InventoryState:
+        """A copy for a snapshot or a view: the dicts are copied, the immutable entries shared."""
+        return InventoryState(
+            dict(self.on_hand),
+            dict(self.reserved),
+            dict(self.received),
+            dict(self.reservations),
+            self.retained.copy(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +180,8 @@ def decide(command: Any, state: InventoryState) -> list[Any]:
             # Releasing an unknown order leaves a tombstone: its reserve is refused.
             releasable = _status(state, order_id) in ("held", None)
             return [StockReleased(order_id)] if releasable else []
+        case ExpireRetention():
+            return state.retained.expire(command)
     raise TypeError(f"inventory: unknown command {type(command).__name__}")
 
 
@@ -197,20 +220,26 @@ def evolve(state: InventoryState, event: Any) -> InventoryState:
             state.reservations[order_id] = Reservation(items, "held")
         case ReservationRejected(order_id=order_id, reason=reason):
             state.reservations[order_id] = Reservation((), "rejected", reason)
+            state.retained.finish(order_id)
         case StockCommitted(order_id=order_id):
             reservation = state.reservations[order_id]
             for item in reservation.items:
                 state.on_hand[item.product_id] -= item.quantity
                 state.reserved[item.product_id] -= item.quantity
-            reservation.status = "committed"
+            state.reservations[order_id] = Reservation(reservation.items, "committed")
+            state.retained.finish(order_id)
         case StockReleased(order_id=order_id):
             held = state.reservations.get(order_id)
             if held is None:
-                state.reservations[order_id] = Reservation((), "released")
+                state.reservations[order_id] = Reservation((), "released")  # a tombstone
             else:
                 for item in held.items:
                     state.reserved[item.product_id] -= item.quantity
-                held.status = "released"
+                state.reservations[order_id] = Reservation(held.items, "released")
+            state.retained.finish(order_id)
+        case RetentionExpired():
+            for order_id in state.retained.forget(event):
+                state.reservations.pop(order_id, None)
         case _:
             raise TypeError(f"inventory: unknown event {type(event).__name__}")
     return state

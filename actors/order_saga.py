@@ -6,6 +6,11 @@
     on rollback:                   release_stock |  void_payment  |  cancel_order
 
 The critical path is two round trips: the steps of a stage run side by side.
+
+Each order's saga journals in its own stream, `saga:order:<order_id>`: the
+order's data (`OrderSagaData`, fingerprint included) in `SagaStarted`, then
+the commit or rollback decision and the end. That stream is the order's
+durable record once the order service has forgotten it (`journaled_order`).
 """
 
 from __future__ import annotations
@@ -14,27 +19,48 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from saga_actors.actors.inventory import CommitStock, ReleaseStock, ReserveStock
-from saga_actors.actors.orders import CancelOrder, ConfirmOrder
+from saga_actors.actors.orders import (
+    CANCELLED,
+    CONFIRMED,
+    PENDING,
+    CancelOrder,
+    ConfirmOrder,
+    JournaledOrder,
+    OrderState,
+    OrderView,
+)
 from saga_actors.actors.payment import AuthorizePayment, CapturePayment, VoidPayment
 from saga_actors.actors.validation import OrderItem, OrderRequest
+from saga_actors.persistence.journal import Journal
+from saga_actors.sagas.actor import saga_persistence_id
 from saga_actors.sagas.definition import SagaContext, SagaDefinition, Step
+from saga_actors.sagas.engine import SagaState, evolve
 
-__all__ = ["ORDER_SAGA", "OrderSagaData"]
+__all__ = ["ORDER_SAGA", "OrderSagaData", "journaled_order"]
 
 
 @dataclass(frozen=True, slots=True)
 class OrderSagaData:
-    """What the saga journals about its order: no card number, no CVV."""
+    """What the saga journals about its order: no card number, no CVV.
+
+    `fingerprint` is the order's `OrderRequest.fingerprint()`, so that a
+    repeat of an order the order service has forgotten can still be told
+    from a conflict; "" in sagas journaled before 0.4.0 (stored records
+    without the field read back with this default).
+    """
 
     order_id: str
     items: tuple[OrderItem, ...]
     amount: Decimal
     currency: str
     card_last4: str
+    fingerprint: str = ""
 
     @classmethod
     def from_order(cls, order: OrderRequest) -> OrderSagaData:
-        return cls(order.order_id, order.items, order.amount, order.currency, order.card.last4)
+        return cls(
+            order.order_id, order.items, order.amount, order.currency, order.card.last4, order.fingerprint()
+        )
 
 
 def _authorize(context: SagaContext) -> AuthorizePayment:
@@ -73,3 +99,30 @@ ORDER_SAGA = SagaDefinition(
         Step("cancel_order", "orders", action=lambda c: CancelOrder(c.saga_id, c.reason or "aborted")),
     ),
 )
+
+
+def journaled_order(journal: Journal, order_id: str) -> JournaledOrder | None:
+    """The order as its saga's stream holds it (one indexed read, by persistence id), or None
+    if it has no saga.
+
+    Its state: `confirmed` once the commit decision is journaled (the steps
+    after it, confirming the order among them, are retried until done),
+    `cancelled` with the rollback's reason once the rollback is decided,
+    `pending` before either. Raises what `journal.replay` raises
+    (`JournalCorrupted` for a stream that cannot be read).
+    """
+    state = SagaState()
+    for stored in journal.replay(saga_persistence_id(ORDER_SAGA, order_id)):
+        state = evolve(ORDER_SAGA, state, stored.event)
+    data = state.data
+    if not isinstance(data, OrderSagaData):
+        return None  # no saga began (nothing journaled)
+    status: OrderState
+    if state.committed:
+        status, reason = CONFIRMED, None
+    elif state.phase in ("aborting", "done"):
+        status, reason = CANCELLED, state.reason
+    else:
+        status, reason = PENDING, None
+    view = OrderView(order_id, status, reason, data.amount, data.items)
+    return JournaledOrder(view, data.currency, data.card_last4, data.fingerprint)

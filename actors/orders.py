@@ -1,10 +1,17 @@
-"""The order service: the record of every order, and the front door of the sagas.
+"""The order service: the orders in hand, and the front door of the sagas.
 
 It turns a validated request into an order (once per order id: a repeat with
 the same content gets the first outcome, different content is a conflict),
 starts the order's saga, and answers everyone waiting for that order when
 the saga has finished. The saga confirms or cancels the order through the
 same request/reply protocol as the other participants.
+
+Its state holds the orders in flight and those finished within the retention
+window. An order finished before that is forgotten here (`RetentionExpired`)
+but not lost: its saga's stream in the journal (`saga:order:<order_id>`)
+holds its content, fingerprint and outcome, and one indexed read of that
+stream answers `GetOrder` and a repeated `PlaceOrder` for it. What every
+confirmed order ever adds up to is kept in running totals (`SalesView`).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -22,15 +29,19 @@ import pykka
 
 from saga_actors.actors.errors import IdempotencyConflict
 from saga_actors.actors.participant import Answer, ParticipantActor
+from saga_actors.actors.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.actors.validation import OrderItem, OrderRequest
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.sagas.metrics import Metrics
+from saga_actors.supervision.timer import Timer
 
 __all__ = [
     "CancelOrder",
     "ConfirmOrder",
     "GetOrder",
     "GetOrders",
+    "GetSales",
+    "JournaledOrder",
     "OrderCancelled",
     "OrderConfirmed",
     "OrderPlaced",
@@ -40,6 +51,7 @@ __all__ = [
     "Outcomes",
     "PlaceOrder",
     "RecoverOrders",
+    "SalesView",
     "answer",
     "decide",
     "evolve",
@@ -82,7 +94,12 @@ class GetOrder:
 
 @dataclass(frozen=True, slots=True)
 class GetOrders:
-    """Query: every order's view."""
+    """Query: the view of every order in memory - in flight, or finished within the retention window."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetSales:
+    """Query: every order ever confirmed, counted and summed (a `SalesView`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +141,10 @@ class OrderCancelled:
 # --- state ---
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class OrderRecord:
+    """One order; immutable (a change replaces it), so copies of the state share it."""
+
     placed: OrderPlaced
     state: OrderState = PENDING
     reason: str | None = None
@@ -133,7 +152,26 @@ class OrderRecord:
 
 @dataclass(slots=True)
 class OrdersState:
+    """The orders in flight and those finished within the retention window, by order id; and
+    running totals of every confirmed order ever (never forgotten)."""
+
     orders: dict[str, OrderRecord] = field(default_factory=dict)
+    retained: Retained = field(default_factory=Retained)  # the finished orders
+    forgotten: int = 0  # orders ever forgotten: until one is, every order is in `orders`
+    confirmed_count: int = 0
+    confirmed_units: dict[int, int] = field(default_factory=dict)  # product id -> units sold
+    confirmed_amounts: dict[str, Decimal] = field(default_factory=dict)  # currency -> amount
+
+    def copy(self) -> OrdersState:
+        """A copy for a snapshot or a view: the containers are copied, the immutable entries shared."""
+        return OrdersState(
+            dict(self.orders),
+            self.retained.copy(),
+            self.forgotten,
+            self.confirmed_count,
+            dict(self.confirmed_units),
+            dict(self.confirmed_amounts),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +183,59 @@ class OrderView:
     items: tuple[OrderItem, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SalesView:
+    """Every order ever confirmed: how many, the units sold per product id, and the amount
+    per currency (three-letter code)."""
+
+    orders: int
+    units: Mapping[int, int]
+    amounts: Mapping[str, Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledOrder:
+    """An order as its saga's stream in the journal records it (for orders no longer in memory).
+
+    `fingerprint` is "" for a saga journaled before 0.4.0, which did not
+    record it; `card_last4` and the view's items and amount are compared then.
+    """
+
+    view: OrderView
+    currency: str
+    card_last4: str
+    fingerprint: str
+
+    def same_order(self, order: OrderRequest, fingerprint: str) -> bool:
+        """Whether `order` (whose fingerprint is `fingerprint`) repeats this one."""
+        if self.fingerprint:
+            return self.fingerprint == fingerprint
+        return (
+            sorted((i.product_id, i.quantity) for i in order.items)
+            == sorted((i.product_id, i.quantity) for i in self.view.items)
+            and order.amount == self.view.amount
+            and order.currency == self.currency
+            and order.card.last4 == self.card_last4
+        )
+
+
 # --- rules ---
 
 
-def decide(command: Any, state: OrdersState) -> list[Any]:
+def decide(command: Any, state: OrdersState, journaled: JournaledOrder | None = None) -> list[Any]:
+    """The events `command` brings about; raises IdempotencyConflict for an order id reused
+    with other content. `journaled` is what the journal holds of a `PlaceOrder`'s order id
+    when it is not in `state` (forgotten past the retention window), else None."""
     match command:
         case PlaceOrder(order=order):
             record = state.orders.get(order.order_id)
             fingerprint = order.fingerprint()
             if record is not None:
                 if record.placed.fingerprint != fingerprint:
+                    raise IdempotencyConflict(order.order_id)
+                return []
+            if journaled is not None:
+                if not journaled.same_order(order, fingerprint):
                     raise IdempotencyConflict(order.order_id)
                 return []
             return [
@@ -172,6 +253,8 @@ def decide(command: Any, state: OrdersState) -> list[Any]:
             return [OrderConfirmed(order_id)] if _status(state, order_id) == PENDING else []
         case CancelOrder(order_id=order_id, reason=reason):
             return [OrderCancelled(order_id, reason)] if _status(state, order_id) == PENDING else []
+        case ExpireRetention():
+            return state.retained.expire(command)
     raise TypeError(f"orders: unknown command {type(command).__name__}")
 
 
@@ -190,10 +273,23 @@ def evolve(state: OrdersState, event: Any) -> OrdersState:
         case OrderPlaced(order_id=order_id):
             state.orders[order_id] = OrderRecord(event)
         case OrderConfirmed(order_id=order_id):
-            state.orders[order_id].state = CONFIRMED
+            placed = state.orders[order_id].placed
+            state.orders[order_id] = OrderRecord(placed, CONFIRMED)
+            state.confirmed_count += 1
+            for item in placed.items:
+                state.confirmed_units[item.product_id] = (
+                    state.confirmed_units.get(item.product_id, 0) + item.quantity
+                )
+            total = state.confirmed_amounts.get(placed.currency, Decimal(0))
+            state.confirmed_amounts[placed.currency] = total + placed.amount
+            state.retained.finish(order_id)
         case OrderCancelled(order_id=order_id, reason=reason):
-            record = state.orders[order_id]
-            record.state, record.reason = CANCELLED, reason
+            state.orders[order_id] = OrderRecord(state.orders[order_id].placed, CANCELLED, reason)
+            state.retained.finish(order_id)
+        case RetentionExpired():
+            for order_id in state.retained.forget(event):
+                if state.orders.pop(order_id, None) is not None:
+                    state.forgotten += 1
         case _:
             raise TypeError(f"orders: unknown event {type(event).__name__}")
     return state
@@ -202,6 +298,10 @@ def evolve(state: OrdersState, event: Any) -> OrdersState:
 def view(record: OrderRecord) -> OrderView:
     placed = record.placed
     return OrderView(placed.order_id, record.state, record.reason, placed.amount, placed.items)
+
+
+def sales(state: OrdersState) -> SalesView:
+    return SalesView(state.confirmed_count, dict(state.confirmed_units), dict(state.confirmed_amounts))
 
 
 def _status(state: OrdersState, order_id: str) -> str | None:
@@ -372,6 +472,9 @@ class OrderService(ParticipantActor[OrdersState]):
     cancels orders for the sagas. `start_saga` is called in the journal's
     thread once an order's placement is durable. Callers are answered by the
     sagas' durable ends (see `Outcomes`), never through this actor's mailbox.
+    A finished order is remembered for `retention` seconds (None: forever;
+    see `ParticipantActor`); after that, `GetOrder` and a repeated
+    `PlaceOrder` are answered from its saga's stream in the journal.
     """
 
     PERSISTENCE_ID = PERSISTENCE_ID
@@ -384,8 +487,10 @@ class OrderService(ParticipantActor[OrdersState]):
         outcomes: Outcomes,
         metrics: Metrics,
         snapshot_every: int | None = None,
+        retention: float | None = None,
+        timer: Timer | None = None,
     ) -> None:
-        super().__init__(journal, snapshot_every=snapshot_every)
+        super().__init__(journal, snapshot_every=snapshot_every, retention=retention, timer=timer)
         self._start_saga = start_saga
         self._outcomes = outcomes
         self._metrics = metrics
@@ -415,9 +520,14 @@ class OrderService(ParticipantActor[OrdersState]):
                 self._place(message)
             case GetOrder(order_id=order_id):
                 record = self.state.orders.get(order_id)
-                return view(record) if record is not None else None
+                if record is not None:
+                    return view(record)
+                journaled = self._journaled(order_id)
+                return journaled.view if journaled is not None else None
             case GetOrders():
                 return {o: view(r) for o, r in self.state.orders.items()}
+            case GetSales():
+                return sales(self.state)
             case RecoverOrders(sagas_started=started):
                 return self._cancel_unstarted(started)
             case _:
@@ -429,7 +539,8 @@ class OrderService(ParticipantActor[OrdersState]):
             return  # settled already, or a second copy of one this incarnation took
         order = message.order
         try:
-            events = decide(message, self.state)
+            journaled = self._journaled(order.order_id)
+            events = decide(message, self.state, journaled)
         except IdempotencyConflict as conflict:
             self._metrics.increment("idempotency_conflicts")
             self._outcomes.settle(message, conflict)
@@ -457,15 +568,35 @@ class OrderService(ParticipantActor[OrdersState]):
         if self._outcomes.join(order_id, message.reply):
             self._outcomes.settle(message)  # waits for the order being placed or in flight
             return
-        record = self.state.orders[order_id]
-        if record.state != PENDING:
+        record = self.state.orders.get(order_id)
+        if record is None and journaled is not None and journaled.view.state == PENDING:
+            # Neither the commit nor the rollback decision is journaled, yet the order
+            # is not in memory, where a pending order always is: nothing to answer from.
+            logger.error(
+                "[%s] unfinished in the journal, yet forgotten", order_id, extra={"order_id": order_id}
+            )
+            self._outcomes.settle(message, RuntimeError(f"order {order_id!r}: its outcome is unknown"))
+            return
+        status = record.state if record is not None else journaled.view.state if journaled else PENDING
+        if status != PENDING:
             if message.reply is not None:
-                _answer(message.reply, record.state == CONFIRMED)  # its first outcome
+                _answer(message.reply, status == CONFIRMED)  # its first outcome
             self._outcomes.settle(message)
             return
         # Durable, but no saga runs for it (its start was lost): start it once durable.
         self._outcomes.placing(order_id, message)
         self.persist_async([], lambda: functools.partial(self._placed, order, message))
+
+    def _journaled(self, order_id: str) -> JournaledOrder | None:
+        """What the journal holds of an order that is not in memory (one indexed read of its
+        saga's stream), or None: the order is in memory, was never placed, or (as nothing
+        was ever forgotten) cannot be anywhere else."""
+        if order_id in self.state.orders or not self.state.forgotten:
+            return None
+        # Imported here: order_saga imports this module (the saga drives this service).
+        from saga_actors.actors.order_saga import journaled_order
+
+        return journaled_order(self.journal, order_id)
 
     def _placed(self, order: OrderRequest, message: PlaceOrder) -> None:
         """The placement is durable (runs in the journal's thread): start the saga."""

@@ -5,16 +5,24 @@ events happen, the events are journaled and applied, and the answer is read
 from the new state - so a repeated request gets the first result and
 changes nothing. Simulated faults (unavailable, crash) strike here, at the
 door of the real rules.
+
+Given a `retention` and a timer, the shell also forgets finished work: every
+expiry period it decides on `ExpireRetention` (see `actors/retention.py`),
+so the state holds the active entries plus those finished within the window.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, ClassVar, Generic, TypeVar
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import pykka
 
+from saga_actors.actors.retention import ExpireRetention, expiry_period
 from saga_actors.actors.simulation import (
     CRASH_AFTER,
     CRASH_BEFORE,
@@ -27,18 +35,47 @@ from saga_actors.persistence.eventsourced import EventSourcedActor
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.sagas.protocol import Reply, Request
 from saga_actors.supervision.monitor import Monitored
+from saga_actors.supervision.timer import Timer, TimerHandle
 
-__all__ = ["Answer", "ParticipantActor"]
+__all__ = ["Answer", "GetState", "ParticipantActor", "ServiceState"]
 
 logger = logging.getLogger(__name__)
 
-S = TypeVar("S")
+
+class ServiceState(Protocol):
+    """What a participant's state offers besides its data: a cheap copy for snapshots and views."""
+
+    def copy(self) -> Self:
+        """A copy that later changes to this state do not reach (immutable parts may be shared)."""
+        ...
+
+
+S = TypeVar("S", bound=ServiceState)
 
 Answer = tuple[bool, "str | None"]  # (ok, reason when not ok)
 
 
+@dataclass(frozen=True, slots=True)
+class GetState:
+    """Query: a copy of the service's state, as a snapshot would hold it (for tests and audits)."""
+
+
+class _ExpiryDue:
+    """Told by the timer to the incarnation that scheduled it: time to expire finished entries."""
+
+    __slots__ = ()
+
+
 class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
-    """Serves saga requests; subclasses supply the domain's pure functions."""
+    """Serves saga requests; subclasses supply the domain's pure functions.
+
+    `retention` (seconds, positive and finite, or None to keep every
+    finished entry) is how long finished entries are remembered; with a
+    `timer`, the actor expires them every `expiry_period(retention)` seconds
+    (a message the timer tells it: it never sleeps). Without a timer,
+    entries are expired only when it is told `ExpireRetention`. Its decide
+    must handle `ExpireRetention`.
+    """
 
     PERSISTENCE_ID: ClassVar[str]  # each service's one stream in the journal
 
@@ -48,9 +85,19 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         faults: FaultInjector | None = None,
         *,
         snapshot_every: int | None = None,
+        retention: float | None = None,
+        timer: Timer | None = None,
     ) -> None:
+        if retention is not None and not (retention > 0 and math.isfinite(retention)):
+            raise ValueError(
+                f"retention must be a positive, finite number of seconds or None, got {retention}"
+            )
         super().__init__(journal, self.PERSISTENCE_ID, snapshot_every=snapshot_every)
         self.faults = faults
+        self.retention = retention
+        self._timer = timer
+        self._expiry: TimerHandle | None = None
+        self._expiry_due: _ExpiryDue | None = None  # the one this incarnation scheduled last
 
     def decide(self, command: Any, state: S) -> list[Any]:
         raise NotImplementedError
@@ -63,11 +110,61 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         logger.warning("%s: unexpected message %s", self.persistence_id, type(message).__name__)
         return None
 
+    def snapshot_of(self, state: S) -> S:
+        # The state's own copy: its dicts copied, its immutable entries shared. Under
+        # 0.1 ms for 10,000 entries, against 38-92 ms to encode them and 76-266 ms to
+        # deepcopy them (see EventSourcedActor.snapshot_of).
+        return state.copy()
+
+    def on_recovered(self) -> None:
+        super().on_recovered()
+        self._schedule_expiry()
+
+    def on_stop(self) -> None:
+        self._cancel_expiry()
+        super().on_stop()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._cancel_expiry()
+        super().on_failure(exception_type, exception_value, traceback)
+
     def handle(self, message: Any) -> Any:
         if isinstance(message, Request):
             self._serve(message)
             return None
+        if isinstance(message, ExpireRetention):
+            self.expire(message)
+            return None
+        if isinstance(message, _ExpiryDue):
+            # One handed over from a failed predecessor is not ours: it would double the schedule.
+            if message is self._expiry_due and self.retention is not None:
+                self.expire(ExpireRetention(time.time(), self.retention))
+                self._schedule_expiry()
+            return None
+        if isinstance(message, GetState):
+            return self.snapshot_of(self.state)
         return self.on_other_message(message)
+
+    def expire(self, command: ExpireRetention) -> None:
+        """Forget the finished entries past `command`'s window (runs in the actor's thread).
+
+        The `RetentionExpired` event is applied at once and journaled without
+        waiting; if the write fails the actor stops, as for any event.
+        """
+        events = self.decide(command, self.state)
+        if events:
+            self.persist_async(events, lambda: _nothing)
+
+    def _schedule_expiry(self) -> None:
+        if self._timer is None or self.retention is None:
+            return
+        self._expiry_due = _ExpiryDue()
+        self._expiry = self._timer.schedule(expiry_period(self.retention), self.actor_ref, self._expiry_due)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def _serve(self, request: Request) -> None:
         fate = self.faults.fate() if self.faults is not None else OK
@@ -107,3 +204,7 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
             request.reply_to.tell(reply)
         except pykka.ActorDeadError:
             logger.debug("reply to a dead requester dropped (%s)", request.correlation)
+
+
+def _nothing() -> None:
+    """What an expiry does once durable: nobody waits for it."""

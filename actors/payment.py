@@ -4,21 +4,30 @@ A simulation of a card processor that follows the test-card convention of
 payment providers. The card number is used to decide and then forgotten:
 only its last four digits are kept. A void that overtakes its authorize
 leaves a tombstone, and the late authorize is refused.
+
+A finished payment (captured, voided, declined, or a tombstone) is kept for
+the retention window, then forgotten (`RetentionExpired`); what was captured
+is also summed per currency in running totals that are never forgotten, so
+the money can be audited against the orders whatever has been forgotten.
 """
 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
 from saga_actors.actors.participant import Answer, ParticipantActor
+from saga_actors.actors.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.actors.validation import PaymentCard
 
 __all__ = [
     "AuthorizePayment",
     "CapturePayment",
+    "CapturesView",
+    "GetCaptures",
     "GetPayments",
     "PaymentActor",
     "PaymentAuthorized",
@@ -68,7 +77,12 @@ class VoidPayment:
 
 @dataclass(frozen=True, slots=True)
 class GetPayments:
-    """Query: every authorization's view."""
+    """Query: the view of every authorization active or finished within the retention window."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetCaptures:
+    """Query: every payment ever captured, counted and summed (a `CapturesView`)."""
 
 
 # --- events ---
@@ -104,8 +118,10 @@ class PaymentVoided:
 PaymentStatus = Literal["authorized", "captured", "voided"]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Authorization:
+    """One order's authorization; immutable (a change replaces it), so copies of the state share it."""
+
     amount: Decimal
     currency: str
     card_last4: str
@@ -114,18 +130,43 @@ class Authorization:
 
 @dataclass(slots=True)
 class PaymentState:
+    """Payments by order id, active or finished within the retention window, and running
+    totals of every capture ever (never forgotten)."""
+
     authorizations: dict[str, Authorization] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)
     voided_unseen: set[str] = field(default_factory=set)  # tombstones
+    retained: Retained = field(default_factory=Retained)  # the finished payments
+    captured_count: int = 0  # payments ever captured
+    captured_total: dict[str, Decimal] = field(default_factory=dict)  # currency -> amount ever captured
 
     def known(self, order_id: str) -> bool:
         return order_id in self.authorizations or order_id in self.declined or order_id in self.voided_unseen
+
+    def copy(self) -> PaymentState:
+        """A copy for a snapshot or a view: the containers are copied, the immutable entries shared."""
+        return PaymentState(
+            dict(self.authorizations),
+            dict(self.declined),
+            set(self.voided_unseen),
+            self.retained.copy(),
+            self.captured_count,
+            dict(self.captured_total),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentView:
     state: PaymentStatus
     amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CapturesView:
+    """Every payment ever captured: how many, and the amount per currency (three-letter code)."""
+
+    payments: int
+    amounts: Mapping[str, Decimal]
 
 
 # --- rules ---
@@ -156,6 +197,8 @@ def decide(command: Any, state: PaymentState, today: datetime.date | None = None
             if _status(state, order_id) == "authorized" or not state.known(order_id):
                 return [PaymentVoided(order_id)]
             return []
+        case ExpireRetention():
+            return state.retained.expire(command)
     raise TypeError(f"payment: unknown command {type(command).__name__}")
 
 
@@ -186,13 +229,26 @@ def evolve(state: PaymentState, event: Any) -> PaymentState:
             state.authorizations[order_id] = Authorization(amount, currency, last4, "authorized")
         case PaymentDeclined(order_id=order_id, reason=reason):
             state.declined[order_id] = reason
+            state.retained.finish(order_id)
         case PaymentCaptured(order_id=order_id):
-            state.authorizations[order_id].status = "captured"
+            captured = replace(state.authorizations[order_id], status="captured")
+            state.authorizations[order_id] = captured
+            state.captured_count += 1
+            total = state.captured_total.get(captured.currency, Decimal(0))
+            state.captured_total[captured.currency] = total + captured.amount
+            state.retained.finish(order_id)
         case PaymentVoided(order_id=order_id):
-            if order_id in state.authorizations:
-                state.authorizations[order_id].status = "voided"
+            authorization = state.authorizations.get(order_id)
+            if authorization is not None:
+                state.authorizations[order_id] = replace(authorization, status="voided")
             else:
                 state.voided_unseen.add(order_id)
+            state.retained.finish(order_id)
+        case RetentionExpired():
+            for order_id in state.retained.forget(event):
+                state.authorizations.pop(order_id, None)
+                state.declined.pop(order_id, None)
+                state.voided_unseen.discard(order_id)
         case _:
             raise TypeError(f"payment: unknown event {type(event).__name__}")
     return state
@@ -200,6 +256,10 @@ def evolve(state: PaymentState, event: Any) -> PaymentState:
 
 def views(state: PaymentState) -> dict[str, PaymentView]:
     return {o: PaymentView(a.status, a.amount) for o, a in state.authorizations.items()}
+
+
+def captures(state: PaymentState) -> CapturesView:
+    return CapturesView(state.captured_count, dict(state.captured_total))
 
 
 def _status(state: PaymentState, order_id: str) -> str | None:
@@ -228,4 +288,6 @@ class PaymentActor(ParticipantActor[PaymentState]):
     def on_other_message(self, message: Any) -> Any:
         if isinstance(message, GetPayments):
             return views(self.state)
+        if isinstance(message, GetCaptures):
+            return captures(self.state)
         return super().on_other_message(message)

@@ -44,13 +44,14 @@ from saga_actors.actors.order_saga import ORDER_SAGA, OrderSagaData
 from saga_actors.actors.orders import (
     GetOrder,
     GetOrders,
+    GetSales,
     OrderService,
     OrderView,
     Outcomes,
     PlaceOrder,
     RecoverOrders,
 )
-from saga_actors.actors.payment import GetPayments, PaymentActor, PaymentView
+from saga_actors.actors.payment import GetCaptures, GetPayments, PaymentActor, PaymentView
 from saga_actors.actors.simulation import FaultInjector, FaultPlan, SimulatedLink
 from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
@@ -58,7 +59,7 @@ from saga_actors.persistence.sqlite import SQLiteJournal
 from saga_actors.sagas.engine import FINAL_EVENTS, CommitDecided, SagaState, SagaView, evolve, view
 from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
 from saga_actors.sagas.metrics import Metrics
-from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
 from saga_actors.supervision import (
     ONE_FOR_ONE,
     REST_FOR_ONE,
@@ -80,6 +81,10 @@ QUERY_TIMEOUT = 10.0  # seconds a view query may take (it waits out a service re
 VIEW_TIMEOUT = 2.0  # seconds a saga may take to say what it is doing
 RECOVERY_TIMEOUT = 600.0  # seconds an actor may take to replay its journal
 DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived actors
+# Seconds a finished order, reservation or payment is remembered (a repeat gets its first
+# answer, a late request is refused): idempotency keys are commonly kept for at least 24 h.
+# It must exceed the longest a request can be delayed (on the wire, in a retry, in a queue).
+DEFAULT_RETENTION = 24 * 3600
 
 # Supervision defaults, and why:
 # - services: the simulated services crash on purpose (FaultPlan.crash_rate)
@@ -198,14 +203,18 @@ class OrderSystem:
         payment_faults: FaultPlan | None = None,
         retry: RetryPolicy | None = None,
         snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
+        retention: float = DEFAULT_RETENTION,
     ) -> None:
-        _check_arguments(journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every)
+        _check_arguments(
+            journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every, retention
+        )
         self._journal_path = journal_path
         self._stock = dict(stock or {})
         self._inventory_faults = inventory_faults or FaultPlan()
         self._payment_faults = payment_faults or FaultPlan()
         self._retry = retry or RetryPolicy()
         self._snapshot_every = snapshot_every
+        self._retention = float(retention)
         self._lock = threading.Lock()
         self._running = False
         self._failure: BaseException | None = None
@@ -308,9 +317,13 @@ class OrderSystem:
         return self.submit(request).get(timeout)
 
     def order(self, order_id: str) -> OrderView | None:
+        """The order's view, or None if it was never placed: from memory within the retention
+        window, else from its saga's stream in the journal (one indexed read)."""
         return cast("OrderView | None", self._ask(self._orders, GetOrder(order_id)))
 
     def orders(self) -> dict[str, OrderView]:
+        """`{order_id: view}` of the orders in memory: in flight, or finished within the retention
+        window (older ones are in the journal: `order(order_id)`)."""
         return cast("dict[str, OrderView]", self._ask(self._orders, GetOrders()))
 
     def inventory(self) -> dict[int, StockView]:
@@ -396,7 +409,14 @@ class OrderSystem:
         Besides the invariants over the views, "no saga in flight" fails while
         any order is still being placed or run (it names what they wait for).
         """
-        checks = check_consistency(initial_stock, self.orders(), self.inventory(), self.payments())
+        checks = check_consistency(
+            initial_stock,
+            self.orders(),
+            self.inventory(),
+            self.payments(),
+            sales=self._ask(self._orders, GetSales()),
+            captures=self._ask(self._payment, GetCaptures()),
+        )
         running = sorted(self._outcomes.running())
         waiting = []
         for order_id in running[:3]:
@@ -436,21 +456,31 @@ class OrderSystem:
         }
         self._timer = timer
         self._seed = self._payment_faults.seed
-        every = self._snapshot_every
+        every, retention = self._snapshot_every, self._retention
         restarted = self._count_restart
         services = [
             ChildSpec(
                 "inventory",
                 address=self._inventory,
                 start=lambda: InventoryActor.start_recovered(
-                    journal, inventory_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT
+                    journal,
+                    inventory_dice,
+                    snapshot_every=every,
+                    retention=retention,
+                    timer=timer,
+                    timeout=RECOVERY_TIMEOUT,
                 ),
             ),
             ChildSpec(
                 "payment",
                 address=self._payment,
                 start=lambda: PaymentActor.start_recovered(
-                    journal, payment_dice, snapshot_every=every, timeout=RECOVERY_TIMEOUT
+                    journal,
+                    payment_dice,
+                    snapshot_every=every,
+                    retention=retention,
+                    timer=timer,
+                    timeout=RECOVERY_TIMEOUT,
                 ),
             ),
             ChildSpec(
@@ -462,6 +492,8 @@ class OrderSystem:
                     outcomes=self._outcomes,
                     metrics=self._metrics,
                     snapshot_every=every,
+                    retention=retention,
+                    timer=timer,
                     timeout=RECOVERY_TIMEOUT,
                 ),
             ),
@@ -714,6 +746,7 @@ def _check_arguments(
     payment_faults: object,
     retry: object,
     snapshot_every: object,
+    retention: object,
 ) -> None:
     """Check arguments that an untyped caller may get wrong; raise ValueError naming each problem."""
     problems = []
@@ -725,6 +758,11 @@ def _check_arguments(
         isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1
     ):
         problems.append(f"snapshot_every must be a positive integer or None, got {snapshot_every!r}")
+    if not (is_finite_number(retention) and 0 < retention < _FOREVER):  # type: ignore[operator]
+        problems.append(
+            "retention must be a positive number of seconds below 10**9 (about 32 years), "
+            f"got {show_parameter(retention)}"
+        )
     if stock is not None:
         if not isinstance(stock, Mapping):
             problems.append(f"stock must be a mapping of product id to quantity, got {type(stock).__name__}")

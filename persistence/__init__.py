@@ -5,7 +5,7 @@ journal of events; it persists an event before it acts on it, and rebuilds
 its state on start from its latest snapshot and the events after it.
 """
 
-from saga_actors.persistence.eventsourced import EventSourcedActor
+from saga_actors.persistence.eventsourced import EventSourcedActor, wait_for_snapshots
 from saga_actors.persistence.journal import (
     ConcurrencyError,
     InMemoryJournal,
@@ -35,4 +35,5 @@ __all__ = [
     "SelectedSnapshot",
     "SerializationError",
     "SnapshotStore",
+    "wait_for_snapshots",
 ]

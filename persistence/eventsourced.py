@@ -3,13 +3,20 @@
 The business rules live in pure functions (decide which events happen,
 apply an event to the state); this shell only does the I/O: it replays the
 journal on start, and persists events before applying them.
+
+Snapshots cost the actor only a copy of its state: encoding and writing
+happen on one shared thread, the snapshot writer, after the events the
+snapshot covers are durable (see `_snapshot_if_due`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -17,7 +24,7 @@ import pykka
 
 from saga_actors.persistence.journal import JournalWithSnapshots
 
-__all__ = ["EventSourcedActor"]
+__all__ = ["EventSourcedActor", "wait_for_snapshots"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,54 @@ class _JournalFailed:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+class _SnapshotWriter:
+    """One daemon thread that runs snapshot writes, in the order they are submitted.
+
+    Shared by every event-sourced actor of the process: a snapshot write is
+    rare and short next to the events, and one thread keeps the order of one
+    actor's snapshots without any bookkeeping. A daemon, so a write in
+    progress never holds up the interpreter's exit (the events are the
+    truth; a snapshot is only a shortcut).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        """Run `write()` on the snapshot writer's thread, after every write submitted before."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+                self._thread.start()
+        self._queue.put(write)
+
+    def _run(self) -> None:
+        while True:
+            write = self._queue.get()
+            try:
+                write()
+            except Exception:  # each write logs its own failures; this is a last resort
+                logger.exception("snapshot write failed")
+
+
+_snapshot_writer = _SnapshotWriter()
+
+
+def wait_for_snapshots(timeout: float | None = None) -> bool:
+    """Wait until every snapshot handed to the snapshot writer before the call is written (or
+    failed); False if some still are not after `timeout` seconds (None: as long as it takes).
+
+    A snapshot is handed over once the events it covers are durable: call the
+    journal's `flush()` first to include snapshots whose events are still being
+    written. For tests and tools; an actor never needs to wait.
+    """
+    done = threading.Event()
+    _snapshot_writer.submit(done.set)
+    return done.wait(timeout)
 
 
 # Set around `cls.start()` by `start_recovered`; read by `__init__`, which
@@ -61,6 +116,10 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.state: S = self.initial_state()
         self.sequence_nr = 0
         self._last_snapshot_nr = 0  # the newest snapshot this actor knows of
+        # The newest snapshot whose events are durable and that waits for the snapshot
+        # writer; a newer one replaces it (a backlog of snapshots collapses to the newest).
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_waiting: tuple[int, S] | None = None
         self.exit_reason: BaseException | None = None
         self._recovery_waiter = _recovery_waiter.get()
 
@@ -74,6 +133,21 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
     def is_journaled(self, event: Any) -> bool:
         """Whether `event` is written to the journal (default: every event)."""
         return True
+
+    def snapshot_of(self, state: S) -> S:
+        """A copy of `state` that the actor's later changes cannot reach, for a snapshot.
+
+        Runs on the actor's thread; the copy is encoded and written on the
+        snapshot writer's thread while the actor goes on changing its state.
+        The default, `copy.deepcopy`, is correct for any state but slow:
+        measured on the inventory, payment and order states with 10,000
+        entries each, it took 76-266 ms, 2-3.3x longer than encoding them
+        for the journal (38-92 ms), so it would cost the actor more than the
+        synchronous snapshot did. Override it with a copy that shares what
+        never changes: those states, whose entries are immutable, copy their
+        dicts in under 0.1 ms (see `actors/participant.py`).
+        """
+        return copy.deepcopy(state)
 
     def on_start(self) -> None:
         try:
@@ -181,14 +255,74 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.state = state
 
     def _snapshot_if_due(self, before: int) -> None:
+        """Snapshot the state if this batch crossed a multiple of `snapshot_every`, without waiting.
+
+        Here, on the actor's thread: only `snapshot_of` (a copy). Then an
+        empty asynchronous append, queued behind this actor's earlier appends,
+        completes once they are all durable - or fails if one of them failed
+        - and only then is the copy handed to the snapshot writer, which
+        encodes it, stores it and deletes superseded snapshots. So a snapshot
+        is never ahead of the stored events, and the actor never waits. If
+        the writer falls behind, only this actor's newest snapshot waits for
+        it (a newer one replaces an older one not yet begun). A snapshot that
+        cannot be written is logged and skipped: the events are the truth,
+        and the next snapshot is due `snapshot_every` events later.
+        """
         every = self.snapshot_every
-        if every is not None and self.sequence_nr // every > before // every:
-            # An empty append waits for every earlier write (and fails if one
-            # failed), so a snapshot is never ahead of the stored events.
-            self.journal.append(self.persistence_id, [], self.sequence_nr)
-            self.journal.save_snapshot(self.persistence_id, self.sequence_nr, self.state)
-            # Keep the newest two (the one before the newest covers a newest that
-            # turns out unreadable); superseded ones only cost space.
-            if self._last_snapshot_nr:
-                self.journal.delete_snapshots(self.persistence_id, self._last_snapshot_nr - 1)
-            self._last_snapshot_nr = self.sequence_nr
+        if every is None or self.sequence_nr // every <= before // every:
+            return
+        sequence_nr, snapshot = self.sequence_nr, self.snapshot_of(self.state)
+
+        def events_durable(highest: int | None, error: BaseException | None) -> None:
+            # In the journal's thread: hand the write over, never do it here.
+            if error is None:
+                self._hand_over_snapshot(sequence_nr, snapshot)
+            else:  # the actor stops with that error (see persist_async)
+                logger.info("%s: snapshot #%d skipped: %s", self.persistence_id, sequence_nr, error)
+
+        try:
+            self.journal.append_async(self.persistence_id, [], sequence_nr, events_durable)
+        except Exception as error:  # the journal is closed, say: the actor is on its way out
+            logger.info("%s: snapshot #%d skipped: %s", self.persistence_id, sequence_nr, error)
+
+    def _hand_over_snapshot(self, sequence_nr: int, snapshot: S) -> None:
+        """The events up to `sequence_nr` are durable: have the snapshot writer store `snapshot`
+        (runs in the journal's thread, or the actor's for a journal that writes at once)."""
+        with self._snapshot_lock:
+            queued = self._snapshot_waiting is not None
+            self._snapshot_waiting = (sequence_nr, snapshot)
+        if not queued:
+            _snapshot_writer.submit(self._write_waiting_snapshot)
+
+    def _write_waiting_snapshot(self) -> None:
+        """Store the snapshot waiting, the newest handed over (runs on the snapshot writer's thread)."""
+        with self._snapshot_lock:
+            waiting, self._snapshot_waiting = self._snapshot_waiting, None
+        if waiting is not None:
+            self._write_snapshot(*waiting)
+
+    def _write_snapshot(self, sequence_nr: int, snapshot: S) -> None:
+        """Store `snapshot` and delete the superseded ones (runs on the snapshot writer's thread)."""
+        try:
+            self.journal.save_snapshot(self.persistence_id, sequence_nr, snapshot)
+        except Exception as error:
+            # Once the actor has stopped, a closed journal is its shutdown, not a problem.
+            level = logging.WARNING if self.actor_ref.is_alive() else logging.DEBUG
+            logger.log(
+                level,
+                "%s: snapshot #%d not written (%s: %s); the events are kept, recovery replays them",
+                self.persistence_id,
+                sequence_nr,
+                type(error).__name__,
+                error,
+            )
+            return
+        # Keep the newest two (the one before the newest covers a newest that
+        # turns out unreadable); superseded ones only cost space. Only this
+        # thread changes `_last_snapshot_nr` once the actor has recovered.
+        previous, self._last_snapshot_nr = self._last_snapshot_nr, sequence_nr
+        if previous:
+            try:
+                self.journal.delete_snapshots(self.persistence_id, previous - 1)
+            except Exception as error:
+                logger.warning("%s: superseded snapshots not deleted: %s", self.persistence_id, error)

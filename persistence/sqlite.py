@@ -5,7 +5,11 @@ power loss, not only a process crash. One writer thread owns the write
 connection and practises *group commit*: every append queued while a
 transaction is being written rides in the next one, so concurrent actors
 share one fsync instead of paying one each. Readers use their own
-connection and never block the writer.
+connection and never block the writer. The writer checks each append's
+expected sequence number against its own record of the streams' highest
+numbers: the most recently written `cached_streams` of them, the others
+read from the file (one indexed query) when next written, so its memory
+does not grow with the number of streams ever written (one per saga).
 
 A journal has one writer: opening takes an exclusive lock on `<path>.lock`
 (flock, held until `close()`), so a second engine on the same file, in
@@ -34,6 +38,7 @@ import stat
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,7 +53,7 @@ from saga_actors.persistence.journal import (
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 
-__all__ = ["SCHEMA_VERSION", "NotAJournal", "SQLiteJournal", "row_checksum"]
+__all__ = ["DEFAULT_CACHED_STREAMS", "SCHEMA_VERSION", "NotAJournal", "SQLiteJournal", "row_checksum"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +132,9 @@ CREATING_SUFFIX = ".creating"  # a new journal is built here, then renamed into 
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIRECTORY = 0o700
+
+# Streams whose highest sequence number the writer keeps in memory (a few MiB at most).
+DEFAULT_CACHED_STREAMS = 65_536
 
 
 class NotAJournal(JournalCorrupted):
@@ -212,6 +220,9 @@ class SQLiteJournal:
 
     `group_commit=False` writes one transaction per operation (for
     comparison); `synchronous` is SQLite's setting (FULL by default).
+    `cached_streams` (>= 1) bounds the writer's record of the streams'
+    highest sequence numbers: the least recently written are dropped from
+    it and read from the file again when next written.
 
     The constructor opens the journal (see `open()` for what it raises).
     Threads: `open()` and `close()` run in the caller's thread; writes run in
@@ -229,14 +240,19 @@ class SQLiteJournal:
         synchronous: str = "FULL",
         group_commit: bool = True,
         max_batch: int = 1000,
+        cached_streams: int = DEFAULT_CACHED_STREAMS,
     ) -> None:
         if synchronous.upper() not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
+        if cached_streams < 1:
+            raise ValueError(f"cached_streams must be at least 1, got {cached_streams}")
+        self.cached_streams = cached_streams
         self.path = os.fspath(path)
         self.codec = codec
         self._synchronous = synchronous.upper()
         self._max_batch = max_batch if group_commit else 1
         self._reader_lock = threading.Lock()
+        self._queue_lock = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = True
         self.transactions = 0  # for measurements: operations / transactions = batch size
         self.operations = 0
@@ -287,7 +303,8 @@ class SQLiteJournal:
             reader = self._connect(self._synchronous)
             self._writer, self._reader, self._lock_fd, self._file_fd = writer, reader, lock_fd, file_fd
             self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-            self._highest: dict[str, int] = {}  # the writer's record, read from the file once per stream
+            # The writer's record of recently written streams, least recently written first.
+            self._highest: OrderedDict[str, int] = OrderedDict()
             self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
             self._closed = False
             self._thread.start()
@@ -338,9 +355,7 @@ class SQLiteJournal:
         operation = _Operation(
             append=self._rows(persistence_id, events, expected_sequence_nr), callback=on_done
         )
-        if self._closed:
-            raise RuntimeError(f"journal {self.path} is closed")
-        self._queue.put(operation)
+        self._enqueue(operation)
 
     def _rows(
         self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int
@@ -519,10 +534,11 @@ class SQLiteJournal:
         Writes submitted after it starts raise RuntimeError ("closed"). The
         lock is released even if closing a connection fails.
         """
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._queue_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         try:
             self._thread.join()
             self._writer.close()
@@ -580,10 +596,20 @@ class SQLiteJournal:
             )
         return value
 
+    def _enqueue(self, operation: _Operation) -> None:
+        """Queue `operation` for the writer, or raise RuntimeError if the journal is closed.
+
+        Checked and queued under the lock `close()` takes to queue the writer's
+        stop: an operation queued behind the stop would never be done, and its
+        caller (a thread writing a snapshot, say) would wait for ever.
+        """
+        with self._queue_lock:
+            if self._closed:
+                raise RuntimeError(f"journal {self.path} is closed")
+            self._queue.put(operation)
+
     def _submit(self, operation: _Operation) -> Any:
-        if self._closed:
-            raise RuntimeError(f"journal {self.path} is closed")
-        self._queue.put(operation)
+        self._enqueue(operation)
         operation.done.acquire()
         if operation.error is not None:
             raise operation.error
@@ -625,7 +651,7 @@ class SQLiteJournal:
                 db.execute("RELEASE operation")
             self._insert(db, rows, highest)
             db.execute("COMMIT")
-            self._highest.update(highest)
+            self._remember(highest)
             self.transactions += 1
             self.operations += len(batch)
         except Exception as error:  # the transaction failed: nothing in it is durable
@@ -658,7 +684,7 @@ class SQLiteJournal:
         current = highest.get(persistence_id)
         if current is None:
             current = self._highest.get(persistence_id)
-            if current is None:
+            if current is None:  # never written, or dropped from the record: the file knows
                 current = _highest(db, persistence_id)
         if current != expected:
             operation.error = ConcurrencyError(
@@ -667,6 +693,16 @@ class SQLiteJournal:
             return
         highest[persistence_id] = operation.result = expected + len(new_rows)
         rows.extend(new_rows)
+
+    def _remember(self, highest: dict[str, int]) -> None:
+        """Record the streams a committed transaction wrote; forget the least recently written
+        beyond `cached_streams` (writer thread only)."""
+        record = self._highest
+        for persistence_id, sequence_nr in highest.items():
+            record[persistence_id] = sequence_nr
+            record.move_to_end(persistence_id)
+        while len(record) > self.cached_streams:
+            record.popitem(last=False)
 
     @staticmethod
     def _insert(db: sqlite3.Connection, rows: list[tuple[Any, ...]], highest: dict[str, int]) -> None:

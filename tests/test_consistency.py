@@ -8,8 +8,8 @@ import pytest
 
 from saga_actors.actors.consistency import check_consistency
 from saga_actors.actors.inventory import StockView
-from saga_actors.actors.orders import OrderView
-from saga_actors.actors.payment import PaymentView
+from saga_actors.actors.orders import OrderView, SalesView
+from saga_actors.actors.payment import CapturesView, PaymentView
 from saga_actors.actors.validation import OrderItem
 
 STOCK = {1: 10, 2: 5}
@@ -76,3 +76,55 @@ def test_failures_name_what_is_wrong():
     inventory[1] = StockView(8, 0, 10)
     (stock,) = [c for c in check_consistency(STOCK, orders, inventory, payments) if not c.ok]
     assert stock.detail == "1: on hand 8, expected 7"
+
+
+# --- with running totals: entries forgotten past the retention window ---
+
+SALES = SalesView(1, {1: 3}, {"USD": Decimal("9.00")})
+CAPTURES = CapturesView(1, {"USD": Decimal("9.00")})
+
+
+def failing_with_totals(orders, inventory, payments, sales=SALES, captures=CAPTURES):
+    checks = check_consistency(STOCK, orders, inventory, payments, sales=sales, captures=captures)
+    return {c.name for c in checks if not c.ok}
+
+
+def test_entries_forgotten_on_either_side_are_checked_through_the_totals():
+    orders, inventory, payments = good()
+    assert failing_with_totals(orders, inventory, payments) == set()
+    assert failing_with_totals({}, inventory, {}) == set()  # everything forgotten
+    assert failing_with_totals(orders, inventory, {}) == set()  # the payments forgotten first
+    assert failing_with_totals({}, inventory, payments) == set()  # the orders forgotten first
+
+
+@pytest.mark.parametrize(
+    ("sales", "captures"),
+    [
+        (SALES, CapturesView(0, {})),  # a confirmed order never captured
+        (SALES, CapturesView(2, {"USD": Decimal("18.00")})),  # a capture without a confirmed order
+        (SALES, CapturesView(1, {"USD": Decimal("8.99")})),  # captured the wrong amount
+        (SALES, CapturesView(1, {"EUR": Decimal("9.00")})),  # in the wrong currency
+    ],
+)
+def test_totals_that_differ_fail_the_capture_check_even_when_every_entry_is_forgotten(sales, captures):
+    failed = failing_with_totals({}, {1: StockView(7, 0, 10), 2: StockView(5, 0, 5)}, {}, sales, captures)
+    assert failed == {"every confirmed order captured exactly its amount"}
+
+
+def test_stock_is_conserved_against_the_units_ever_sold():
+    inventory = {1: StockView(7, 0, 10), 2: StockView(5, 0, 5)}
+    assert failing_with_totals({}, inventory, {}) == set()
+    oversold = SalesView(1, {1: 4}, {"USD": Decimal("9.00")})
+    assert failing_with_totals({}, inventory, {}, sales=oversold) == {"stock conserved"}
+
+
+def test_an_entry_both_sides_still_hold_is_checked_one_by_one():
+    orders, inventory, payments = good()
+    payments["a"] = PaymentView("voided", Decimal("9.00"))
+    failed = failing_with_totals(orders, inventory, payments)
+    assert failed == {"every confirmed order captured exactly its amount"}
+
+
+def test_totals_come_in_pairs():
+    with pytest.raises(ValueError, match="both sales and captures"):
+        check_consistency(STOCK, *good(), sales=SALES)

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import sqlite3
 import threading
 import time
 
-from saga_actors.actors.inventory import GetStock, InventoryActor, ReserveStock, StockProducts
+import pytest
+
+from saga_actors.actors.codec import order_codec
+from saga_actors.actors.inventory import (
+    CommitStock,
+    GetStock,
+    InventoryActor,
+    InventoryState,
+    ReleaseStock,
+    ReserveStock,
+    StockProducts,
+    evolve,
+)
+from saga_actors.actors.participant import GetState
+from saga_actors.actors.retention import ExpireRetention
 from saga_actors.actors.validation import OrderItem
-from saga_actors.persistence import InMemoryJournal
+from saga_actors.persistence import InMemoryJournal, SQLiteJournal, wait_for_snapshots
 from saga_actors.sagas.protocol import Correlation, Reply, Request
 
 
@@ -99,6 +114,7 @@ def test_superseded_snapshots_are_deleted_and_recovery_uses_the_newest(tmp_path)
         finally:
             actor.stop()
         journal.flush()
+        assert wait_for_snapshots(5)
         reader = sqlite3.connect(tmp_path / "j.db")
         try:
             query = (
@@ -116,3 +132,159 @@ def test_superseded_snapshots_are_deleted_and_recovery_uses_the_newest(tmp_path)
             again.stop()
     finally:
         journal.close()
+
+
+def replayed(journal, to_sequence_nr: int) -> InventoryState:
+    """The inventory's state rebuilt from its events 1..to_sequence_nr alone."""
+    state = InventoryState()
+    for stored in journal.replay("inventory", to_sequence_nr=to_sequence_nr):
+        state = evolve(state, stored.event)
+    return state
+
+
+class SlowSnapshots(InMemoryJournal):
+    """A snapshot write blocks until the test releases it (a huge state on a slow disk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+        self.released = threading.Event()
+
+    def save_snapshot(self, persistence_id, sequence_nr, snapshot):
+        self.writing.set()
+        assert self.released.wait(10), "the test never released the snapshot write"
+        super().save_snapshot(persistence_id, sequence_nr, snapshot)
+
+
+def test_the_actor_keeps_serving_while_a_snapshot_is_written():
+    journal = SlowSnapshots()
+    actor = InventoryActor.start(journal, snapshot_every=2)
+    try:
+        actor.ask(StockProducts(((1, 100),)))
+        inbox = Inbox()
+        actor.tell(reserve("o1", inbox))  # event 2: a snapshot is due
+        assert inbox.messages.get(timeout=2).ok
+        assert journal.writing.wait(5)
+        # The snapshot write is stuck; the actor answers requests and queries meanwhile.
+        actor.tell(reserve("o2", inbox))
+        actor.tell(reserve("o3", inbox))
+        assert inbox.messages.get(timeout=2).ok and inbox.messages.get(timeout=2).ok
+        assert actor.ask(GetStock(), timeout=2)[1].reserved == 3
+        assert journal.load_snapshot("inventory") is None
+    finally:
+        journal.released.set()
+    try:
+        assert wait_for_snapshots(5)
+        snapshot = journal.load_snapshot("inventory")
+        # Taken at event 2, while the state went on to event 4: it holds event 2's state.
+        assert snapshot is not None and snapshot.sequence_nr in (2, 4)
+        assert snapshot.snapshot == replayed(journal, snapshot.sequence_nr)
+        assert len(snapshot.snapshot.reservations) == snapshot.sequence_nr - 1
+    finally:
+        actor.stop()
+
+
+def test_a_snapshot_is_not_written_before_the_events_it_covers():
+    journal = GatedJournal()
+    journal.append("inventory", [], 0)
+    actor = InventoryActor.start(journal, snapshot_every=1)
+    try:
+        actor.ask(StockProducts(((1, 5),)))  # written at once (a synchronous append)
+        inbox = Inbox()
+        actor.tell(reserve("o1", inbox))  # held by the journal
+        assert actor.ask(GetStock(), timeout=2)[1].reserved == 1  # applied, not yet durable
+        journal.flush()
+        assert wait_for_snapshots(5)
+        assert journal.highest_sequence_nr("inventory") == 1
+        assert journal.load_snapshot("inventory") is None  # even event 1's waits behind the barrier
+        journal.release()  # the events, each followed by its snapshot's barrier
+        assert inbox.messages.get(timeout=2).ok
+        assert wait_for_snapshots(5)
+        snapshot = journal.load_snapshot("inventory")
+        assert snapshot is not None and snapshot.sequence_nr == 2
+        assert snapshot.snapshot == replayed(journal, 2)
+    finally:
+        actor.stop()
+
+
+def test_a_failed_snapshot_write_is_logged_and_the_actor_carries_on(caplog):
+    class FullDisk(InMemoryJournal):
+        def save_snapshot(self, persistence_id, sequence_nr, snapshot):
+            raise OSError("disk full")
+
+    journal = FullDisk()
+    actor = InventoryActor.start(journal, snapshot_every=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="saga_actors.persistence.eventsourced"):
+            actor.ask(StockProducts(((1, 5),)))
+            inbox = Inbox()
+            actor.tell(reserve("o1", inbox))
+            assert inbox.messages.get(timeout=2).ok
+            assert wait_for_snapshots(5)
+        assert "not written (OSError: disk full)" in caplog.text
+        assert actor.is_alive() and actor.ask(GetStock(), timeout=2)[1].reserved == 1
+        assert journal.highest_sequence_nr("inventory") == 2  # the events are all there
+    finally:
+        actor.stop()
+
+
+@pytest.mark.parametrize("every", [1, 7])
+def test_every_snapshot_taken_while_serving_equals_the_replay_of_its_events(tmp_path, every):
+    journal = SQLiteJournal(str(tmp_path / "j.db"), order_codec())
+    actor = InventoryActor.start_recovered(journal, snapshot_every=every, timeout=10)
+    try:
+        actor.ask(StockProducts(((1, 1000), (2, 1000))))
+        inbox = Inbox()
+        now = 1_800_000_000.0
+        for i in range(60):
+            actor.tell(reserve(f"o{i}", inbox))
+            settle = CommitStock(f"o{i}") if i % 3 else ReleaseStock(f"o{i}")
+            actor.tell(Request(settle, inbox, Correlation(f"o{i}", "do", "s", 1)))
+            if i % 10 == 9:  # forget what finished a window ago, in the middle of it all
+                actor.tell(ExpireRetention(now + i, 5.0))
+        replies = [inbox.messages.get(timeout=5) for _ in range(120)]
+        assert all(r.ok for r in replies)
+        final = actor.ask(GetState(), timeout=2)
+        journal.flush()
+        assert wait_for_snapshots(5)
+        highest = journal.highest_sequence_nr("inventory")
+        newest = journal.load_snapshot("inventory")
+        assert newest is not None
+        older = journal.load_snapshot("inventory", newest.sequence_nr - 1)  # if one was written
+        for snapshot in filter(None, (newest, older)):
+            assert snapshot.snapshot == replayed(journal, snapshot.sequence_nr), snapshot.sequence_nr
+        assert replayed(journal, highest) == final
+        assert len(final.reservations) < 60  # some were forgotten
+    finally:
+        actor.stop()
+        journal.close()
+
+
+def test_a_backlog_of_snapshots_collapses_to_the_newest():
+    class Recorded(SlowSnapshots):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved: list[int] = []
+
+        def save_snapshot(self, persistence_id, sequence_nr, snapshot):
+            self.saved.append(sequence_nr)
+            super().save_snapshot(persistence_id, sequence_nr, snapshot)
+
+    journal = Recorded()
+    actor = InventoryActor.start(journal, snapshot_every=1)
+    try:
+        actor.ask(StockProducts(((1, 100),)))  # snapshot #1: its write blocks
+        assert journal.writing.wait(5)
+        inbox = Inbox()
+        for i in range(5):  # snapshots #2 to #6 come due while #1 is being written
+            actor.tell(reserve(f"o{i}", inbox))
+        assert all(inbox.messages.get(timeout=2).ok for _ in range(5))
+        assert actor.ask(GetStock(), timeout=2)[1].reserved == 5  # every request fully handled
+    finally:
+        journal.released.set()
+    try:
+        assert wait_for_snapshots(5)
+        assert journal.saved == [1, 6]  # #2 to #5 were superseded before their turn came
+        assert journal.load_snapshot("inventory").snapshot == replayed(journal, 6)
+    finally:
+        actor.stop()

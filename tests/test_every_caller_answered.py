@@ -240,10 +240,10 @@ def test_an_unexpected_error_placing_one_order_fails_that_caller_only(monkeypatc
 
     real = orders.decide
 
-    def buggy(command, state):
+    def buggy(command, state, *journaled):
         if getattr(command, "order", None) is not None and command.order.order_id == "poison":
             raise RuntimeError("a bug")
-        return real(command, state)
+        return real(command, state, *journaled)
 
     monkeypatch.setattr(orders, "decide", buggy)
     with OrderSystem(stock={101: 50}) as system:

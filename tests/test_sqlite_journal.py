@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from saga_actors.persistence import (
+    ConcurrencyError,
     EventCodec,
     JournalCorrupted,
     NotAJournal,
@@ -257,3 +258,38 @@ def test_closed_journal_refuses_writes(path):
     journal.close()
     with pytest.raises(RuntimeError, match="closed"):
         journal.append("p", [Happened(1)], 0)
+
+
+def test_the_writers_record_of_streams_is_bounded_and_still_refuses_a_wrong_sequence_number(path):
+    journal = SQLiteJournal(path, CODEC, cached_streams=4)
+    try:
+        for i in range(10):  # more streams than the writer keeps in memory
+            assert journal.append(f"s{i}", [Happened(i)], 0) == 1
+        assert list(journal._highest) == ["s6", "s7", "s8", "s9"]  # the most recently written
+        # s0 was dropped from the record: the file tells the writer where it stands.
+        with pytest.raises(ConcurrencyError, match="expected sequence number 0, journal is at 1"):
+            journal.append("s0", [Happened(0)], 0)
+        assert journal.append("s0", [Happened(1)], 1) == 2
+        assert list(journal._highest) == ["s7", "s8", "s9", "s0"]
+        # Within one transaction too: two appends to a dropped stream, the second one stale.
+        results: list = []
+        done = threading.Event()
+
+        def record(highest, error):
+            results.append(highest if error is None else type(error).__name__)
+            if len(results) == 2:
+                done.set()
+
+        journal.append_async("s1", [Happened(2)], 1, record)
+        journal.append_async("s1", [Happened(3)], 1, record)
+        assert done.wait(5)
+        assert results == [2, "ConcurrencyError"]
+        assert len(journal._highest) == 4
+        assert [e.event for e in journal.replay("s1")] == [Happened(1), Happened(2)]
+    finally:
+        journal.close()
+
+
+def test_cached_streams_must_be_positive(path):
+    with pytest.raises(ValueError, match="cached_streams"):
+        SQLiteJournal(path, CODEC, cached_streams=0)
