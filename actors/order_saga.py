@@ -32,9 +32,9 @@ from saga_actors.actors.orders import (
 from saga_actors.actors.payment import AuthorizePayment, CapturePayment, VoidPayment
 from saga_actors.actors.validation import OrderItem, OrderRequest
 from saga_actors.persistence.journal import Journal
-from saga_actors.sagas.actor import saga_persistence_id
 from saga_actors.sagas.definition import SagaContext, SagaDefinition, Step
 from saga_actors.sagas.engine import SagaState, evolve
+from saga_actors.sagas.host import saga_persistence_id
 
 __all__ = ["ORDER_SAGA", "OrderSagaData", "journaled_order"]
 
