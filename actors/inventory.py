@@ -266,6 +266,9 @@ def stock_command(stock: Mapping[int, int]) -> StockProducts:
 class InventoryActor(ParticipantActor[InventoryState]):
     PERSISTENCE_ID = PERSISTENCE_ID
 
+    def state_size(self, state: InventoryState) -> int:
+        return len(state.reservations) + len(state.on_hand)
+
     def initial_state(self) -> InventoryState:
         return InventoryState()
 

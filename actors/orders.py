@@ -108,9 +108,12 @@ class RecoverOrders:
 
     The order was journaled but the process died before its saga was: no
     request about it ever left, so there is nothing to compensate.
+    `saga_started(order_id)` says whether the order's saga journaled
+    anything (one indexed read); it is asked only about pending orders, so
+    recovery costs what is in flight, not what is in the journal.
     """
 
-    sagas_started: frozenset[str]
+    saga_started: Callable[[str], bool]
 
 
 # --- events ---
@@ -496,6 +499,9 @@ class OrderService(ParticipantActor[OrdersState]):
         self._metrics = metrics
         self._incarnation = object()
 
+    def state_size(self, state: OrdersState) -> int:
+        return len(state.orders)
+
     def initial_state(self) -> OrdersState:
         return OrdersState()
 
@@ -528,7 +534,7 @@ class OrderService(ParticipantActor[OrdersState]):
                 return {o: view(r) for o, r in self.state.orders.items()}
             case GetSales():
                 return sales(self.state)
-            case RecoverOrders(sagas_started=started):
+            case RecoverOrders(saga_started=started):
                 return self._cancel_unstarted(started)
             case _:
                 return super().on_other_message(message)
@@ -605,11 +611,11 @@ class OrderService(ParticipantActor[OrdersState]):
             self._start_saga(order)
         self._outcomes.settle(message)
 
-    def _cancel_unstarted(self, sagas_started: frozenset[str]) -> list[str]:
+    def _cancel_unstarted(self, saga_started: Callable[[str], bool]) -> list[str]:
         unstarted = [
             order_id
             for order_id, record in self.state.orders.items()
-            if record.state == PENDING and order_id not in sagas_started
+            if record.state == PENDING and not saga_started(order_id)
         ]
         events: list[Any] = []
         for order_id in unstarted:

@@ -273,6 +273,9 @@ def _status(state: PaymentState, order_id: str) -> str | None:
 class PaymentActor(ParticipantActor[PaymentState]):
     PERSISTENCE_ID = PERSISTENCE_ID
 
+    def state_size(self, state: PaymentState) -> int:
+        return len(state.authorizations) + len(state.declined) + len(state.voided_unseen)
+
     def initial_state(self) -> PaymentState:
         return PaymentState()
 

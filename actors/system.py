@@ -562,13 +562,16 @@ class OrderSystem:
     def _recover_sagas(self, journal: JournalWithSnapshots) -> RecoveryReport:
         """Resume every saga the journal shows unfinished; cancel orders whose saga never began."""
         prefix = saga_persistence_id(ORDER_SAGA, "")
-        started = {pid[len(prefix) :] for pid in journal.persistence_ids(prefix)}
         unfinished: list[tuple[str, bool]] = []
         for persistence_id in journal.open_persistence_ids(prefix, FINAL_EVENTS):
             events = [stored.event for stored in journal.replay(persistence_id)]
             committed = any(isinstance(e, CommitDecided) for e in events)
             unfinished.append((persistence_id[len(prefix) :], committed))
-        never_started = self._orders.ask(RecoverOrders(frozenset(started)), timeout=RECOVERY_TIMEOUT)
+
+        def saga_started(order_id: str) -> bool:  # runs in the order service's thread
+            return journal.highest_sequence_nr(prefix + order_id) > 0
+
+        never_started = self._orders.ask(RecoverOrders(saga_started), timeout=RECOVERY_TIMEOUT)
         self._outcomes.reset(dict.fromkeys((saga_id for saga_id, _ in unfinished), None), None)
         for saga_id, _ in unfinished:
             self._spawn_saga(saga_id)

@@ -116,6 +116,7 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.state: S = self.initial_state()
         self.sequence_nr = 0
         self._last_snapshot_nr = 0  # the newest snapshot this actor knows of
+        self._next_snapshot_nr = snapshot_every or 0  # the sequence number at which the next is due
         # The newest snapshot whose events are durable and that waits for the snapshot
         # writer; a newer one replaces it (a backlog of snapshots collapses to the newest).
         self._snapshot_lock = threading.Lock()
@@ -133,6 +134,11 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
     def is_journaled(self, event: Any) -> bool:
         """Whether `event` is written to the journal (default: every event)."""
         return True
+
+    def state_size(self, state: S) -> int:
+        """About how many entries `state` holds (default 0): snapshots are spaced by at least this
+        many events, so their cost per event stays constant however large the state grows."""
+        return 0
 
     def snapshot_of(self, state: S) -> S:
         """A copy of `state` that the actor's later changes cannot reach, for a snapshot.
@@ -203,6 +209,8 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
             count += 1
         self.state = state
         self.sequence_nr = self.journal.highest_sequence_nr(self.persistence_id)
+        if self.snapshot_every is not None:
+            self._next_snapshot_nr = after + max(self.snapshot_every, self.state_size(state))
         if count or after:
             logger.debug("%s: recovered from snapshot #%d and %d events", self.persistence_id, after, count)
 
@@ -255,7 +263,15 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         self.state = state
 
     def _snapshot_if_due(self, before: int) -> None:
-        """Snapshot the state if this batch crossed a multiple of `snapshot_every`, without waiting.
+        """Snapshot the state if one is due, without waiting.
+
+        Due `snapshot_every` events after the previous one, or - if the state
+        then held more entries (`state_size`) - that many events after it: a
+        snapshot costs what the state costs, so spacing them by the state's
+        size keeps their cost per event constant (a long retention window
+        holding 100,000 finished orders is snapshotted every 100,000 events,
+        not every 1,000), and a restart still reads at most one state's worth
+        of events after the newest snapshot.
 
         Here, on the actor's thread: only `snapshot_of` (a copy). Then an
         empty asynchronous append, queued behind this actor's earlier appends,
@@ -266,11 +282,12 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         the writer falls behind, only this actor's newest snapshot waits for
         it (a newer one replaces an older one not yet begun). A snapshot that
         cannot be written is logged and skipped: the events are the truth,
-        and the next snapshot is due `snapshot_every` events later.
+        and the next one is due as if it had been written.
         """
         every = self.snapshot_every
-        if every is None or self.sequence_nr // every <= before // every:
+        if every is None or self.sequence_nr < self._next_snapshot_nr:
             return
+        self._next_snapshot_nr = self.sequence_nr + max(every, self.state_size(self.state))
         sequence_nr, snapshot = self.sequence_nr, self.snapshot_of(self.state)
 
         def events_durable(highest: int | None, error: BaseException | None) -> None:

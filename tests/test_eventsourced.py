@@ -284,7 +284,34 @@ def test_a_backlog_of_snapshots_collapses_to_the_newest():
         journal.released.set()
     try:
         assert wait_for_snapshots(5)
-        assert journal.saved == [1, 6]  # #2 to #5 were superseded before their turn came
-        assert journal.load_snapshot("inventory").snapshot == replayed(journal, 6)
+        # Spaced by the state's size (1 product, then 1 product + 1 and 3 reservations):
+        # due at #1, #2 and #4; #2 was superseded by #4 before its turn came.
+        assert journal.saved == [1, 4]
+        assert journal.load_snapshot("inventory").snapshot == replayed(journal, 4)
+    finally:
+        actor.stop()
+
+
+def test_snapshots_are_spaced_by_the_size_of_the_state_so_their_cost_per_event_stays_constant():
+    taken: list[int] = []
+
+    class Counting(InventoryActor):
+        def snapshot_of(self, state):
+            taken.append(self.sequence_nr)  # the actor's thread: where the copy is made
+            return super().snapshot_of(state)
+
+    journal = InMemoryJournal()
+    actor = Counting.start(journal, snapshot_every=10)
+    try:
+        actor.ask(StockProducts(((1, 10**6),)))
+        inbox = Inbox()
+        for i in range(200):  # 200 open reservations: the state grows with every event
+            actor.tell(reserve(f"o{i}", inbox))
+        assert all(inbox.messages.get(timeout=5).ok for _ in range(200))
+        assert wait_for_snapshots(5)
+        # Each snapshot comes max(10, entries in the state) events after the one before it:
+        # 10, 20, 40, 80, 160 - not 20 snapshots of an ever larger state.
+        assert taken == [10, 20, 40, 80, 160]
+        assert journal.load_snapshot("inventory").snapshot == replayed(journal, 160)
     finally:
         actor.stop()
