@@ -301,11 +301,40 @@ class _Saga:
                 deferred.append(event)
             else:
                 self._react(event)
-        if journaled or (deferred and self.writes_pending):
+        if len(deferred) == 1 and isinstance(deferred[0], (SagaCompleted, SagaAborted)):
+            self._end(journaled, deferred[0])
+        elif journaled or (deferred and self.writes_pending):
             self._append(journaled, tuple(deferred))
         else:
             self.run_effects(tuple(deferred))
         return None
+
+    def _end(self, events: list[Any], final: Any) -> None:
+        """Append the saga's end; once it is durable the callers are answered at once, from the
+        journal's completion (no hop through the host), and the host forgets the saga."""
+        self.discard()  # takes no more messages
+        if isinstance(final, SagaCompleted):
+            self.log.info("completed")
+        else:
+            self.log.info("rolled back: %s", final.reason)
+        finished = SagaFinished(self.saga_id, self.state.outcome == "completed", self.state.reason)
+        host, host_address, saga_id, incarnation = (
+            self.host,
+            self.host.address,
+            self.saga_id,
+            self.incarnation,
+        )
+
+        def done(highest: int | None, error: BaseException | None) -> None:  # the journal's thread
+            if error is None:
+                host.ended(self, finished)
+                return
+            with contextlib.suppress(pykka.ActorDeadError):
+                host_address.tell(_Durable(saga_id, incarnation, error, ()))
+
+        before = self.sequence_nr
+        self.sequence_nr = before + len(events)
+        self.host.journal.append_async(self.persistence_id, events, before, done)
 
     def _draw(self) -> float:
         """The saga's seeded jitter: the same seed and saga id draw the same sequence."""
@@ -491,6 +520,7 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         self._sagas: dict[str, _Saga] = {}
         self._restarting: dict[str, _Restarting] = {}  # restarted at least once and not finished
         self._restart_times: deque[float] = deque()
+        self._ended: deque[_Saga] = deque()  # ended durably, to forget (appended by the journal's thread)
         self._incarnations = 0
         self._random = random.Random(f"{seed}:host:{shard}")
 
@@ -526,6 +556,8 @@ class SagaHost(Monitored, pykka.ThreadingActor):
     # --- messages ---
 
     def on_receive(self, message: Any) -> Any:
+        if self._ended:
+            self._forget_ended()
         match message:
             case _Deliver(saga_id=saga_id, message=inner):
                 saga = self._sagas.get(saga_id)
@@ -634,11 +666,25 @@ class SagaHost(Monitored, pykka.ThreadingActor):
             self._guarded(saga, saga.handle, entry.mailbox.popleft())
 
     def saga_finished(self, saga: _Saga, finished: SagaFinished) -> None:
-        """A saga's end is durable (this actor's thread): forget it, tell the owner."""
+        """A recovered saga was over already (this actor's thread): forget it, tell the owner."""
+        self._forget(saga)
+        self._on_finish(finished)
+
+    def ended(self, saga: _Saga, finished: SagaFinished) -> None:
+        """A saga's end is durable: tell the owner now; the host forgets the saga when it next
+        takes a message. Runs in the journal's thread (the host's, for a journal that writes at once)."""
+        self._ended.append(saga)
+        self._on_finish(finished)
+
+    def _forget(self, saga: _Saga) -> None:
         if self._sagas.get(saga.saga_id) is saga:
             del self._sagas[saga.saga_id]
-        self._restarting.pop(saga.saga_id, None)
-        self._on_finish(finished)
+            self._restarting.pop(saga.saga_id, None)
+
+    def _forget_ended(self) -> None:
+        ended = self._ended
+        while ended:
+            self._forget(ended.popleft())
 
 
 # --- the set of hosts ---
