@@ -228,7 +228,8 @@ class _Saga:
         self.writes_pending = 0
         self.finished = False
         self.stuck_reported = False
-        self.timeouts: dict[tuple[str, str], tuple[int, TimerHandle]] = {}
+        # The attempts in flight: (kind, step) -> (attempt, its timeout, its participant).
+        self.timeouts: dict[tuple[str, str], tuple[int, TimerHandle, str]] = {}
         self._random: random.Random | None = None  # made on first use: most sagas never retry
         self.log = _SagaLog(logger, {"saga_id": spec.saga_id, **(spec.log_context or {})})
 
@@ -279,7 +280,9 @@ class _Saga:
             message = Replied(
                 corr.kind, corr.step, corr.attempt, message.ok, message.reason, message.transient
             )
-        elif not isinstance(message, (AttemptTimedOut, RetryDue, Replied, Start, Resume)):
+        elif isinstance(message, AttemptTimedOut):
+            self._timed_out(message.kind, message.step, message.attempt)
+        elif not isinstance(message, (RetryDue, Replied, Start, Resume)):
             self.log.warning("unexpected message %s", type(message).__name__)
             return None
         if self.finished:
@@ -412,19 +415,42 @@ class _Saga:
                 self._finish()
 
     def _send(self, kind: StepKind, step_name: str, attempt: int) -> None:
+        """Send the attempt now, or - if its participant already has as many requests from
+        this host in flight as it may - once one of them is answered or times out: time
+        spent waiting in this host is not counted against the attempt's timeout."""
+        self._cancel_timeout(kind, step_name)
+        participant = self.host.definition.step(step_name).participant
+        if self.host.acquire(participant):
+            self.send_now(participant, kind, step_name, attempt)
+        else:
+            self.host.wait_for_slot(participant, self, kind, step_name, attempt)
+
+    def wants(self, kind: StepKind, step_name: str, attempt: int) -> bool:
+        """Whether the attempt is still the one its step waits for (it may have been overtaken)."""
+        if self.finished or (kind, step_name) in self.timeouts:
+            return False
+        run = self.state.tasks.get((kind, step_name))
+        return run is not None and run.status == "running" and run.attempt == attempt
+
+    def send_now(self, participant: str, kind: StepKind, step_name: str, attempt: int) -> None:
+        """Send the attempt, holding one of `participant`'s slots until its answer or timeout."""
         host = self.host
         step = host.definition.step(step_name)
         context = SagaContext(self.saga_id, self.state.data, self.spec.ephemeral, self.state.reason)
-        command = command_for(step, kind, context)
-        self._cancel_timeout(kind, step_name)
+        try:
+            command = command_for(step, kind, context)
+        except BaseException:
+            host.release(participant)  # nothing was sent: the slot is free again
+            raise
         self.timeouts[(kind, step_name)] = (
             attempt,
             host.timer.schedule(
                 host.policy.attempt_timeout, self.ref, AttemptTimedOut(kind, step_name, attempt)
             ),
+            participant,
         )
         try:
-            host.participants[step.participant].tell(
+            host.participants[participant].tell(
                 Request(command, self.ref, Correlation(self.saga_id, kind, step_name, attempt))
             )
         except pykka.ActorDeadError:
@@ -432,16 +458,24 @@ class _Saga:
             self.ref.tell(Replied(kind, step_name, attempt, False, "unreachable", True))
 
     def _cancel_timeout(self, kind: StepKind, step: str, attempt: int | None = None) -> None:
-        """Cancel the pending timeout of (kind, step) - only of `attempt`, if given:
-        a late reply to an earlier attempt must not disarm the current one."""
+        """Cancel the pending timeout of (kind, step) - only of `attempt`, if given: a late
+        reply to an earlier attempt must not disarm the current one - and free its slot."""
         pending = self.timeouts.get((kind, step))
         if pending is not None and (attempt is None or pending[0] == attempt):
             del self.timeouts[(kind, step)]
             pending[1].cancel()
+            self.host.release(pending[2])
+
+    def _timed_out(self, kind: StepKind, step: str, attempt: int) -> None:
+        pending = self.timeouts.get((kind, step))
+        if pending is not None and pending[0] == attempt:
+            del self.timeouts[(kind, step)]
+            self.host.release(pending[2])
 
     def _cancel_timeouts(self) -> None:
-        for _, handle in self.timeouts.values():
+        for _, handle, participant in self.timeouts.values():
             handle.cancel()
+            self.host.release(participant)
         self.timeouts.clear()
 
     def _report_stuck(self, stuck: bool) -> None:
@@ -501,8 +535,11 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         intensity: Intensity | None = None,
         backoff: Backoff | None = None,
         seed: int | str | None = None,
+        max_outstanding: int = 1000,
     ) -> None:
         super().__init__()
+        if isinstance(max_outstanding, bool) or not isinstance(max_outstanding, int) or max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be a positive integer, got {max_outstanding!r}")
         self.definition = definition
         self.journal = journal
         self.participants = participants
@@ -520,6 +557,9 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         self._sagas: dict[str, _Saga] = {}
         self._restarting: dict[str, _Restarting] = {}  # restarted at least once and not finished
         self._restart_times: deque[float] = deque()
+        self._max_outstanding = max_outstanding
+        self._outstanding: dict[str, int] = {}  # participant -> requests in flight from this host
+        self._slot_waiters: dict[str, deque[tuple[_Saga, StepKind, str, int]]] = {}
         self._ended: deque[_Saga] = deque()  # ended durably, to forget (appended by the journal's thread)
         self._incarnations = 0
         self._random = random.Random(f"{seed}:host:{shard}")
@@ -552,12 +592,21 @@ class SagaHost(Monitored, pykka.ThreadingActor):
                 entry.due.cancel()
         self._sagas.clear()
         self._restarting.clear()
+        self._slot_waiters.clear()
+        self._outstanding.clear()
 
     # --- messages ---
 
     def on_receive(self, message: Any) -> Any:
         if self._ended:
             self._forget_ended()
+        try:
+            return self._receive(message)
+        finally:
+            if any(self._slot_waiters.values()):
+                self._send_waiting()
+
+    def _receive(self, message: Any) -> Any:
         match message:
             case _Deliver(saga_id=saga_id, message=inner):
                 saga = self._sagas.get(saga_id)
@@ -664,6 +713,35 @@ class SagaHost(Monitored, pykka.ThreadingActor):
             self._on_restart(saga_id)
         while entry.mailbox and self._sagas.get(saga_id) is saga:
             self._guarded(saga, saga.handle, entry.mailbox.popleft())
+
+    # --- a window of requests in flight per participant (a bulkhead) ---
+
+    def acquire(self, participant: str) -> bool:
+        """Take one of `participant`'s slots if one is free and nobody waits for one."""
+        taken = self._outstanding.get(participant, 0)
+        if taken >= self._max_outstanding or self._slot_waiters.get(participant):
+            return False
+        self._outstanding[participant] = taken + 1
+        return True
+
+    def release(self, participant: str) -> None:
+        self._outstanding[participant] -= 1
+
+    def wait_for_slot(self, participant: str, saga: _Saga, kind: StepKind, step: str, attempt: int) -> None:
+        self._slot_waiters.setdefault(participant, deque()).append((saga, kind, step, attempt))
+
+    def _send_waiting(self) -> None:
+        """Send the attempts waiting for a slot, oldest first, as far as slots are free."""
+        for participant, waiting in self._slot_waiters.items():
+            while waiting and self._outstanding.get(participant, 0) < self._max_outstanding:
+                saga, kind, step, attempt = waiting.popleft()
+                if self._sagas.get(saga.saga_id) is not saga or not saga.wants(kind, step, attempt):
+                    continue  # overtaken meanwhile: nothing to send
+                self._outstanding[participant] = self._outstanding.get(participant, 0) + 1
+                try:
+                    saga.send_now(participant, kind, step, attempt)
+                except Exception as error:
+                    self._crashed(saga, error)
 
     def saga_finished(self, saga: _Saga, finished: SagaFinished) -> None:
         """A recovered saga was over already (this actor's thread): forget it, tell the owner."""

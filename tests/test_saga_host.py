@@ -65,12 +65,22 @@ class Gate(pykka.ThreadingActor):
 
 class Harness:
     def __init__(
-        self, *, shards: int = 1, intensity: Intensity | None = None, backoff: Backoff | None = None
+        self,
+        *,
+        shards: int = 1,
+        intensity: Intensity | None = None,
+        backoff: Backoff | None = None,
+        max_outstanding: int = 1000,
+        attempt_timeout: float = 30.0,
+        participant: Any = None,
     ):
         self.journal = InMemoryJournal()
         self.timer = Timer("test-timer")
         self.timer.start()
         self.gate = Gate.start()
+        self.participant = participant(self.timer) if participant is not None else self.gate
+        self.max_outstanding, self.attempt_timeout = max_outstanding, attempt_timeout
+        self.metrics = Metrics()
         self.hosts = SagaHosts("test-host", shards)
         self.finished: list[SagaFinished] = []
         self.restarted: list[str] = []
@@ -86,10 +96,10 @@ class Harness:
             lambda: SagaHost.start(
                 definition=TRIP,
                 journal=self.journal,
-                participants={"airline": self.gate},
+                participants={"airline": self.participant},
                 timer=self.timer,
-                policy=RetryPolicy(attempt_timeout=30),
-                metrics=Metrics(),
+                policy=RetryPolicy(attempt_timeout=self.attempt_timeout),
+                metrics=self.metrics,
                 on_finish=self.on_finish,
                 address=address,
                 shard=shard,
@@ -99,6 +109,7 @@ class Harness:
                 intensity=self.intensity,
                 backoff=self.backoff,
                 seed=1,
+                max_outstanding=self.max_outstanding,
             ),
             lambda urn, error: self.exits.append(error),
             address,
@@ -119,6 +130,8 @@ class Harness:
         for ref in self.refs:
             ref.stop()
         self.gate.stop()
+        if self.participant is not self.gate:
+            self.participant.stop()
         self.timer.stop()
 
 
@@ -220,6 +233,50 @@ def test_a_message_for_a_saga_that_is_not_running_is_dropped_without_harm(harnes
     h.gate.tell("open")
     wait_for(lambda: len(h.finished) == 1, what="the saga to finish")
     assert h.exits == []
+
+
+def test_a_participant_has_at_most_max_outstanding_requests_from_a_host(harness):
+    h = harness(max_outstanding=3)
+    for i in range(10):
+        h.hosts.start(SagaSpec(f"w{i}", data={}, fresh=True))
+    h.hosts.view("w0", timeout=2)  # the host has taken every start (and sent what it may)
+    assert h.gate.ask("held") == 3  # the other 7 wait in the host, not at the participant
+    h.gate.tell("open")
+    wait_for(lambda: len(h.finished) == 10, what="every saga finished")
+    assert h.outcomes() == {f"w{i}": True for i in range(10)}
+    seen = h.gate.ask("seen")
+    assert sorted(c for c in seen if c[0] == "book") == sorted(("book", f"w{i}") for i in range(10))
+
+
+class SlowEcho(pykka.ThreadingActor):
+    """A participant that serves one request at a time, 50 ms each (scheduled, never sleeping)."""
+
+    def __init__(self, timer: Timer) -> None:
+        super().__init__()
+        self.timer = timer
+        self.queue: list[Request] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Request):
+            self.queue.append(message)
+            if len(self.queue) == 1:
+                self.timer.schedule(0.05, self.actor_ref, "done")
+        elif message == "done":
+            request = self.queue.pop(0)
+            request.reply_to.tell(Reply.success(request.correlation))
+            if self.queue:
+                self.timer.schedule(0.05, self.actor_ref, "done")
+
+
+def test_time_waiting_for_a_slot_does_not_count_against_the_attempt_timeout(harness):
+    # One request at a time, 50 ms each: the last of 12 sagas waits ~1 s in the host,
+    # far beyond the 0.3 s attempt timeout, and still no attempt times out.
+    h = harness(max_outstanding=1, attempt_timeout=0.3, participant=SlowEcho.start)
+    for i in range(12):
+        h.hosts.start(SagaSpec(f"q{i}", data={}, fresh=True))
+    wait_for(lambda: len(h.finished) == 12, timeout=10, what="every saga finished")
+    assert h.outcomes() == {f"q{i}": True for i in range(12)}
+    assert h.metrics.snapshot().get("retries", 0) == 0
 
 
 def test_orders_in_flight_cost_no_thread_each():
