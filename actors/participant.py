@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
@@ -88,9 +87,13 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         retention: float | None = None,
         timer: Timer | None = None,
     ) -> None:
-        if retention is not None and not (retention > 0 and math.isfinite(retention)):
+        if retention is not None and (
+            isinstance(retention, bool)
+            or not isinstance(retention, (int, float))
+            or not 0 < retention < 10**9  # exact for any int: no float overflow, NaN refused
+        ):
             raise ValueError(
-                f"retention must be a positive, finite number of seconds or None, got {retention}"
+                f"retention must be a positive number of seconds below 10**9 or None, got {retention!r:.40}"
             )
         super().__init__(journal, self.PERSISTENCE_ID, snapshot_every=snapshot_every)
         self.faults = faults

@@ -503,3 +503,9 @@ def test_retention_must_be_a_positive_finite_number_of_seconds(retention):
 @pytest.mark.parametrize("retention", [0.001, 60, 86400.0, 10**9 - 1])
 def test_retention_accepts_any_positive_number_of_seconds(retention):
     OrderSystem(retention=retention)
+
+
+@pytest.mark.parametrize("retention", [0, -1, math.nan, math.inf, 10**400, "60", True])
+def test_a_service_built_directly_refuses_a_meaningless_retention(retention):
+    with pytest.raises(ValueError, match="retention must be a positive number of seconds"):
+        inv.InventoryActor(InMemoryJournal(), retention=retention)
