@@ -20,6 +20,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -339,6 +340,7 @@ class Outcomes:
         self._submissions: dict[int, tuple[PlaceOrder, object | None]] = {}
         self._placing: dict[str, list[pykka.Future[bool]]] = {}
         self._running: dict[str, Any] = {}  # order id -> what restarts its saga (or None)
+        self._since: dict[str, float] = {}  # order id in flight -> when it was placed (epoch seconds)
         self._waiters: dict[str, list[pykka.Future[bool]]] = {}
 
     # submissions
@@ -392,6 +394,7 @@ class Outcomes:
             if order_id in self._running:
                 return False
             self._running[order_id] = restart
+            self._since[order_id] = time.time()
             return True
 
     def join(self, order_id: str, reply: pykka.Future[bool] | None) -> bool:
@@ -411,6 +414,7 @@ class Outcomes:
         """The saga's end is durable: answer its waiters. False if it was not in flight."""
         with self._lock:
             known = self._running.pop(order_id, _MISSING) is not _MISSING
+            self._since.pop(order_id, None)
             futures = self._waiters.pop(order_id, [])
             self._lock.notify_all()
         for future in futures:
@@ -420,6 +424,12 @@ class Outcomes:
     def running(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._running)
+
+    def in_flight_since(self) -> float | None:
+        """When the oldest order in flight was placed (epoch seconds; 0 for one recovered
+        at start, whose placement time is not known), or None if none is in flight."""
+        with self._lock:
+            return min(self._since.values(), default=None)
 
     def is_running(self, order_id: str) -> bool:
         with self._lock:
@@ -444,6 +454,7 @@ class Outcomes:
             futures += [f for fs in self._waiters.values() for f in fs]
             self._submissions, self._placing, self._waiters = {}, {}, {}
             self._running = dict(running)
+            self._since = dict.fromkeys(running, 0.0)
             self._lock.notify_all()
         if error is not None:
             for future in {id(f): f for f in futures}.values():  # a caller may be listed twice
@@ -492,8 +503,15 @@ class OrderService(ParticipantActor[OrdersState]):
         snapshot_every: int | None = None,
         retention: float | None = None,
         timer: Timer | None = None,
+        in_flight_since: Callable[[], float | None] | None = None,
     ) -> None:
-        super().__init__(journal, snapshot_every=snapshot_every, retention=retention, timer=timer)
+        super().__init__(
+            journal,
+            snapshot_every=snapshot_every,
+            retention=retention,
+            timer=timer,
+            in_flight_since=in_flight_since,
+        )
         self._start_saga = start_saga
         self._outcomes = outcomes
         self._metrics = metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
@@ -86,6 +87,7 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         snapshot_every: int | None = None,
         retention: float | None = None,
         timer: Timer | None = None,
+        in_flight_since: Callable[[], float | None] | None = None,
     ) -> None:
         if retention is not None and (
             isinstance(retention, bool)
@@ -99,6 +101,7 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         self.faults = faults
         self.retention = retention
         self._timer = timer
+        self._in_flight_since = in_flight_since
         self._expiry: TimerHandle | None = None
         self._expiry_due: _ExpiryDue | None = None  # the one this incarnation scheduled last
 
@@ -141,7 +144,8 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
         if isinstance(message, _ExpiryDue):
             # One handed over from a failed predecessor is not ours: it would double the schedule.
             if message is self._expiry_due and self.retention is not None:
-                self.expire(ExpireRetention(time.time(), self.retention))
+                since = self._in_flight_since() if self._in_flight_since is not None else None
+                self.expire(ExpireRetention(time.time(), self.retention, since))
                 self._schedule_expiry()
             return None
         if isinstance(message, GetState):
@@ -170,6 +174,11 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
             self._expiry = None
 
     def _serve(self, request: Request) -> None:
+        if request.deadline is not None and time.monotonic() > request.deadline:
+            # Its sender has given up on it (and may retry): refused before any effect, so a
+            # request that spent longer than its deadline on the way never acts late.
+            self._reply(request, Reply.unavailable(request.correlation, "expired"))
+            return
         fate = self.faults.fate() if self.faults is not None else OK
         name = type(request.command).__name__
         if fate == UNAVAILABLE:

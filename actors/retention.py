@@ -48,13 +48,20 @@ def expiry_period(retention: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class ExpireRetention:
-    """Command: forget the entries that finished more than `retention` seconds before `now`.
+    """Command: forget the entries that finished more than `retention` seconds before `now`
+    - and before `in_flight_since`, if given.
 
     `now` is epoch seconds (`time.time()`), `retention` seconds (> 0).
+    `in_flight_since` (epoch seconds) is when the oldest saga still in flight
+    was placed (0 when it is not known, e.g. a saga recovered at start): an
+    entry that finished after it may belong to a saga that still asks about
+    it (a retry whose first attempt took effect, its reply lost), so it is
+    never forgotten while that saga runs, however short the retention.
     """
 
     now: float
     retention: float
+    in_flight_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,8 @@ class Retained:
     def expire(self, command: ExpireRetention) -> list[RetentionExpired]:
         """The rule: one `RetentionExpired` if anything is to be stamped or forgotten, else none."""
         before = command.now - command.retention
+        if command.in_flight_since is not None:
+            before = min(before, command.in_flight_since)
         if self.unbatched or any(batch.finished_by <= before for batch in self.batches):
             return [RetentionExpired(command.now, before)]
         return []

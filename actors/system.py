@@ -468,6 +468,7 @@ class OrderSystem:
                     snapshot_every=every,
                     retention=retention,
                     timer=timer,
+                    in_flight_since=self._outcomes.in_flight_since,
                     timeout=RECOVERY_TIMEOUT,
                 ),
             ),
@@ -480,6 +481,7 @@ class OrderSystem:
                     snapshot_every=every,
                     retention=retention,
                     timer=timer,
+                    in_flight_since=self._outcomes.in_flight_since,
                     timeout=RECOVERY_TIMEOUT,
                 ),
             ),
@@ -494,6 +496,7 @@ class OrderSystem:
                     snapshot_every=every,
                     retention=retention,
                     timer=timer,
+                    in_flight_since=self._outcomes.in_flight_since,
                     timeout=RECOVERY_TIMEOUT,
                 ),
             ),
@@ -627,6 +630,10 @@ class OrderSystem:
             intensity=SAGAS_INTENSITY,
             backoff=SAGAS_BACKOFF,
             seed=self._seed,
+            # A request refused once older than half the retention can never act on
+            # an entry its service has forgotten (see actors/retention.py). Not the
+            # attempt timeout: a late answer still settles a step on a slow wire.
+            request_deadline=self._retention / 2,
         )
 
     def _sagas_in_flight(self) -> list[SagaSpec]:

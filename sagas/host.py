@@ -451,7 +451,12 @@ class _Saga:
         )
         try:
             host.participants[participant].tell(
-                Request(command, self.ref, Correlation(self.saga_id, kind, step_name, attempt))
+                Request(
+                    command,
+                    self.ref,
+                    Correlation(self.saga_id, kind, step_name, attempt),
+                    None if host.request_deadline is None else time.monotonic() + host.request_deadline,
+                )
             )
         except pykka.ActorDeadError:
             # The participant is down right now: a transient failure like any other.
@@ -536,6 +541,7 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         backoff: Backoff | None = None,
         seed: int | str | None = None,
         max_outstanding: int = 1000,
+        request_deadline: float | None = None,
     ) -> None:
         super().__init__()
         if isinstance(max_outstanding, bool) or not isinstance(max_outstanding, int) or max_outstanding < 1:
@@ -548,6 +554,8 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         self.metrics = metrics
         self.address = address
         self.seed = seed
+        # Seconds after which a participant refuses a request it has not yet served (None: never).
+        self.request_deadline = request_deadline
         self._on_finish = on_finish
         self._shard, self._shards = shard, shards
         self._resume = resume

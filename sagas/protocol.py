@@ -28,9 +28,18 @@ class Correlation:
 
 @dataclass(frozen=True, slots=True)
 class Request:
+    """A command for a participant.
+
+    `deadline` (seconds on this process's `time.monotonic()` clock, or None)
+    is when the sender stops waiting for this attempt: a participant that
+    gets the request later refuses it before any effect ("expired", a
+    transient failure), as gRPC servers drop calls past their deadline.
+    """
+
     command: Any
     reply_to: Recipient | None
     correlation: Correlation | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,8 @@ from saga_actors.actors.retention import (
     expiry_period,
 )
 from saga_actors.actors.validation import OrderItem, PaymentCard, validate_order
-from saga_actors.persistence import InMemoryJournal
+from saga_actors.persistence import InMemoryJournal, SQLiteJournal
+from saga_actors.sagas import RetryPolicy
 from saga_actors.sagas.engine import AbortDecided, CommitDecided, SagaAborted, SagaCompleted, SagaStarted
 from saga_actors.sagas.protocol import Correlation, Request
 from saga_actors.supervision.timer import Timer
@@ -462,16 +463,17 @@ def test_memory_and_snapshots_hold_the_work_in_hand_not_history():
 
 
 def test_an_order_in_flight_is_never_forgotten():
+    # The retention outlasts the wire (requests older than half of it are refused).
     slow = FaultPlan(min_latency=0.3, max_latency=0.3, seed=1)
-    with OrderSystem(stock={101: 10}, payment_faults=slow, retention=0.2) as system:
+    with OrderSystem(stock={101: 10}, payment_faults=slow, retention=1.0) as system:
         future = system.submit(make_request("slow", [(101, 1)]))
         wait_until(lambda: system.order("slow") is not None)
-        expire_everything(system, 0.2)
+        expire_everything(system, 1.0)
         assert system.orders()["slow"].state == "pending"
         assert states(system)[0].reservations["slow"].status == "held"
         assert future.get(10) is True
         assert system.wait_idle(5)
-        expire_everything(system, 0.2)
+        expire_everything(system, 1.0)
         assert system.orders() == {} and system.order("slow").state == "confirmed"
 
 
@@ -509,3 +511,52 @@ def test_retention_accepts_any_positive_number_of_seconds(retention):
 def test_a_service_built_directly_refuses_a_meaningless_retention(retention):
     with pytest.raises(ValueError, match="retention must be a positive number of seconds"):
         inv.InventoryActor(InMemoryJournal(), retention=retention)
+
+
+def test_a_request_slower_than_half_the_retention_is_refused_so_nothing_happens_twice(tmp_path):
+    """Found by trying to break it: a reserve or authorize that spent longer on the wire than the
+    window took effect again after its entry was forgotten (8 of 30 customers charged twice)."""
+    wire = FaultPlan(min_latency=0.0, max_latency=2.0, seed=5)
+    retry = RetryPolicy(
+        attempt_timeout=0.1, initial_interval=0.01, maximum_interval=0.05, maximum_attempts=200
+    )
+    path = tmp_path / "orders.db"
+    with OrderSystem(
+        journal_path=path,
+        stock={1: 1000},
+        inventory_faults=wire,
+        payment_faults=wire,
+        retry=retry,
+        retention=0.4,
+    ) as system:
+        futures = [system.submit(make_request(f"s{i}", [(1, 1)], amount="1.00")) for i in range(12)]
+        assert all(f.get(60) for f in futures)
+        assert system.wait_idle(10)
+        # Every request still on the wire lands; the services forget on their own schedule (1 s).
+        wait_until(lambda: len(states(system)[1].authorizations) == 0, timeout=10)
+        wait_until(lambda: system._timer.pending() <= 3, timeout=10)  # only the 3 expiry ticks left
+        assert_consistent(system)
+    journal = SQLiteJournal(path, order_codec())
+    try:
+        effects = [s.event for pid in ("inventory", "payment") for s in journal.replay(pid)]
+    finally:
+        journal.close()
+    for kind in (inv.StockReserved, inv.StockCommitted, pay.PaymentAuthorized, pay.PaymentCaptured):
+        ids = [e.order_id for e in effects if isinstance(e, kind)]
+        assert sorted(ids) == sorted(f"s{i}" for i in range(12)), kind.__name__
+
+
+def test_a_step_retried_after_its_effect_still_finds_its_entry_however_short_the_retention():
+    """Found by trying to break it: a commit or capture took effect, its reply died with a crash,
+    and the retry came after the entry was forgotten: refused forever, the saga stuck."""
+    crashy = FaultPlan(crash_rate=0.3, seed=11)
+    retry = RetryPolicy(attempt_timeout=1.5, initial_interval=0.01, maximum_interval=0.5, maximum_attempts=8)
+    payment = FaultPlan(crash_rate=0.3, seed=12)
+    with OrderSystem(
+        stock={1: 100}, inventory_faults=crashy, payment_faults=payment, retry=retry, retention=0.05
+    ) as system:
+        futures = [system.submit(make_request(f"r{i}", [(1, 1)], amount="1.00")) for i in range(20)]
+        assert [f.get(60) for f in futures] == [True] * 20
+        assert system.wait_idle(10)
+        assert system.metrics()["sagas_stuck"] == 0
+        assert_consistent(system)
