@@ -66,6 +66,7 @@ OrderState = Literal["pending", "confirmed", "cancelled"]
 PENDING: Final = "pending"
 CONFIRMED: Final = "confirmed"
 CANCELLED: Final = "cancelled"
+INTERRUPTED: Final = "interrupted"  # the reason of an order whose saga never began (a crash came first)
 
 
 # --- commands ---
@@ -629,7 +630,7 @@ class OrderService(ParticipantActor[OrdersState]):
             self._start_saga(order)
         self._outcomes.settle(message)
 
-    def _cancel_unstarted(self, saga_started: Callable[[str], bool]) -> list[str]:
+    def _cancel_unstarted(self, saga_started: Callable[[str], bool]) -> list[OrderPlaced]:
         unstarted = [
             order_id
             for order_id, record in self.state.orders.items()
@@ -638,6 +639,6 @@ class OrderService(ParticipantActor[OrdersState]):
         events: list[Any] = []
         for order_id in unstarted:
             logger.info("[%s] cancelled: its saga never started", order_id, extra={"order_id": order_id})
-            events += decide(CancelOrder(order_id, "interrupted"), self.state)
+            events += decide(CancelOrder(order_id, INTERRUPTED), self.state)
         self.persist(events)  # one append, however many
-        return unstarted
+        return [self.state.orders[order_id].placed for order_id in unstarted]

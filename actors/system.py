@@ -42,9 +42,11 @@ from saga_actors.actors.inventory import PERSISTENCE_ID as INVENTORY_ID
 from saga_actors.actors.inventory import GetStock, InventoryActor, StockView, stock_command
 from saga_actors.actors.order_saga import ORDER_SAGA, OrderSagaData
 from saga_actors.actors.orders import (
+    INTERRUPTED,
     GetOrder,
     GetOrders,
     GetSales,
+    OrderPlaced,
     OrderService,
     OrderView,
     Outcomes,
@@ -56,7 +58,17 @@ from saga_actors.actors.simulation import FaultInjector, FaultPlan, SimulatedLin
 from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
 from saga_actors.persistence.sqlite import SQLiteJournal
-from saga_actors.sagas.engine import FINAL_EVENTS, CommitDecided, SagaState, SagaView, evolve, view
+from saga_actors.sagas.engine import (
+    FINAL_EVENTS,
+    AbortDecided,
+    CommitDecided,
+    SagaAborted,
+    SagaStarted,
+    SagaState,
+    SagaView,
+    evolve,
+    view,
+)
 from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
@@ -574,7 +586,29 @@ class OrderSystem:
         def saga_started(order_id: str) -> bool:  # runs in the order service's thread
             return journal.highest_sequence_nr(prefix + order_id) > 0
 
-        never_started = self._orders.ask(RecoverOrders(saga_started), timeout=RECOVERY_TIMEOUT)
+        never_started: list[OrderPlaced] = self._orders.ask(
+            RecoverOrders(saga_started), timeout=RECOVERY_TIMEOUT
+        )
+        for placed in never_started:
+            # Its saga never began and never will: its stream says so, so that past the
+            # retention window the order is still answered (cancelled) from the journal.
+            data = OrderSagaData(
+                placed.order_id,
+                placed.items,
+                placed.amount,
+                placed.currency,
+                placed.card_last4,
+                placed.fingerprint,
+            )
+            journal.append(
+                prefix + placed.order_id,
+                [
+                    SagaStarted(placed.order_id, data),
+                    AbortDecided(INTERRUPTED, None, ()),
+                    SagaAborted(INTERRUPTED),
+                ],
+                0,
+            )
         self._outcomes.reset(dict.fromkeys((saga_id for saga_id, _ in unfinished), None), None)
         for saga_id, _ in unfinished:
             self._spawn_saga(saga_id)

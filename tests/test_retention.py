@@ -560,3 +560,34 @@ def test_a_step_retried_after_its_effect_still_finds_its_entry_however_short_the
         assert system.wait_idle(10)
         assert system.metrics()["sagas_stuck"] == 0
         assert_consistent(system)
+
+
+def test_an_order_cancelled_at_recovery_is_still_answered_from_the_journal_past_the_window(tmp_path):
+    """Found by trying to break it: an order journaled but whose saga never began (the process
+    died in between) is cancelled at recovery; past the window it was taken as never placed."""
+    path = tmp_path / "orders.db"
+    order = validate_order(make_request("x", [(1, 2)]))
+    journal = SQLiteJournal(path, order_codec())
+    journal.append("inventory", [inv.ProductsStocked(((1, 10),))], 0)
+    placed = orders.OrderPlaced(
+        order.order_id,
+        order.user_id,
+        order.items,
+        order.amount,
+        order.currency,
+        order.card.last4,
+        order.fingerprint(),
+    )
+    journal.append("orders", [placed], 0)
+    journal.close()
+    with OrderSystem(journal_path=path, retention=0.05) as system:
+        assert system.recovery().orders_never_started == 1
+        expire_everything(system, 0.05)
+        assert system.orders() == {}  # forgotten in memory ...
+        view = system.order("x")  # ... answered from its saga stream
+        assert view is not None and (view.state, view.reason) == ("cancelled", "interrupted")
+        assert system.place_order(make_request("x", [(1, 2)]), timeout=5) is False  # its first outcome
+        with pytest.raises(IdempotencyConflict):
+            system.place_order(make_request("x", [(1, 5)], amount="99.00"), timeout=5)
+        assert system.inventory()[1].on_hand == 10 and system.payments() == {}
+        assert system.saga("x").phase == "aborted"
