@@ -330,7 +330,9 @@ class OrderSystem:
 
     def order(self, order_id: str) -> OrderView | None:
         """The order's view, or None if it was never placed: from memory within the retention
-        window, else from its saga's stream in the journal (one indexed read)."""
+        window, else from its saga's stream in the journal (one indexed read). Raises
+        ValueError if `order_id` is not a string."""
+        _check_order_id(order_id)
         return cast("OrderView | None", self._ask(self._orders, GetOrder(order_id)))
 
     def orders(self) -> dict[str, OrderView]:
@@ -359,7 +361,9 @@ class OrderSystem:
         """The order's saga: its phase and the steps still pending, or None if it never began.
 
         Asks the saga actor while it runs; reads its journal stream once it has finished.
+        Raises ValueError if `order_id` is not a string.
         """
+        _check_order_id(order_id)
         self._check_running()
         if self._outcomes.is_running(order_id):
             try:
@@ -417,10 +421,13 @@ class OrderSystem:
     def check_consistency(self, initial_stock: Mapping[int, int] | None = None) -> list[Check]:
         """Run the consistency checks (meaningful once `wait_idle()` is true).
 
-        `initial_stock` defaults to every unit the inventory ever received.
+        `initial_stock` defaults to every unit the inventory ever received; it is
+        checked like `OrderSystem(stock=...)` (ValueError naming each problem).
         Besides the invariants over the views, "no saga in flight" fails while
         any order is still being placed or run (it names what they wait for).
         """
+        if initial_stock is not None and (problems := _stock_problems("initial_stock", initial_stock)):
+            raise ValueError("invalid initial_stock: " + "; ".join(problems))
         checks = check_consistency(
             initial_stock,
             self.orders(),
@@ -767,6 +774,26 @@ def _order_id_of(request: Any) -> str | None:
     return str.__str__(order_id) if isinstance(order_id, str) else None
 
 
+def _stock_problems(name: str, stock: object) -> list[str]:
+    """What is wrong with a `{product_id: quantity}` mapping (empty if nothing)."""
+    if not isinstance(stock, Mapping):
+        return [f"{name} must be a mapping of product id to quantity, got {type(stock).__name__}"]
+    problems = []
+    for product_id, quantity in stock.items():
+        if isinstance(product_id, bool) or not isinstance(product_id, int) or product_id < 0:
+            problems.append(f"{name}: product id {product_id!r:.40} is not a non-negative integer")
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
+            problems.append(
+                f"{name}[{product_id!r:.40}]: quantity {quantity!r:.40} is not a non-negative integer"
+            )
+    return problems
+
+
+def _check_order_id(order_id: object) -> None:
+    if not isinstance(order_id, str):
+        raise ValueError(f"order_id must be a string, got {type(order_id).__name__}")
+
+
 def _check_timeout(timeout: object) -> float | None:
     """None, or the timeout as seconds: a non-negative number (any huge one, or inf, waits as long
     as it takes: it comes back as inf). Raises ValueError for anything else."""
@@ -808,16 +835,7 @@ def _check_arguments(
             f"got {show_parameter(retention)}"
         )
     if stock is not None:
-        if not isinstance(stock, Mapping):
-            problems.append(f"stock must be a mapping of product id to quantity, got {type(stock).__name__}")
-        else:
-            for product_id, quantity in stock.items():
-                if isinstance(product_id, bool) or not isinstance(product_id, int) or product_id < 0:
-                    problems.append(f"stock: product id {product_id!r} is not a non-negative integer")
-                if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-                    problems.append(
-                        f"stock[{product_id!r}]: quantity {quantity!r} is not a non-negative integer"
-                    )
+        problems += _stock_problems("stock", stock)
     for name, value in (("inventory_faults", inventory_faults), ("payment_faults", payment_faults)):
         if value is not None and not isinstance(value, FaultPlan):
             problems.append(f"{name} must be a FaultPlan, got {type(value).__name__}")

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from saga_actors.actors import OrderSystem
 from saga_actors.actors.errors import InvalidOrder
 from saga_actors.actors.simulation import FaultPlan
 from saga_actors.actors.validation import (
@@ -784,3 +785,20 @@ def test_six_thousand_structurally_fuzzed_requests():
         outcome = _outcome(request)
         outcomes[type(outcome)] += 1
     assert outcomes[InvalidOrder] > 3_000 and outcomes[OrderRequest] > 100, outcomes
+
+
+@pytest.mark.parametrize("order_id", [123, ["x"], None, b"x"])
+def test_order_and_saga_refuse_an_id_that_is_not_a_string(order_id):
+    """Found by trying to break it: order(123) answered for "123" once the journal was read,
+    and a list raised a bare TypeError."""
+    with OrderSystem(stock={1: 5}) as system:
+        with pytest.raises(ValueError, match="order_id must be a string"):
+            system.order(order_id)
+        with pytest.raises(ValueError, match="order_id must be a string"):
+            system.saga(order_id)
+
+
+@pytest.mark.parametrize("stock", [{"x": 1}, 5, {1: -1}, {1: 1.5}])
+def test_check_consistency_refuses_a_malformed_initial_stock_by_name(stock):
+    with OrderSystem(stock={1: 5}) as system, pytest.raises(ValueError, match="invalid initial_stock"):
+        system.check_consistency(stock)
