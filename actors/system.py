@@ -100,8 +100,9 @@ DEFAULT_RETENTION = 24 * 3600
 
 # Supervision defaults, and why:
 # - services: the simulated services crash on purpose (FaultPlan.crash_rate)
-#   and restart in milliseconds from a snapshot, so a busy, flaky service may
-#   restart a hundred times a second and still make progress; the backoff
+#   and restart from a snapshot in time proportional to their state (a few ms
+#   for a few thousand entries), so a busy, flaky service may restart a hundred
+#   times a second and still make progress; the backoff
 #   stays short (1-4 ms) because every caller is waiting. A child that cannot
 #   start at all retries every ~4 ms and so passes 1000 restarts within 5 s:
 #   that is a crash loop, and it escalates.
