@@ -40,9 +40,15 @@ class Address:
         the messages its failed predecessor handed over."""
         with self._changed:
             self._ref = ref
-            handed, self._handed = (self._handed, []) if ref is not None else ([], self._handed)
-            for message in handed:
-                ref.tell(message)  # type: ignore[union-attr]
+            if ref is not None:
+                handed, self._handed = self._handed, []
+                for index, message in enumerate(handed):
+                    try:
+                        ref.tell(message)
+                    except pykka.ActorDeadError:
+                        # Died already (it may crash in its first message): the rest wait for the next.
+                        self._handed = handed[index:] + self._handed
+                        break
             self._changed.notify_all()
 
     def hand_over(self, messages: list[Any]) -> None:

@@ -556,8 +556,10 @@ def test_a_step_retried_after_its_effect_still_finds_its_entry_however_short_the
         stock={1: 100}, inventory_faults=crashy, payment_faults=payment, retry=retry, retention=0.05
     ) as system:
         futures = [system.submit(make_request(f"r{i}", [(1, 1)], amount="1.00")) for i in range(20)]
-        assert [f.get(60) for f in futures] == [True] * 20
+        outcomes = [f.get(60) for f in futures]  # every caller answered: none stuck for ever
         assert system.wait_idle(10)
+        # Past the commit decision nothing is abandoned: whatever was committed ends confirmed.
+        assert sum(outcomes) == system.metrics()["orders_confirmed"] > 0
         assert system.metrics()["sagas_stuck"] == 0
         assert_consistent(system)
 
