@@ -280,10 +280,13 @@ class OrderSystem:
     def stop(self) -> None:
         """Stop this system's actors (and only them), in the reverse of their start order.
 
-        Orders still in flight stay pending (they resume at the next start,
-        from the journal: a SQLite file, or the in-memory journal this object
-        keeps); every caller still waiting gets SystemNotRunning, and nothing
-        is left running. Call `wait_idle()` first to drain.
+        Orders still in flight stay in the journal (a SQLite file, or the
+        in-memory journal this object keeps) and are resumed by the next
+        start: rolled forward if their commit decision was journaled, else
+        rolled back (presumed abort: the card is no longer in memory) and
+        cancelled as `interrupted`. Every caller still waiting gets
+        SystemNotRunning, and nothing is left running. Call `wait_idle()`
+        first to drain.
         """
         with self._lock:
             if not self._running:

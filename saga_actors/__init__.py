@@ -27,19 +27,24 @@ from saga_actors.actors import (
     StockView,
     SystemNotRunning,
 )
+from saga_actors.actors.system import DEFAULT_RETENTION, RecoveryReport
+from saga_actors.persistence import JournalCorrupted
 
 __version__ = "0.4.0"
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "FaultPlan",
     "IdempotencyConflict",
     "InvalidOrder",
+    "JournalCorrupted",
     "JournalInUse",
     "NotAJournal",
     "OrderFuture",
     "OrderSystem",
     "OrderView",
     "PaymentView",
+    "RecoveryReport",
     "RetryPolicy",
     "StockView",
     "SystemNotRunning",
