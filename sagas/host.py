@@ -650,10 +650,6 @@ class SagaHost(Monitored, pykka.ThreadingActor):
                 return super().on_receive(message)
         return None
 
-    def running(self) -> list[str]:
-        """The ids of the sagas running or restarting here (this actor's thread)."""
-        return sorted(self._sagas.keys() | self._restarting.keys())
-
     # --- supervision of the sagas ---
 
     def _start(self, spec: SagaSpec) -> None:
