@@ -67,7 +67,7 @@ from saga_actors.sagas.policy import RetryPolicy
 from saga_actors.sagas.protocol import Correlation, Reply, Request, StepKind
 from saga_actors.supervision.address import Address
 from saga_actors.supervision.monitor import Monitored
-from saga_actors.supervision.spec import Backoff, Intensity
+from saga_actors.supervision.spec import Backoff, Intensity, RestartWindow
 from saga_actors.supervision.supervisor import Escalated
 from saga_actors.supervision.timer import Recipient, Timer, TimerHandle
 
@@ -564,7 +564,7 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         self._backoff = backoff or Backoff(min_backoff=0.001, max_backoff=0.005, random_factor=0.2)
         self._sagas: dict[str, _Saga] = {}
         self._restarting: dict[str, _Restarting] = {}  # restarted at least once and not finished
-        self._restart_times: deque[float] = deque()
+        self._restarts = RestartWindow(self._intensity)
         self._max_outstanding = max_outstanding
         self._outstanding: dict[str, int] = {}  # participant -> requests in flight from this host
         self._slot_waiters: dict[str, deque[tuple[_Saga, StepKind, str, int]]] = {}
@@ -671,10 +671,7 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         if self._sagas.get(saga.saga_id) is saga:
             del self._sagas[saga.saga_id]
         now = time.monotonic()
-        self._restart_times.append(now)
-        while self._restart_times and self._restart_times[0] < now - self._intensity.within_seconds:
-            self._restart_times.popleft()
-        if len(self._restart_times) > self._intensity.max_restarts:
+        if self._restarts.exceeded(now):
             self.exit_reason = Escalated(
                 f"{self}: more than {self._intensity.max_restarts} saga restarts within "
                 f"{self._intensity.within_seconds} s (last: {saga.saga_id}: {error!r})"

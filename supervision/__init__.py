@@ -20,6 +20,7 @@ from saga_actors.supervision.spec import (
     Backoff,
     ChildSpec,
     Intensity,
+    RestartWindow,
 )
 from saga_actors.supervision.supervisor import (
     AddChild,
@@ -50,6 +51,7 @@ __all__ = [
     "Monitored",
     "ResourceActor",
     "ResourceFailed",
+    "RestartWindow",
     "StartChild",
     "Supervisor",
     "Timer",

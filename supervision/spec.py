@@ -17,6 +17,7 @@ limit measures real trouble rather than raw speed.
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "Backoff",
     "ChildSpec",
     "Intensity",
+    "RestartWindow",
 ]
 
 RestartType = Literal["permanent", "transient", "temporary"]
@@ -86,6 +88,27 @@ class Intensity:
     def __post_init__(self) -> None:
         if self.max_restarts < 0 or not self.within_seconds > 0:
             raise ValueError(f"invalid intensity: {self}")
+
+
+class RestartWindow:
+    """The restarts counted against an `Intensity` (one per supervisor; not thread-safe).
+
+    `exceeded(now)` records a restart at `now` (monotonic seconds) and says
+    whether there are now more than `max_restarts` within `within_seconds`:
+    OTP's "more than MaxR restarts in MaxT seconds", past which a supervisor
+    gives up and escalates.
+    """
+
+    def __init__(self, intensity: Intensity) -> None:
+        self.intensity = intensity
+        self._times: collections.deque[float] = collections.deque()
+
+    def exceeded(self, now: float) -> bool:
+        times, window = self._times, self.intensity.within_seconds
+        times.append(now)
+        while times and times[0] < now - window:
+            times.popleft()
+        return len(times) > self.intensity.max_restarts
 
 
 @dataclass(frozen=True)

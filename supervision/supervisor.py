@@ -9,7 +9,6 @@ exits abnormally, which its own supervisor sees as a child failure
 
 from __future__ import annotations
 
-import collections
 import logging
 import random
 import time
@@ -31,6 +30,7 @@ from saga_actors.supervision.spec import (
     Backoff,
     ChildSpec,
     Intensity,
+    RestartWindow,
     Strategy,
 )
 from saga_actors.supervision.timer import Timer, TimerHandle
@@ -123,7 +123,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
         self._intensity = intensity
         self._backoff = backoff
         self._on_restart = on_restart
-        self._restart_times: collections.deque[float] = collections.deque()
+        self._restarts = RestartWindow(self._intensity)
         self._random = random.Random(f"{name}:{seed}")
         self._timer = Timer(f"{name}-restarts")
         self._stopping = False
@@ -241,10 +241,7 @@ class Supervisor(Monitored, pykka.ThreadingActor):
     def _failed(self, child: _Child, error: BaseException | None) -> None:
         """Apply the strategy to a child that exited, or could not be restarted."""
         now = time.monotonic()
-        self._restart_times.append(now)
-        while self._restart_times and self._restart_times[0] < now - self._intensity.within_seconds:
-            self._restart_times.popleft()
-        if len(self._restart_times) > self._intensity.max_restarts:
+        if self._restarts.exceeded(now):
             self._escalate(child.spec.id, error)
             return
         group = self._group(child)

@@ -410,3 +410,12 @@ def test_one_bad_message_does_not_lose_the_messages_queued_behind_it():
         assert handled.get(timeout=5) == "d"
     finally:
         supervisor.stop(timeout=10)
+
+
+def test_a_restart_window_counts_only_the_restarts_within_the_intensity_period():
+    from saga_actors.supervision import RestartWindow
+
+    window = RestartWindow(Intensity(max_restarts=2, within_seconds=10.0))
+    assert [window.exceeded(t) for t in (0.0, 1.0, 2.0)] == [False, False, True]  # 3 in 10 s
+    fresh = RestartWindow(Intensity(max_restarts=2, within_seconds=10.0))
+    assert [fresh.exceeded(t) for t in (0.0, 11.0, 22.0, 23.0)] == [False, False, False, False]
