@@ -26,6 +26,7 @@ from saga_actors.actors.orders import (
     CancelOrder,
     ConfirmOrder,
     JournaledOrder,
+    OrderPlaced,
     OrderState,
     OrderView,
 )
@@ -55,6 +56,18 @@ class OrderSagaData:
     currency: str
     card_last4: str
     fingerprint: str = ""
+
+    @classmethod
+    def from_placed(cls, placed: OrderPlaced) -> OrderSagaData:
+        """What the saga of a journaled placement would have journaled (recovery writes it)."""
+        return cls(
+            placed.order_id,
+            placed.items,
+            placed.amount,
+            placed.currency,
+            placed.card_last4,
+            placed.fingerprint,
+        )
 
     @classmethod
     def from_order(cls, order: OrderRequest) -> OrderSagaData:

@@ -131,6 +131,19 @@ class OrderPlaced:
     card_last4: str
     fingerprint: str
 
+    @classmethod
+    def of(cls, order: OrderRequest, fingerprint: str | None = None) -> OrderPlaced:
+        """The placement of a validated `order` (its fingerprint computed unless given)."""
+        return cls(
+            order.order_id,
+            order.user_id,
+            order.items,
+            order.amount,
+            order.currency,
+            order.card.last4,
+            order.fingerprint() if fingerprint is None else fingerprint,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class OrderConfirmed:
@@ -243,17 +256,7 @@ def decide(command: Any, state: OrdersState, journaled: JournaledOrder | None = 
                 if not journaled.same_order(order, fingerprint):
                     raise IdempotencyConflict(order.order_id)
                 return []
-            return [
-                OrderPlaced(
-                    order.order_id,
-                    order.user_id,
-                    order.items,
-                    order.amount,
-                    order.currency,
-                    order.card.last4,
-                    fingerprint,
-                )
-            ]
+            return [OrderPlaced.of(order, fingerprint)]
         case ConfirmOrder(order_id=order_id):
             return [OrderConfirmed(order_id)] if _status(state, order_id) == PENDING else []
         case CancelOrder(order_id=order_id, reason=reason):

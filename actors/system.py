@@ -479,34 +479,25 @@ class OrderSystem:
         }
         self._timer = timer
         self._seed = self._payment_faults.seed
-        every, retention = self._snapshot_every, self._retention
         restarted = self._count_restart
+        # What every service is started with (each restart replays its journal, within RECOVERY_TIMEOUT).
+        options: dict[str, Any] = {
+            "snapshot_every": self._snapshot_every,
+            "retention": self._retention,
+            "timer": timer,
+            "in_flight_since": self._outcomes.in_flight_since,
+            "timeout": RECOVERY_TIMEOUT,
+        }
         services = [
             ChildSpec(
                 "inventory",
                 address=self._inventory,
-                start=lambda: InventoryActor.start_recovered(
-                    journal,
-                    inventory_dice,
-                    snapshot_every=every,
-                    retention=retention,
-                    timer=timer,
-                    in_flight_since=self._outcomes.in_flight_since,
-                    timeout=RECOVERY_TIMEOUT,
-                ),
+                start=lambda: InventoryActor.start_recovered(journal, inventory_dice, **options),
             ),
             ChildSpec(
                 "payment",
                 address=self._payment,
-                start=lambda: PaymentActor.start_recovered(
-                    journal,
-                    payment_dice,
-                    snapshot_every=every,
-                    retention=retention,
-                    timer=timer,
-                    in_flight_since=self._outcomes.in_flight_since,
-                    timeout=RECOVERY_TIMEOUT,
-                ),
+                start=lambda: PaymentActor.start_recovered(journal, payment_dice, **options),
             ),
             ChildSpec(
                 "orders",
@@ -516,11 +507,7 @@ class OrderSystem:
                     start_saga=self._start_saga,
                     outcomes=self._outcomes,
                     metrics=self._metrics,
-                    snapshot_every=every,
-                    retention=retention,
-                    timer=timer,
-                    in_flight_since=self._outcomes.in_flight_since,
-                    timeout=RECOVERY_TIMEOUT,
+                    **options,
                 ),
             ),
         ]
@@ -603,14 +590,7 @@ class OrderSystem:
         for placed in never_started:
             # Its saga never began and never will: its stream says so, so that past the
             # retention window the order is still answered (cancelled) from the journal.
-            data = OrderSagaData(
-                placed.order_id,
-                placed.items,
-                placed.amount,
-                placed.currency,
-                placed.card_last4,
-                placed.fingerprint,
-            )
+            data = OrderSagaData.from_placed(placed)
             journal.append(
                 prefix + placed.order_id,
                 [

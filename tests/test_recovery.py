@@ -186,15 +186,7 @@ def _reserved(order_id, items):
 
 
 def _placed(order):
-    return OrderPlaced(
-        order.order_id,
-        order.user_id,
-        order.items,
-        order.amount,
-        order.currency,
-        order.card.last4,
-        order.fingerprint(),
-    )
+    return OrderPlaced.of(order)
 
 
 # --- kill -9 ---

@@ -571,15 +571,7 @@ def test_an_order_cancelled_at_recovery_is_still_answered_from_the_journal_past_
     order = validate_order(make_request("x", [(1, 2)]))
     journal = SQLiteJournal(path, order_codec())
     journal.append("inventory", [inv.ProductsStocked(((1, 10),))], 0)
-    placed = orders.OrderPlaced(
-        order.order_id,
-        order.user_id,
-        order.items,
-        order.amount,
-        order.currency,
-        order.card.last4,
-        order.fingerprint(),
-    )
+    placed = orders.OrderPlaced.of(order)
     journal.append("orders", [placed], 0)
     journal.close()
     with OrderSystem(journal_path=path, retention=0.05) as system:
