@@ -29,11 +29,11 @@ from typing import Any, Final, Literal
 import pykka
 
 from saga_actors.actors.errors import IdempotencyConflict
-from saga_actors.actors.participant import Answer, ParticipantActor
-from saga_actors.actors.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.actors.validation import OrderItem, OrderRequest
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.participant import Answer, ParticipantActor
+from saga_actors.sagas.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.supervision.timer import Timer
 
 __all__ = [

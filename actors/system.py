@@ -54,7 +54,6 @@ from saga_actors.actors.orders import (
     RecoverOrders,
 )
 from saga_actors.actors.payment import GetCaptures, GetPayments, PaymentActor, PaymentView
-from saga_actors.actors.simulation import FaultInjector, FaultPlan, SimulatedLink
 from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
 from saga_actors.persistence.sqlite import SQLiteJournal
@@ -72,6 +71,7 @@ from saga_actors.sagas.engine import (
 from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
+from saga_actors.sagas.simulation import FaultInjector, FaultPlan, SimulatedLink
 from saga_actors.supervision import (
     ONE_FOR_ONE,
     REST_FOR_ONE,
@@ -656,7 +656,7 @@ class OrderSystem:
             backoff=SAGAS_BACKOFF,
             seed=self._seed,
             # A request refused once older than half the retention can never act on
-            # an entry its service has forgotten (see actors/retention.py). Not the
+            # an entry its service has forgotten (see sagas/retention.py). Not the
             # attempt timeout: a late answer still settles a step on a slow wire.
             request_deadline=self._retention / 2,
         )
