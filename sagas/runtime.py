@@ -65,7 +65,7 @@ from saga_actors.sagas.engine import (
 )
 from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
 from saga_actors.sagas.metrics import Metrics
-from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
 from saga_actors.sagas.simulation import FaultInjector, FaultPlan, SimulatedLink
 from saga_actors.supervision import (
     ONE_FOR_ONE,
@@ -437,6 +437,14 @@ class SagaRuntime:
         root_intensity: Intensity = ROOT_INTENSITY,
     ) -> None:
         problems = _check_arguments(definition, participants, journal, codec, retry, hosts, name)
+        if not (is_finite_number(retention) and 0 < retention < FOREVER):
+            problems.append(
+                f"retention must be a positive number of seconds below 10**9, got {show_parameter(retention)}"
+            )
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1
+        ):
+            problems.append(f"snapshot_every must be a positive integer or None, got {snapshot_every!r:.40}")
         if problems:
             raise ValueError("invalid SagaRuntime arguments: " + "; ".join(problems))
         self.definition = definition

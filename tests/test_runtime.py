@@ -18,8 +18,16 @@ def test_bad_arguments_are_refused_naming_each_problem():
     )
     alpha = Participant("alpha", lambda c: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError) as error:
-        SagaRuntime(two_steps, participants=[alpha], hosts=0, retry="fast")  # type: ignore[arg-type]
+        SagaRuntime(
+            two_steps,
+            participants=[alpha],
+            hosts=0,
+            retry="fast",
+            retention=-1,
+            snapshot_every=0,  # type: ignore[arg-type]
+        )
     message = str(error.value)
+    assert "retention must be" in message and "snapshot_every must be" in message
     assert "not registered: ['beta']" in message
     assert "hosts must be" in message and "retry must be a RetryPolicy" in message
     with pytest.raises(ValueError, match="unique"):
