@@ -132,7 +132,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MIN,MAX",
         help="seconds on the wire per call (default 0.001,0.02)",
     )
-    parser.add_argument("--seed", type=_seed, default=7, help="seeds the workload and the faults (default 7)")
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=7,
+        help="fixes the workload and each service's fault draws; not the thread interleaving, "
+        "so outcomes still vary a little (default 7)",
+    )
     parser.add_argument(
         "--journal",
         metavar="PATH",
