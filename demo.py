@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import queue
 import random
 import shutil
 import signal
@@ -31,7 +32,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
@@ -423,19 +424,36 @@ def place_all(
             timeline.record(took, restarts)
         progress.record(outcome)
 
+    left = iter(requests)
+    taking = threading.Lock()
+
+    def customer() -> None:
+        while not _stop.is_set():  # asked to stop: place no more orders
+            with taking:
+                request = next(left, None)
+            if request is None:
+                return
+            place(request)
+
+    check_stop()
     started = time.perf_counter()
     if timeline is not None:
         timeline.now()  # the clock starts with the first order
-    pool = ThreadPoolExecutor(concurrency)
-    try:
-        list(pool.map(place, requests))
-    except BaseException:  # interrupted: place no more orders, answer the callers waiting
-        progress.quiet = True
-        pool.shutdown(wait=False, cancel_futures=True)
-        system.stop()  # every caller still waiting gets SystemNotRunning at once
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    customers = [
+        threading.Thread(target=customer, name=f"customer-{n}", daemon=True)
+        for n in range(min(concurrency, len(requests)))
+    ]
+    for thread in customers:
+        thread.start()
+    stopping = False
+    for thread in customers:
+        while thread.is_alive():
+            thread.join(0.1)  # and see to a stop request meanwhile
+            if _stop.is_set() and not stopping:
+                stopping = True
+                progress.quiet = True
+                system.stop()  # every caller still waiting gets SystemNotRunning at once
+    check_stop()
     result.elapsed = time.perf_counter() - started
     progress.finish()
     return result
@@ -730,6 +748,33 @@ def child_command(args: argparse.Namespace, journal: str, run: int) -> list[str]
     return [sys.executable, os.path.abspath(__file__), *flat, "--child"]
 
 
+def lines_until_stopped(stream: IO[str]) -> Iterator[str]:
+    """The lines of `stream`, read on a thread of its own so that a stop request (check_stop)
+    is seen even while no line comes."""
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        except (OSError, ValueError):  # closed under it: the reader has stopped
+            pass
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=read, name="child-output", daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            check_stop()
+            continue
+        check_stop()
+        if line is None:
+            return
+        yield line
+
+
 def kill_and_recover(
     args: argparse.Namespace, journal: str, out: IO[str], timeline: Timeline | None
 ) -> dict[str, Any]:
@@ -737,6 +782,7 @@ def kill_and_recover(
     run = next_run(args, journal)
     announce(args, journal, out)
     workload = make_workload(args, run)
+    check_stop()
     kill_after = max(1, int(len(workload.requests) * random.Random(args.seed).uniform(0.3, 0.6)))
     # Its own process group: a Ctrl-C on the terminal reaches this process, which kills the child.
     child = subprocess.Popen(
@@ -749,7 +795,7 @@ def kill_and_recover(
     progress = Progress(len(workload.requests), out)
     assert child.stdout is not None
     try:
-        for line in child.stdout:
+        for line in lines_until_stopped(child.stdout):
             if line.startswith("BEFORE "):
                 found = json.loads(line[len("BEFORE ") :])
                 before = {int(p): {"on_hand": s[0], "reserved": s[1]} for p, s in found["stock"].items()}
@@ -918,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pykka").setLevel(logging.CRITICAL)  # simulated crashes are expected
     # SIGTERM stops the demo as Ctrl-C does: the system stops, the temporary journal is removed.
     _signals.clear()
+    _stop.clear()
     previous = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _run(args)
@@ -940,6 +987,7 @@ def _run(args: argparse.Namespace) -> int:
             journal = args.journal or os.path.join(folder_or_none.name, "journal.db")  # type: ignore[union-attr]
             run = kill_and_recover if args.kill_and_recover else simulate
             summary = run(args, journal, out, timeline)
+            check_stop()
     except (JournalInUse, BadJournal) as error:
         sys.stderr.write(f"demo.py: {error}\n")
         return 2
@@ -982,14 +1030,25 @@ def _fit(text: str, width: int = 79) -> str:
     return "\n".join(lines)
 
 
-_signals: list[int] = []  # the signals received: the first stops the run
+# Ctrl-C or SIGTERM asks the run to stop; it stops at the next point that checks (the
+# customers between two orders, the main thread while it waits for them or for the child).
+# The handler raises nothing: a KeyboardInterrupt raised wherever the main thread happens to
+# be can leave a lock half-taken (a thread pool's, a future's) and the demo hung on exit.
+# A second signal while stopping changes nothing: the journal is closed and the temporary
+# folder removed all the same.
+_stop = threading.Event()
+_signals: list[int] = []  # the signals received
 
 
 def _interrupted(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM: stop the run. A second one while stopping is ignored, so that the
-    journal is closed and the temporary folder removed all the same."""
     _signals.append(signum)
-    if len(_signals) == 1:
+    _stop.set()
+
+
+def check_stop() -> None:
+    """Stop here (KeyboardInterrupt, which main turns into exit status 128 + the signal)
+    if a signal asked to."""
+    if _stop.is_set():
         raise KeyboardInterrupt
 
 
