@@ -7,8 +7,9 @@
 Many customers order from a small catalogue at once: some submit the same
 order twice, some ask for more than is left, some pay with a declined card.
 The services fail transiently, answer slowly and crash. At the end the demo
-prints what happened and checks that nothing is half-done; it exits with
-status 1 if a check fails (2 for bad options).
+prints what happened and checks that nothing is half-done. Exit status: 0 if
+every check passes, 1 if a check fails, 2 for a bad option (a bad --journal
+too), 130 when stopped by Ctrl-C (SIGINT), 143 by SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
+import queue
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,13 +32,17 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from saga_actors import JournalCorrupted
 from saga_actors.actors import FaultPlan, JournalInUse, OrderSystem, RetryPolicy
 from saga_actors.actors.consistency import Check
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GOOD_CARDS = ("4242424242424242", "5555555555554444")
 DECLINED_CARDS = ("4000000000000002", "4000000000009995")
@@ -46,24 +54,29 @@ DECLINED_CARDS = ("4000000000000002", "4000000000009995")
 MAX_ORDERS = 1_000_000
 
 
-def _positive_int(text: str) -> int:
+MAX_RESTOCK = 1_000_000_000
+
+
+def _whole_number(text: str, low: int, high: float, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1, math.inf, "at least 1")
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63-1, got {value}")
-    return value
+    return _whole_number(text, 0, 2**63 - 1, "from 0 to 2**63-1")
+
+
+def _restock(text: str) -> int:
+    return _whole_number(text, 0, MAX_RESTOCK, f"from 0 to {MAX_RESTOCK:,} units")
 
 
 def _rate(text: str) -> float:
@@ -120,13 +133,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MIN,MAX",
         help="seconds on the wire per call (default 0.001,0.02)",
     )
-    parser.add_argument("--seed", type=_seed, default=7, help="seeds the workload and the faults (default 7)")
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=7,
+        help="fixes the workload and each service's fault draws; not the thread interleaving, "
+        "so outcomes still vary a little (default 7)",
+    )
     parser.add_argument(
         "--journal",
         metavar="PATH",
         help="keep the journal in PATH; running again on it continues from its state",
     )
+    parser.add_argument(
+        "--restock",
+        type=_restock,
+        default=0,
+        metavar="N",
+        help="deliver N more units of each product before the run (default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw throughput and latency over the run, restarts and the kill marked "
+        "(needs matplotlib: pip install 'saga-actors[plot]')",
+    )
     parser.add_argument(
         "--kill-and-recover",
         action="store_true",
@@ -135,7 +167,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.failure_rate + args.crash_rate > 1.0:
         parser.error("--failure-rate plus --crash-rate must not exceed 1")
     if args.products > 1000 or args.concurrency > 1000:
@@ -209,11 +240,58 @@ def build_system(args: argparse.Namespace, journal: str, stock: dict[int, int] |
     )
 
 
+# --- the journal ---
+
+
+class BadJournal(Exception):
+    """The journal cannot be used; the message is one line for the user (exit status 2)."""
+
+
+def journal_problem(path: str) -> str | None:
+    """Why `path` cannot be the demo's journal, found before anything runs; None if it may be.
+    (Whether an existing file is a journal is for OrderSystem to say: NotAJournal.)"""
+    if not path:
+        return "--journal '': an empty path; give a file path, or leave --journal out for a temporary journal"
+    if os.path.isdir(path):
+        return f"--journal {path}: a directory, not a journal file"
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            return f"--journal {path}: not a regular file (a journal is a SQLite file)"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"--journal {path}: no permission to read and write it"
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):  # missing folders are created: look at the nearest existing one
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"--journal {path}: cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--journal {path}: cannot be created: no permission to write in {parent}"
+    return None
+
+
+def open_system(args: argparse.Namespace, journal: str, stock: dict[int, int] | None) -> OrderSystem:
+    """A started system on `journal`; BadJournal if the file cannot serve as one."""
+    system = build_system(args, journal, stock)
+    try:
+        system.start()
+    except JournalCorrupted as error:  # NotAJournal included
+        raise BadJournal(str(error)) from None
+    except (OSError, sqlite3.Error) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise BadJournal(f"journal {journal} cannot be opened: {reason}") from None
+    return system
+
+
 # --- progress ---
 
 
 class Progress:
-    """Live progress: one redrawn line on a terminal, plain periodic lines otherwise."""
+    """Live progress: one redrawn line on a terminal, plain periodic lines otherwise.
+
+    It counts submissions as they are answered (a repeat submission is answered with its
+    order's outcome, and counted again); the summary counts distinct orders too.
+    """
 
     def __init__(self, total: int, stream: IO[str], quiet: bool = False) -> None:
         self.total, self.stream, self.quiet = total, stream, quiet
@@ -221,6 +299,7 @@ class Progress:
         self.done = self.confirmed = self.cancelled = 0
         self.started = time.perf_counter()
         self._last = 0.0
+        self._drawn = -1  # `done` when the line was last drawn
         self._lock = threading.Lock()
 
     def record(self, confirmed: bool | None) -> None:
@@ -236,17 +315,23 @@ class Progress:
                 self._draw(now)
 
     def finish(self) -> None:
-        if self.tty and not self.quiet:
-            self.stream.write("\n")
-            self.stream.flush()
+        """End the live line, drawing the last count if it was not (e.g. after a kill)."""
+        with self._lock:
+            if self._drawn != self.done:
+                self._draw(time.perf_counter())
+            if self.tty and not self.quiet:
+                self.stream.write("\n")
+                self.stream.flush()
+            self.quiet = True  # nothing more from the callers still finishing
 
     def _draw(self, now: float) -> None:
         if self.quiet:
             return
+        self._drawn = self.done
         rate = self.done / max(now - self.started, 1e-9)
         stats = (
-            f" {self.done}/{self.total} answered  confirmed {self.confirmed}"
-            f"  cancelled {self.cancelled}  {rate:.0f}/s"
+            f" submissions {self.done}/{self.total} answered: confirmed {self.confirmed},"
+            f" cancelled {self.cancelled}, {rate:.0f}/s"
         )
         columns = shutil.get_terminal_size((80, 24)).columns if self.tty else 80
         width = max(0, min(24, columns - 1 - len(stats) - 2))  # the bar gives way first
@@ -265,10 +350,45 @@ class Progress:
 
 @dataclass
 class RunResult:
-    outcomes: dict[str, bool] = field(default_factory=dict)
+    outcomes: dict[str, bool] = field(default_factory=dict)  # by order id: distinct orders
+    answers: Counter[str] = field(default_factory=Counter)  # by submission: confirmed, cancelled
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
+
+
+class Timeline:
+    """What `--plot` draws: when each submission was answered and how long it took, when
+    an actor restarted, when the child was killed and the run recovered. Times are
+    seconds since the first order was placed."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[float, float]] = []  # (time, latency in seconds)
+        self.restarts: list[float] = []
+        self.kill: float | None = None
+        self.recovered: float | None = None
+        self._started: float | None = None
+        self._restarts_seen = 0
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            if self._started is None:
+                self._started = time.perf_counter()
+            return time.perf_counter() - self._started
+
+    def record(self, latency: float, restarts: int) -> None:
+        """One answer; `restarts` is the system's restart counter when it came."""
+        at = self.now()
+        with self._lock:
+            self.answers.append((at, latency))
+            self.restarts += [at] * max(0, restarts - self._restarts_seen)
+            self._restarts_seen = max(restarts, self._restarts_seen)
+
+    def new_system(self) -> None:
+        """A new OrderSystem (after the kill): its restart counter starts at 0."""
+        with self._lock:
+            self._restarts_seen = 0
 
 
 def place_all(
@@ -277,6 +397,7 @@ def place_all(
     concurrency: int,
     progress: Progress,
     report: IO[str] | None = None,
+    timeline: Timeline | None = None,
 ) -> RunResult:
     result = RunResult()
     lock = threading.Lock()
@@ -290,21 +411,49 @@ def place_all(
             with lock:
                 result.errors[type(error).__name__] += 1
         took = time.perf_counter() - started
+        restarts = system.metrics()["restarts"] if report is not None or timeline is not None else 0
         with lock:
             result.latencies.append(took)
             if outcome is not None:
                 result.outcomes[request["order_id"]] = outcome
+                result.answers["confirmed" if outcome else "cancelled"] += 1
                 if report is not None:
-                    report.write(f"OUTCOME {request['order_id']} {int(outcome)}\n")
+                    report.write(f"OUTCOME {request['order_id']} {int(outcome)} {took:.6f} {restarts}\n")
                     report.flush()
+        if timeline is not None:
+            timeline.record(took, restarts)
         progress.record(outcome)
 
+    left = iter(requests)
+    taking = threading.Lock()
+
+    def customer() -> None:
+        while not _stop.is_set():  # asked to stop: place no more orders
+            with taking:
+                request = next(left, None)
+            if request is None:
+                return
+            place(request)
+
+    check_stop()
     started = time.perf_counter()
-    pool = ThreadPoolExecutor(concurrency)
-    try:
-        list(pool.map(place, requests))
-    finally:  # interrupted: do not place the orders not yet started
-        pool.shutdown(wait=True, cancel_futures=True)
+    if timeline is not None:
+        timeline.now()  # the clock starts with the first order
+    customers = [
+        threading.Thread(target=customer, name=f"customer-{n}", daemon=True)
+        for n in range(min(concurrency, len(requests)))
+    ]
+    for thread in customers:
+        thread.start()
+    stopping = False
+    for thread in customers:
+        while thread.is_alive():
+            thread.join(0.1)  # and see to a stop request meanwhile
+            if _stop.is_set() and not stopping:
+                stopping = True
+                progress.quiet = True
+                system.stop()  # every caller still waiting gets SystemNotRunning at once
+    check_stop()
     result.elapsed = time.perf_counter() - started
     progress.finish()
     return result
@@ -321,33 +470,58 @@ def next_run(args: argparse.Namespace, journal: str) -> int:
     """Order ids are "r<run>-<n>": a run on a kept journal continues with fresh ids."""
     if not os.path.exists(journal):
         return 1
-    with build_system(args, journal, None) as system:
+    with open_system(args, journal, None) as system:
         prefixes = {order_id.split("-", 1)[0] for order_id in system.orders()}
     return 1 + max((int(p[1:]) for p in prefixes if p[:1] == "r" and p[1:].isdigit()), default=0)
+
+
+def announce(args: argparse.Namespace, journal: str, out: IO[str]) -> None:
+    """The journal's path, once it is known to be usable."""
+    if not args.child:
+        out.write(_fit(f"journal: {journal}{'' if args.journal else ' (temporary)'}\n"))
+        out.flush()
+
+
+def stock_levels(system: OrderSystem) -> dict[int, dict[str, int]]:
+    return {p: {"on_hand": v.on_hand, "reserved": v.reserved} for p, v in system.inventory().items()}
+
+
+def deliver(system: OrderSystem, args: argparse.Namespace, workload: Workload) -> dict[int, int]:
+    """`--restock N`: N more units of each product of the catalogue, before the run."""
+    delivery = dict.fromkeys(workload.stock, args.restock) if args.restock else {}
+    if delivery:
+        system.restock(delivery)
+    return delivery
 
 
 # --- the summary ---
 
 
-def summarize(
-    system: OrderSystem,
-    stock_before: dict[int, Any],
-    result: RunResult | None,
-    workload: Workload,
-    recovery: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+@dataclass
+class Scope:
+    """What the summary covers: this run's workload and what it found and did."""
+
+    workload: Workload
+    stock_before: dict[int, dict[str, int]]  # when this run began, before any restock
+    restocked: dict[int, int]
+    result: RunResult | None
+    recovery: dict[str, Any] | None = None  # --kill-and-recover: what the kill left and recovery found
+
+
+def summarize(system: OrderSystem, scope: Scope) -> dict[str, Any]:
     system.wait_idle(60)
     in_flight = system.metrics()["in_flight"]
-    orders = system.orders()
+    all_orders = system.orders()
     inventory = system.inventory()
     payments = system.payments()
     metrics = system.metrics()
     checks = system.check_consistency()
-    if recovery is not None and "reported" in recovery:
+    workload, result, recovery = scope.workload, scope.result, scope.recovery
+    if recovery is not None:
         changed = sorted(
             o
             for o, ok in recovery["reported"].items()
-            if orders[o].state != ("confirmed" if ok else "cancelled")
+            if all_orders[o].state != ("confirmed" if ok else "cancelled")
         )
         checks.append(
             Check(
@@ -366,45 +540,55 @@ def summarize(
                 or f"{len(result.latencies)} callers",
             )
         )
-    all_orders = orders
     mine = {r["order_id"] for r in workload.requests}
-    orders = {o: v for o, v in all_orders.items() if o in mine}  # this run's (checks cover all)
+    orders = {o: v for o, v in all_orders.items() if o in mine}  # this run's (the checks cover all)
     reasons = Counter(v.reason for v in orders.values() if v.state == "cancelled")
-    captured = [p for p in payments.values() if p.state == "captured"]
-    voided = [p for p in payments.values() if p.state == "voided"]
+    # After a kill, the whole workload is placed again on purpose: the submissions of orders
+    # the journal already held are answered from it, and are not counted as repeats.
+    resubmitted = recovery["resubmissions_answered_from_journal"] if recovery else 0
+    run = workload.requests[0]["order_id"].split("-", 1)[0] if workload.requests else "r?"
     summary: dict[str, Any] = {
         "orders": {
+            "covers": f"this run's orders (ids {run}-*)",
             "submitted": len(workload.requests),
-            "distinct": len({r["order_id"] for r in workload.requests}),
+            "distinct": len(mine),
+            "answers": {  # per submission, as the progress line counts them
+                "confirmed": result.answers["confirmed"] if result else 0,
+                "cancelled": result.answers["cancelled"] if result else 0,
+            },
             "confirmed": sum(1 for v in orders.values() if v.state == "confirmed"),
             "cancelled": sum(1 for v in orders.values() if v.state == "cancelled"),
             "pending": sum(1 for v in orders.values() if v.state == "pending"),
             "cancelled_by_reason": dict(reasons.most_common()),
-            "duplicates_answered_from_first_outcome": metrics["duplicates"],
+            "duplicates_answered_from_first_outcome": metrics["duplicates"] - resubmitted,
             "in_journal": len(all_orders),
             "in_flight": in_flight,
         },
-        "activity": {k: metrics[k] for k in ("retries", "compensations", "restarts")},
+        "activity": {
+            "covers": "since recovery (the killed child's are not counted)" if recovery else "this run",
+            **{k: metrics[k] for k in ("retries", "compensations", "restarts")},
+        },
         "stock": {
             str(p): {
-                "before_on_hand": stock_before.get(p, {}).get("on_hand", 0),
-                "before_reserved": stock_before.get(p, {}).get("reserved", 0),
+                "before_on_hand": scope.stock_before.get(p, {}).get("on_hand", 0),
+                "before_reserved": scope.stock_before.get(p, {}).get("reserved", 0),
+                "restocked": scope.restocked.get(p, 0),
                 "on_hand": v.on_hand,
                 "reserved": v.reserved,
             }
             for p, v in inventory.items()
         },
         "payments": {
-            "captured": len(captured),
-            "captured_total": str(sum((p.amount for p in captured), Decimal(0))),
-            "voided": len(voided),
-            "voided_total": str(sum((p.amount for p in voided), Decimal(0))),
+            "covers": "this run's orders",
+            **_payment_totals(v for o, v in payments.items() if o in mine),
+            "all_runs_in_memory": _payment_totals(payments.values()),
         },
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
         "ok": all(c.ok for c in checks),
     }
     if result is not None and result.latencies:
         summary["performance"] = {
+            "covers": "the placement after recovery" if recovery else "this run",
             "seconds": round(result.elapsed, 3),
             "orders_per_second": round(len(result.latencies) / result.elapsed, 1),
             "latency_ms": {
@@ -418,26 +602,60 @@ def summarize(
     return summary
 
 
+def _payment_totals(payments: Any) -> dict[str, Any]:
+    captured, voided = [], []
+    for payment in payments:
+        if payment.state == "captured":
+            captured.append(payment.amount)
+        elif payment.state == "voided":
+            voided.append(payment.amount)
+    return {
+        "captured": len(captured),
+        "captured_total": str(sum(captured, Decimal(0))),
+        "voided": len(voided),
+        "voided_total": str(sum(voided, Decimal(0))),
+    }
+
+
 def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
     o = summary["orders"]
+    r = summary.get("recovery")
 
     def w(text: str) -> None:
         out.write(_fit(text))
 
-    w("\n== Orders ==\n")
-    w(f"  {o['submitted']} submissions of {o['distinct']} distinct orders\n")
+    w(f"\n== Orders: {o['covers']} ==\n")
+    again = ", all placed again after recovery" if r else ""
+    w(f"  {o['submitted']} submissions of {o['distinct']} distinct orders{again}\n")
+    answers, after = o["answers"], " after recovery" if r else ""
+    w(
+        f"  answers{after}, one per submission: confirmed {answers['confirmed']}, "
+        f"cancelled {answers['cancelled']}\n"
+    )
     w(f"  distinct orders: confirmed {o['confirmed']}, cancelled {o['cancelled']}, pending {o['pending']}\n")
-    if o["in_journal"] != o["distinct"]:
-        w(f"  (the journal holds {o['in_journal']} orders in all; the checks cover every one)\n")
     for reason, count in o["cancelled_by_reason"].items():
         w(f"    cancelled: {reason:<20} {count}\n")
-    w(f"  duplicates answered from the first outcome: {o['duplicates_answered_from_first_outcome']}\n")
+    if r:
+        w(
+            f"  placed again after recovery and answered from the journal: "
+            f"{r['resubmissions_answered_from_journal']} submissions "
+            f"(of the {r['orders_in_journal_at_recovery']} orders placed before the kill)\n"
+        )
+    repeats = o["duplicates_answered_from_first_outcome"]
+    w(f"  repeat submissions answered from the first outcome: {repeats}\n")
+    if o["in_journal"] != o["distinct"]:
+        w(f"  the journal holds {o['in_journal']} orders from every run; the checks cover them all\n")
     a = summary["activity"]
-    w(f"  retries {a['retries']}, compensations {a['compensations']}, actor restarts {a['restarts']}\n")
-    if "recovery" in summary:
-        r = summary["recovery"]
+    w(
+        f"  {a['covers']}: retries {a['retries']}, compensations {a['compensations']}, "
+        f"actor restarts {a['restarts']}\n"
+    )
+    if r:
         w("\n== Recovery after SIGKILL ==\n")
-        w(f"  child killed after {r['reported_before_kill']} outcomes\n")
+        w(
+            f"  child killed after {r['answers_before_kill']} answered submissions "
+            f"({r['orders_reported_before_kill']} distinct orders)\n"
+        )
         w(
             f"  sagas resumed {r['sagas_resumed']}: rolled forward {r['rolled_forward']}, "
             f"rolled back {r['rolled_back']}; orders whose saga never began {r['orders_never_started']}\n"
@@ -445,26 +663,32 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
     if "performance" in summary:
         p = summary["performance"]
         lat = p["latency_ms"]
-        w("\n== Performance ==\n")
-        w(
-            f"  {p['orders_per_second']} orders/s over {p['seconds']} s; latency p50 {lat['p50']} ms, "
-            f"p95 {lat['p95']} ms, p99 {lat['p99']} ms\n"
-        )
+        w(f"\n== Performance: {p['covers']} ==\n")
+        w(f"  {p['orders_per_second']} submissions answered per second over {p['seconds']} s\n")
+        w(f"  latency of a submission: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms\n")
         if p["errors"]:
             w(f"  errors: {p['errors']}\n")
-    w("\n== Stock ==   before (on hand, reserved) -> after (on hand, reserved)\n")
+    restocked = any(s["restocked"] for s in summary["stock"].values())
+    head = "before this run" + (", +restocked" if restocked else "")
+    w(f"\n== Stock ==   on hand and reserved: {head} -> after\n")
     for product, s in summary["stock"].items():
+        delivery = f" +{s['restocked']:<5d}" if restocked else ""
         w(
-            f"  product {product}: {s['before_on_hand']:5d} {s['before_reserved']:3d}  ->  "
+            f"  product {product}: {s['before_on_hand']:5d} {s['before_reserved']:3d}{delivery}  ->  "
             f"{s['on_hand']:5d} {s['reserved']:3d}\n"
         )
-    pay = summary["payments"]
-    w("\n== Payments ==\n")
+    pay, every = summary["payments"], summary["payments"]["all_runs_in_memory"]
+    w(f"\n== Payments: {pay['covers']} ==\n")
     w(
         f"  captured {pay['captured']} ({pay['captured_total']}),"
         f" voided {pay['voided']} ({pay['voided_total']})\n"
     )
-    w("\n== Consistency checks ==\n")
+    if (every["captured"], every["voided"]) != (pay["captured"], pay["voided"]):
+        w(
+            f"  every run's, still in memory (the retention window): captured {every['captured']} "
+            f"({every['captured_total']}), voided {every['voided']} ({every['voided_total']})\n"
+        )
+    w("\n== Consistency checks: every order in the journal ==\n")
     for check in summary["checks"]:
         mark = "PASS" if check["ok"] else "FAIL"
         line = f"  [{mark}] {check['name']}"
@@ -480,50 +704,132 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
 # --- modes ---
 
 
-def simulate(args: argparse.Namespace, journal: str, out: IO[str]) -> dict[str, Any]:
+def simulate(
+    args: argparse.Namespace, journal: str, out: IO[str], timeline: Timeline | None
+) -> dict[str, Any]:
     """Run the workload on `journal` in this process."""
     workload = make_workload(args, args.run or next_run(args, journal))
-    system = build_system(args, journal, workload.stock)
-    with system:
-        before = {p: {"on_hand": v.on_hand, "reserved": v.reserved} for p, v in system.inventory().items()}
+    with open_system(args, journal, workload.stock) as system:
+        announce(args, journal, out)
+        before = stock_levels(system)
+        restocked = deliver(system, args, workload)
+        if args.child:  # what the parent's summary starts from
+            stock = {str(p): [s["on_hand"], s["reserved"]] for p, s in before.items()}
+            sys.stdout.write(f"BEFORE {json.dumps({'stock': stock, 'restocked': args.restock})}\n")
+            sys.stdout.flush()
         progress = Progress(len(workload.requests), out, quiet=args.child)
-        result = place_all(
-            system, workload.requests, args.concurrency, progress, report=sys.stdout if args.child else None
-        )
-        return summarize(system, before, result, workload)
+        report = sys.stdout if args.child else None
+        result = place_all(system, workload.requests, args.concurrency, progress, report, timeline)
+        return summarize(system, Scope(workload, before, restocked, result))
 
 
-def kill_and_recover(args: argparse.Namespace, journal: str, out: IO[str]) -> dict[str, Any]:
+class ChildFailed(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def child_command(args: argparse.Namespace, journal: str, run: int) -> list[str]:
+    """The command that runs this run's simulation in a child process, on `journal`."""
+    low, high = args.latency
+    options = {
+        "--orders": args.orders,
+        "--concurrency": args.concurrency,
+        "--products": args.products,
+        "--failure-rate": args.failure_rate,
+        "--crash-rate": args.crash_rate,
+        "--latency": f"{low!r},{high!r}",
+        "--seed": args.seed,
+        "--restock": args.restock,
+        "--journal": journal,
+        "--run": run,
+    }
+    flat = [str(part) for option, value in options.items() for part in (option, value)]
+    return [sys.executable, os.path.abspath(__file__), *flat, "--child"]
+
+
+def lines_until_stopped(stream: IO[str]) -> Iterator[str]:
+    """The lines of `stream`, read on a thread of its own so that a stop request (check_stop)
+    is seen even while no line comes."""
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        except (OSError, ValueError):  # closed under it: the reader has stopped
+            pass
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=read, name="child-output", daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            check_stop()
+            continue
+        check_stop()
+        if line is None:
+            return
+        yield line
+
+
+def kill_and_recover(
+    args: argparse.Namespace, journal: str, out: IO[str], timeline: Timeline | None
+) -> dict[str, Any]:
     """Run the workload in a child, SIGKILL it part-way, recover on the same journal."""
     run = next_run(args, journal)
+    announce(args, journal, out)
     workload = make_workload(args, run)
+    check_stop()
     kill_after = max(1, int(len(workload.requests) * random.Random(args.seed).uniform(0.3, 0.6)))
-    child_args = [a for a in args.argv if a not in ("--kill-and-recover", "--json")]
-    if args.journal is None:
-        child_args += ["--journal", journal]
-    command = [sys.executable, os.path.abspath(__file__), *child_args, "--child", "--run", str(run)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # Its own process group: a Ctrl-C on the terminal reaches this process, which kills the child.
+    child = subprocess.Popen(
+        child_command(args, journal, run), stdout=subprocess.PIPE, text=True, process_group=0
+    )
     reported: dict[str, bool] = {}
+    answers = 0
+    before: dict[int, dict[str, int]] = {}
+    restocked: dict[int, int] = {}
     progress = Progress(len(workload.requests), out)
     assert child.stdout is not None
-    for line in child.stdout:
-        if line.startswith("OUTCOME"):
-            _, order_id, outcome = line.split()
-            reported[order_id] = outcome == "1"
-            progress.record(outcome == "1")
-            if len(reported) >= kill_after:
-                break
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    try:
+        for line in lines_until_stopped(child.stdout):
+            if line.startswith("BEFORE "):
+                found = json.loads(line[len("BEFORE ") :])
+                before = {int(p): {"on_hand": s[0], "reserved": s[1]} for p, s in found["stock"].items()}
+                restocked = dict.fromkeys(workload.stock, found["restocked"]) if found["restocked"] else {}
+            elif line.startswith("OUTCOME "):
+                _, order_id, outcome, took, restarts = line.split()
+                reported[order_id] = outcome == "1"
+                answers += 1
+                if timeline is not None:
+                    timeline.record(float(took), int(restarts))
+                progress.record(outcome == "1")
+                if answers >= kill_after:
+                    child.send_signal(signal.SIGKILL)
+                    break
+    finally:  # interrupted too: the child goes with this process
+        if child.poll() is None:
+            child.kill()
+        status = child.wait()
+        child.stdout.close()
+    if answers < kill_after and status != 0:
+        raise ChildFailed(
+            status, f"the simulation's child process exited with status {status} before the kill"
+        )
     progress.finish()
+    if timeline is not None:
+        timeline.kill = timeline.now()
     out.write(
         _fit(
-            f"killed the child (SIGKILL) after {len(reported)} reported outcomes; recovering from {journal}\n"
+            f"killed the child (SIGKILL) after {answers} answered submissions ({len(reported)} distinct "
+            f"orders); recovering from {journal}\n"
         )
     )
 
-    system = build_system(args, journal, workload.stock)
-    with system:
+    with open_system(args, journal, workload.stock) as system:
         report = system.recovery()
         out.write(
             _fit(
@@ -533,57 +839,181 @@ def kill_and_recover(args: argparse.Namespace, journal: str, out: IO[str]) -> di
             )
         )
         system.wait_idle(60)
-        before = {p: {"on_hand": v.received, "reserved": 0} for p, v in system.inventory().items()}
-        out.write(_fit("placing the whole workload again: finished orders are answered from the journal\n"))
+        mine = {r["order_id"] for r in workload.requests}
+        known = mine & set(system.orders())  # this run's orders the journal holds
+        out.write(
+            _fit(
+                "placing the whole workload again: orders placed before the kill are answered "
+                "from the journal\n"
+            )
+        )
+        if timeline is not None:
+            timeline.recovered = timeline.now()
+            timeline.new_system()
         progress = Progress(len(workload.requests), out)
-        result = place_all(system, workload.requests, args.concurrency, progress)
+        result = place_all(system, workload.requests, args.concurrency, progress, timeline=timeline)
         recovery = {
-            "reported_before_kill": len(reported),
+            "answers_before_kill": answers,
+            "orders_reported_before_kill": len(reported),
             "sagas_resumed": report.sagas_resumed,
             "rolled_forward": report.rolled_forward,
             "rolled_back": report.rolled_back,
             "orders_never_started": report.orders_never_started,
+            "orders_in_journal_at_recovery": len(known),
+            "resubmissions_answered_from_journal": sum(
+                1 for r in workload.requests if r["order_id"] in known
+            ),
             "reported": reported,
         }
-        return summarize(system, before, result, workload, recovery)
+        return summarize(system, Scope(workload, before, restocked, result, recovery))
+
+
+# --- the picture (--plot) ---
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_problem(path: str) -> str | None:
+    """Why `--plot path` cannot be drawn, found before the run; None if it can."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "--plot needs matplotlib, which is not installed: pip install 'saga-actors[plot]'"
+    if os.path.splitext(path)[1].lower() not in PLOT_FORMATS:
+        return f"--plot {path}: the file name must end in {', '.join(PLOT_FORMATS)}"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--plot {path}: no folder {folder}"
+    return None
+
+
+def make_figure(timeline: Timeline, title: str) -> Figure:
+    """Throughput (answers per second) and latency over the run; restarts, the kill and the
+    recovery marked. matplotlib's Agg canvas: no display, no global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    answers = sorted(timeline.answers)
+    end = max([t for t, _ in answers] + [timeline.kill or 0.0, timeline.recovered or 0.0, 1e-3])
+    bins = max(1, min(60, len(answers) // 10))
+    width = end / bins
+    latencies: list[list[float]] = [[] for _ in range(bins)]
+    for at, latency in answers:
+        latencies[min(bins - 1, int(at / width))].append(latency)
+    centers = [(i + 0.5) * width for i in range(bins)]
+
+    figure = Figure(figsize=(10, 6), layout="constrained")
+    FigureCanvasAgg(figure)
+    rate_axes, latency_axes = figure.subplots(2, 1, sharex=True)
+    rate_axes.bar(centers, [len(b) / width for b in latencies], width=width * 0.9, color="tab:blue")
+    rate_axes.set_ylabel("submissions answered / s")
+    if answers:
+        latency_axes.scatter(
+            [t for t, _ in answers],
+            [1000 * latency for _, latency in answers],
+            s=4,
+            alpha=0.3,
+            color="tab:gray",
+            label="one submission",
+        )
+        filled = [i for i in range(bins) if latencies[i]]
+        for q, style in ((0.5, "-"), (0.95, "--")):
+            latency_axes.plot(
+                [centers[i] for i in filled],
+                [1000 * percentile(latencies[i], q) for i in filled],
+                style,
+                color="black",
+                label=f"p{round(q * 100)} per {width:.2g} s",
+            )
+        latency_axes.set_yscale("log")
+    latency_axes.set_ylabel("latency (ms)")
+    latency_axes.set_xlabel("seconds since the first order")
+    for axes in (rate_axes, latency_axes):
+        for n, at in enumerate(timeline.restarts):
+            label = f"actor restart ({len(timeline.restarts)} in all)" if n == 0 else "_nolegend_"
+            axes.axvline(at, color="tab:orange", linewidth=0.8, alpha=0.6, label=label)
+        if timeline.kill is not None:
+            axes.axvline(timeline.kill, color="red", linewidth=2, label="SIGKILL")
+        if timeline.recovered is not None:
+            axes.axvline(timeline.recovered, color="green", linestyle="--", label="recovered; placed again")
+        axes.legend(loc="best", fontsize="small")
+    figure.suptitle(title)
+    return figure
+
+
+def run_title(args: argparse.Namespace) -> str:
+    mode = ", killed and recovered" if args.kill_and_recover else ""
+    return (
+        f"demo.py: {args.orders} orders, {args.concurrency} customers, failure rate {args.failure_rate}, "
+        f"crash rate {args.crash_rate}, seed {args.seed}{mode}"
+    )
+
+
+# --- main ---
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    problem = journal_problem(args.journal) if args.journal is not None else None
+    if problem is None and args.plot is not None and not args.child:
+        problem = plot_problem(args.plot)
+    if problem is not None:
+        sys.stderr.write(f"demo.py: {problem}\n")
+        return 2
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pykka").setLevel(logging.CRITICAL)  # simulated crashes are expected
-    out = sys.stderr if (args.json or args.child) else sys.stdout
     # SIGTERM stops the demo as Ctrl-C does: the system stops, the temporary journal is removed.
-    signal.signal(signal.SIGTERM, _interrupted)
+    _signals.clear()
+    _stop.clear()
+    previous = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ndemo.py: interrupted\n")
+        return 128 + (_signals[0] if _signals else signal.SIGINT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = sys.stderr if (args.json or args.child) else sys.stdout
+    timeline = Timeline() if args.plot is not None and not args.child else None
     # A temporary folder only when no journal is given (a child always gets one: it is
     # SIGKILLed, and would leave its own folder behind).
     folder_or_none = tempfile.TemporaryDirectory(prefix="saga-demo-") if args.journal is None else None
     try:
         with folder_or_none or contextlib.nullcontext():
             journal = args.journal or os.path.join(folder_or_none.name, "journal.db")  # type: ignore[union-attr]
-            if not args.child:
-                out.write(f"journal: {journal}{'' if args.journal else ' (temporary)'}\n")
             run = kill_and_recover if args.kill_and_recover else simulate
-            summary = run(args, journal, out)
-            summary["run"] = {
-                "options": {k: v for k, v in vars(args).items() if k not in ("argv", "child", "run", "json")},
-                "seed": args.seed,
-                "journal": journal,
-                "journal_kept": args.journal is not None,
-            }
-    except JournalInUse as in_use:
-        sys.stderr.write(f"demo.py: {in_use}\n")
+            summary = run(args, journal, out, timeline)
+            check_stop()
+    except (JournalInUse, BadJournal) as error:
+        sys.stderr.write(f"demo.py: {error}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("\ndemo.py: interrupted\n")
-        return 130
+    except ChildFailed as failed:
+        sys.stderr.write(f"demo.py: {failed}\n")
+        return failed.status
     if args.child:
         return 0
+    summary["run"] = {
+        "options": {k: v for k, v in vars(args).items() if k not in ("child", "run", "json")},
+        "seed": args.seed,
+        "journal": journal,
+        "journal_kept": args.journal is not None,
+    }
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_summary(summary, out)
+    if timeline is not None:
+        try:
+            make_figure(timeline, run_title(args)).savefig(args.plot, dpi=100)
+        except (OSError, ValueError) as error:
+            sys.stderr.write(f"demo.py: --plot {args.plot}: not written: {error}\n")
+            return 2
+        out.write(f"plot: {args.plot}\n")
     return 0 if summary["ok"] else 1
 
 
@@ -600,8 +1030,26 @@ def _fit(text: str, width: int = 79) -> str:
     return "\n".join(lines)
 
 
+# Ctrl-C or SIGTERM asks the run to stop; it stops at the next point that checks (the
+# customers between two orders, the main thread while it waits for them or for the child).
+# The handler raises nothing: a KeyboardInterrupt raised wherever the main thread happens to
+# be can leave a lock half-taken (a thread pool's, a future's) and the demo hung on exit.
+# A second signal while stopping changes nothing: the journal is closed and the temporary
+# folder removed all the same.
+_stop = threading.Event()
+_signals: list[int] = []  # the signals received
+
+
 def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    _signals.append(signum)
+    _stop.set()
+
+
+def check_stop() -> None:
+    """Stop here (KeyboardInterrupt, which main turns into exit status 128 + the signal)
+    if a signal asked to."""
+    if _stop.is_set():
+        raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

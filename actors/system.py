@@ -285,6 +285,19 @@ class OrderSystem:
     def inventory(self) -> dict[int, StockView]:
         return cast("dict[int, StockView]", self._ask("inventory", GetStock()))
 
+    def restock(self, stock: Mapping[int, int]) -> None:
+        """Add on-hand units, `{product_id: units}` (a delivery; a product not stocked before
+        joins the catalogue). Journaled as one event before it returns; `inventory()` shows
+        it and `.received` counts it. Runs in the caller's thread, for at most a few seconds.
+
+        Raises ValueError naming each problem (a product id or a quantity that is not a
+        non-negative integer) before anything changes, and SystemNotRunning if the system
+        is not running.
+        """
+        if problems := _stock_problems("stock", stock):
+            raise ValueError("invalid restock: " + "; ".join(problems))
+        self._ask(self._inventory, stock_command(stock))
+
     def payments(self) -> dict[str, PaymentView]:
         return cast("dict[str, PaymentView]", self._ask("payment", GetPayments()))
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,19 @@ from saga_actors.actors.consistency import Check
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--orders", "80", "--concurrency", "8", "--products", "4", "--latency", "0,0.003"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def temp_dir_left_empty(tmp_path, monkeypatch):
+    """Every demo a test runs - a child process or in this one - gets a temporary directory
+    of its own, which must be empty when the test ends: no demo leaves a folder behind."""
+    fresh = tmp_path / "TMPDIR"
+    fresh.mkdir()
+    monkeypatch.setenv("TMPDIR", str(fresh))
+    monkeypatch.setattr(tempfile, "tempdir", str(fresh))
+    yield fresh
+    assert sorted(p.name for p in fresh.iterdir()) == []
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,6 +51,15 @@ def test_json_summary_with_every_check_passing():
     assert run["journal"].endswith("journal.db") and run["journal_kept"] is False
     assert orders["confirmed"] + orders["cancelled"] == orders["distinct"]
     assert orders["duplicates_answered_from_first_outcome"] == 80 - orders["distinct"]
+    # Answers count submissions (a repeat gets its order's outcome again), orders count once.
+    answers = orders["answers"]
+    assert answers["confirmed"] + answers["cancelled"] == 80
+    assert answers["confirmed"] >= orders["confirmed"] and answers["cancelled"] >= orders["cancelled"]
+    payments = summary["payments"]
+    assert payments["captured"] == orders["confirmed"]
+    assert payments["all_runs_in_memory"] == {
+        k: v for k, v in payments.items() if k.startswith(("capt", "void"))
+    }
     assert {c["name"] for c in summary["checks"]} >= {
         "no order pending",
         "nothing reserved",
@@ -52,30 +78,57 @@ def test_human_summary_and_plain_progress_lines_when_not_a_terminal():
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "\r" not in out
-    assert "80/80 answered" in out
     for section in (
-        "== Orders ==",
-        "== Performance ==",
-        "== Stock ==",
-        "== Payments ==",
-        "== Consistency checks ==",
+        "== Orders: this run's orders (ids r1-*) ==",
+        "== Performance: this run ==",
+        "== Stock ==   on hand and reserved: before this run -> after",
+        "== Payments: this run's orders ==",
+        "== Consistency checks: every order in the journal ==",
         "[PASS] stock conserved",
         "all checks passed",
     ):
         assert section in out
+    # The progress line and the summary count the same thing, and say so.
+    last = re.findall(r"submissions 80/80 answered: confirmed (\d+), cancelled (\d+)", out)[-1]
+    assert f"answers, one per submission: confirmed {last[0]}, cancelled {last[1]}" in out
+    distinct = re.search(r"80 submissions of (\d+) distinct orders", out)
+    confirmed, cancelled = re.search(r"distinct orders: confirmed (\d+), cancelled (\d+)", out).groups()
+    assert int(confirmed) + int(cancelled) == int(distinct.group(1))
 
 
-def test_kill_and_recover():
-    result = run_demo(*SMALL, "--orders", "150", "--kill-and-recover", "--json")
+def test_kill_and_recover_labels_the_placement_after_recovery_and_plots_the_run(tmp_path):
+    picture = tmp_path / "run.png"
+    result = run_demo(*SMALL, "--orders", "150", "--kill-and-recover", "--json", "--plot", str(picture))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    recovery = summary["recovery"]
-    assert recovery["reported_before_kill"] >= 1
+    recovery, orders = summary["recovery"], summary["orders"]
+    assert recovery["orders_reported_before_kill"] >= 1
+    assert recovery["answers_before_kill"] >= recovery["orders_reported_before_kill"]
     assert recovery["rolled_forward"] + recovery["rolled_back"] == recovery["sagas_resumed"]
     names = {c["name"]: c["ok"] for c in summary["checks"]}
     assert names["outcomes reported before the kill unchanged"] is True
     assert all(names.values())
-    assert "killed the child (SIGKILL)" in result.stderr
+    # The deliberate second placement is counted apart from the workload's own repeats.
+    assert recovery["orders_in_journal_at_recovery"] >= recovery["orders_reported_before_kill"]
+    resubmitted = recovery["resubmissions_answered_from_journal"]
+    assert resubmitted >= recovery["orders_in_journal_at_recovery"]
+    repeats = orders["submitted"] - orders["distinct"]
+    assert 0 <= orders["duplicates_answered_from_first_outcome"] <= repeats
+    assert (
+        orders["duplicates_answered_from_first_outcome"] + resubmitted
+        == repeats + recovery["orders_in_journal_at_recovery"]
+    )
+    assert summary["activity"]["covers"].startswith("since recovery")
+    assert summary["performance"]["covers"] == "the placement after recovery"
+    # The kill message counts what the progress line counted before it.
+    killed = re.search(r"after (\d+) answered submissions \((\d+) distinct", result.stderr)
+    assert killed and int(killed.group(1)) == recovery["answers_before_kill"]
+    assert int(killed.group(2)) == recovery["orders_reported_before_kill"]
+    before_kill = result.stderr[: killed.start()]
+    last_progress = re.findall(r"submissions (\d+)/150 answered", before_kill)[-1]
+    assert int(last_progress) == recovery["answers_before_kill"]
+    assert picture.read_bytes().startswith(PNG_SIGNATURE)
+    assert summary["run"]["options"]["plot"] == str(picture)
 
 
 def test_a_kept_journal_continues_from_its_state(tmp_path):
@@ -86,6 +139,26 @@ def test_a_kept_journal_continues_from_its_state(tmp_path):
     assert second["ok"]
     for product, stock in second["stock"].items():
         assert stock["before_on_hand"] == first["stock"][product]["on_hand"]
+    # Orders and payments cover this run; the payments of every run are labelled apart.
+    assert second["orders"]["covers"] == "this run's orders (ids r2-*)"
+    assert second["payments"]["captured"] == second["orders"]["confirmed"]
+    every = second["payments"]["all_runs_in_memory"]
+    assert every["captured"] == first["orders"]["confirmed"] + second["orders"]["confirmed"]
+
+
+def test_restock_before_a_run_on_a_kept_journal(tmp_path):
+    journal = str(tmp_path / "kept.db")
+    first = json.loads(run_demo(*SMALL, "--journal", journal, "--json").stdout)
+    assert "insufficient_stock" in first["orders"]["cancelled_by_reason"]  # it sold out
+    result = run_demo(*SMALL, "--journal", journal, "--json", "--restock", "1000")
+    assert result.returncode == 0, result.stderr
+    second = json.loads(result.stdout)
+    assert second["run"]["options"]["restock"] == 1000
+    for product, stock in second["stock"].items():
+        assert stock["before_on_hand"] == first["stock"][product]["on_hand"]
+        assert stock["restocked"] == 1000
+    assert "insufficient_stock" not in second["orders"]["cancelled_by_reason"]
+    assert second["ok"]
 
 
 @pytest.mark.parametrize(
@@ -97,6 +170,7 @@ def test_a_kept_journal_continues_from_its_state(tmp_path):
         (["--latency", "0.5"], "expected MIN,MAX"),
         (["--latency", "0.5,0.1"], "MIN <= MAX"),
         (["--failure-rate", "0.6", "--crash-rate", "0.6"], "must not exceed 1"),
+        (["--restock", "-1"], "must be from 0 to 1,000,000,000 units"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(option, message):
@@ -185,42 +259,141 @@ def test_a_service_that_refuses_everything_ends_every_order_and_the_checks_say_s
     assert summary["orders"]["cancelled_by_reason"] == {"retries_exhausted": 10}
 
 
-def test_the_demo_leaves_no_temporary_folder_behind(tmp_path):
-    import os
-
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+def test_the_demo_leaves_no_temporary_folder_behind(temp_dir_left_empty):
     for extra in ([], ["--kill-and-recover"]):
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "demo.py"), *SMALL, "--json", *extra],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+        result = run_demo(*SMALL, "--json", *extra)
         assert result.returncode == 0, result.stderr
-        assert list(tmp_path.iterdir()) == [], extra
+        assert list(temp_dir_left_empty.iterdir()) == [], extra
 
 
-def test_sigterm_stops_the_demo_cleanly(tmp_path):
-    import os
-    import signal
+# --- a bad --journal: one line on stderr, exit status 2 (1 is a failed check) ---
 
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
+
+def _refused(result, *expected):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("demo.py: ")
+    for text in expected:
+        assert text in result.stderr
+
+
+def test_a_directory_as_the_journal_is_refused(tmp_path):
+    _refused(run_demo("--orders", "5", "--journal", str(tmp_path)), str(tmp_path), "a directory")
+
+
+def test_a_file_that_is_not_a_journal_is_refused_and_left_as_it_was(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a journal\n")
+    for extra in ([], ["--kill-and-recover", "--json"]):
+        _refused(run_demo("--orders", "5", "--journal", str(notes), *extra), str(notes), "not a journal")
+    assert notes.read_text() == "not a journal\n"
+
+
+def test_a_journal_that_cannot_be_created_is_refused(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "a-file" / "journal.db"
+    _refused(
+        run_demo("--orders", "5", "--journal", str(path), "--kill-and-recover"),
+        f"{tmp_path / 'a-file'} is not a directory",
+    )
+
+
+def test_an_empty_journal_path_is_refused():
+    _refused(run_demo("--orders", "5", "--journal", ""), "--journal ''", "an empty path")
+
+
+# --- stopped by a signal: clean up, no traceback ---
+
+
+def _start_and_stop(extra, signum):
+    """Start a long demo, wait until orders are being answered, send `signum`; its result."""
     child = subprocess.Popen(
-        [sys.executable, str(ROOT / "demo.py"), "--orders", "100000", "--latency", "0.01,0.02"],
+        [sys.executable, str(ROOT / "demo.py"), "--orders", "100000", "--latency", "0.01,0.02", *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
     assert child.stdout is not None
-    first = child.stdout.readline()
-    assert first.startswith("journal: ")
-    assert "answered" in child.stdout.readline()  # under way (a progress line comes each second)
-    child.send_signal(signal.SIGTERM)
-    _, err = child.communicate(timeout=60)
-    assert child.returncode == 130
+    try:
+        assert child.stdout.readline().startswith("journal: ")
+        for line in child.stdout:
+            if "answered" in line:  # under way (a progress line comes each second)
+                break
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:  # the test failed: stop it all the same
+            child.kill()
+            child.communicate()
+    return child.returncode, err
+
+
+def test_sigterm_stops_the_demo_cleanly():
+    status, err = _start_and_stop([], signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM
     assert "interrupted" in err and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []  # the temporary journal is gone
+    # and the autouse fixture checks that the temporary journal is gone
+
+
+def test_ctrl_c_stops_the_demo_cleanly_with_status_130():
+    status, err = _start_and_stop([], signal.SIGINT)
+    assert status == 130
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def _processes_mentioning(text):
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if text.encode() in cmdline.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue  # not a process, or gone
+    return found
+
+
+def test_sigterm_during_kill_and_recover_stops_the_child_too(temp_dir_left_empty):
+    status, err = _start_and_stop(["--kill-and-recover"], signal.SIGTERM)
+    left = _processes_mentioning(str(temp_dir_left_empty))  # the child's --journal is in there
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert status == 128 + signal.SIGTERM
+    assert "interrupted" in err and "Traceback" not in err
+
+
+# --- --plot ---
+
+
+def test_plot_draws_a_png_of_the_run(tmp_path):
+    picture = tmp_path / "run.png"
+    result = run_demo(*SMALL, "--orders", "40", "--plot", str(picture))
+    assert result.returncode == 0, result.stderr
+    assert picture.read_bytes().startswith(PNG_SIGNATURE)
+    assert f"plot: {picture}" in result.stdout
+
+
+def test_the_plot_marks_restarts_the_kill_and_the_recovery():
+    timeline = demo.Timeline()
+    for n in range(60):
+        timeline.record(0.01 + n / 1000, restarts=n // 20)  # two restarts
+    timeline.kill = timeline.now()
+    timeline.recovered = timeline.now()
+    timeline.new_system()
+    timeline.record(0.5, restarts=1)  # the recovered system's first restart
+    assert len(timeline.restarts) == 3
+    figure = demo.make_figure(timeline, "a run")
+    for axes in figure.axes:
+        labels = [text.get_text() for text in axes.get_legend().get_texts()]
+        assert {"actor restart (3 in all)", "SIGKILL", "recovered; placed again"} <= set(labels)
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    assert demo.main([*SMALL, "--plot", str(tmp_path / "run.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'saga-actors[plot]'" in err
+    assert not (tmp_path / "run.png").exists()
