@@ -296,7 +296,7 @@ class OrderSystem:
         """
         if problems := _stock_problems("stock", stock):
             raise ValueError("invalid restock: " + "; ".join(problems))
-        self._ask(self._inventory, stock_command(stock))
+        self._ask("inventory", stock_command(stock))
 
     def payments(self) -> dict[str, PaymentView]:
         return cast("dict[str, PaymentView]", self._ask("payment", GetPayments()))
