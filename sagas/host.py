@@ -231,6 +231,9 @@ class _Saga:
         # The attempts in flight: (kind, step) -> (attempt, its timeout, its participant,
         # time.monotonic() when it was sent).
         self.timeouts: dict[tuple[str, str], tuple[int, TimerHandle, str, float]] = {}
+        # Attempts in flight when a rollback was decided, no longer awaited: (kind, step, attempt)
+        # -> (participant, when sent). Their late replies still count as the step's latency.
+        self.abandoned: dict[tuple[str, str, int], tuple[str, float]] = {}
         self._random: random.Random | None = None  # made on first use: most sagas never retry
         self.log = _SagaLog(logger, {"saga_id": spec.saga_id, **(spec.log_context or {})})
 
@@ -279,6 +282,8 @@ class _Saga:
             if corr is None or corr.saga_id != self.saga_id:
                 return None
             answered = self._cancel_timeout(corr.kind, corr.step, corr.attempt)
+            if answered is None and self.abandoned:
+                answered = self.abandoned.pop((corr.kind, corr.step, corr.attempt), None)
             if answered is not None:  # the reply to the attempt in flight: how long it took
                 participant, sent = answered
                 self.host.metrics.observe(
@@ -408,7 +413,7 @@ class _Saga:
             case TaskRejected(step=step, reason=reason):
                 self.log.info("%s rejected: %s", step, reason)
             case AbortDecided(reason=reason, failed_step=failed, compensate=compensate):
-                self._cancel_timeouts()
+                self._cancel_timeouts(abandon=True)
                 self.host.metrics.increment("compensations", len(compensate))
                 for name in compensate:
                     participant = self.host.definition.step(name).participant
@@ -495,10 +500,14 @@ class _Saga:
             del self.timeouts[(kind, step)]
             self.host.release(pending[2])
 
-    def _cancel_timeouts(self) -> None:
-        for _, handle, participant, _ in self.timeouts.values():
+    def _cancel_timeouts(self, abandon: bool = False) -> None:
+        """Cancel every pending timeout and free its slot; `abandon`: remember the attempts, to
+        time their late replies."""
+        for (kind, step), (attempt, handle, participant, sent) in self.timeouts.items():
             handle.cancel()
             self.host.release(participant)
+            if abandon:
+                self.abandoned[(kind, step, attempt)] = (participant, sent)
         self.timeouts.clear()
 
     def _report_stuck(self, stuck: bool) -> None:
