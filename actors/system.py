@@ -70,8 +70,9 @@ from saga_actors.sagas.engine import (
     view,
 )
 from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
-from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.metrics import HistogramData, Metrics
 from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
+from saga_actors.sagas.prometheus import DEFAULT_HOST, MetricsEndpoint
 from saga_actors.supervision import (
     ONE_FOR_ONE,
     REST_FOR_ONE,
@@ -205,6 +206,12 @@ class OrderSystem:
 
     Use it as a context manager, or call `start()` and `stop()`. Every method
     is safe to call from any thread.
+
+    metrics_port: serve the metrics in the Prometheus text format over HTTP
+        on this port from `start()` to `stop()` (0: any free port, see
+        `metrics_port` once started), on `metrics_host` (local only by
+        default). Needs the optional extra `metrics`: without it, ImportError
+        naming it; ValueError for a port outside [0, 65535].
     """
 
     def __init__(
@@ -217,6 +224,8 @@ class OrderSystem:
         retry: RetryPolicy | None = None,
         snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
         retention: float = DEFAULT_RETENTION,
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_HOST,
     ) -> None:
         _check_arguments(
             journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every, retention
@@ -234,6 +243,16 @@ class OrderSystem:
         self._recovery = RecoveryReport()
         self._metrics = Metrics(METRIC_NAMES)
         self._outcomes = Outcomes()
+        self._metrics_endpoint = (
+            None
+            if metrics_port is None
+            else MetricsEndpoint(
+                self._metrics,
+                host=metrics_host,
+                port=metrics_port,
+                gauges={"sagas_in_flight": self._outcomes.in_flight},
+            )
+        )
         self._root: pykka.ActorRef[Any] | None = None
         self._journal: JournalWithSnapshots | None = None
         self._memory_journal: InMemoryJournal | None = None  # kept across stop() and start()
@@ -269,6 +288,8 @@ class OrderSystem:
                 if self._stock and journal.highest_sequence_nr(INVENTORY_ID) == 0:
                     self._inventory.ask(stock_command(self._stock), timeout=QUERY_TIMEOUT)
                 self._recovery = self._recover_sagas(journal)
+                if self._metrics_endpoint is not None:
+                    self._metrics_endpoint.start()
             except BaseException:
                 self._stop_tree()
                 raise
@@ -289,6 +310,8 @@ class OrderSystem:
         first to drain.
         """
         with self._lock:
+            if self._metrics_endpoint is not None:  # kept after a failure, to be scraped
+                self._metrics_endpoint.stop()
             if not self._running:
                 return
             self._running = False
@@ -360,6 +383,18 @@ class OrderSystem:
         counts = self._metrics.snapshot()
         counts["in_flight"] = self._outcomes.in_flight()
         return counts
+
+    def histograms(self) -> dict[str, list[HistogramData]]:
+        """Latency histograms since this object was made, in seconds: `saga_duration_seconds`
+        (labels `outcome`) and `step_latency_seconds` (`participant`, `step`, `kind`), each a
+        list of series with their count, sum and cumulative buckets (see `HistogramData`)."""
+        return self._metrics.histograms()
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics endpoint listens on (the one bound, if 0 was asked for), or None
+        when it is not listening (not asked for, or not started)."""
+        return None if self._metrics_endpoint is None else self._metrics_endpoint.port
 
     def saga(self, order_id: str) -> SagaView | None:
         """The order's saga: its phase and the steps still pending, or None if it never began.
