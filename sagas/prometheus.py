@@ -12,6 +12,7 @@ do not clash.
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,15 @@ from typing import Any
 
 from saga_actors.sagas.metrics import GAUGES, Metrics
 
-__all__ = ["DEFAULT_HOST", "EXTRA", "HELP", "NAMESPACE", "MetricsCollector", "MetricsEndpoint"]
+__all__ = [
+    "DEFAULT_HOST",
+    "EXTRA",
+    "HELP",
+    "NAMESPACE",
+    "MetricsCollector",
+    "MetricsEndpoint",
+    "import_prometheus_client",
+]
 
 NAMESPACE = "saga_actors"  # every metric's name begins with it
 DEFAULT_HOST = "127.0.0.1"  # the endpoint is local unless asked otherwise
@@ -52,13 +61,12 @@ HELP: Mapping[str, str] = {
 def import_prometheus_client() -> ModuleType:
     """The `prometheus_client` module; ImportError naming the extra to install if it is missing."""
     try:
-        import prometheus_client
+        return importlib.import_module("prometheus_client")
     except ImportError as missing:
         raise ImportError(
             "the metrics endpoint needs the prometheus_client library, which is not installed; "
             f"install the optional extra `metrics`: {EXTRA}"
         ) from missing
-    return prometheus_client
 
 
 class MetricsCollector:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import socket
 import subprocess
@@ -19,9 +20,12 @@ from saga_actors import FaultPlan, OrderSystem, RetryPolicy
 from saga_actors.sagas.metrics import Metrics
 from tests.conftest import DECLINED, make_request
 
-prometheus_client = pytest.importorskip("prometheus_client")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
+# The endpoint's tests need the extra `metrics` (CI and the README's test command install it);
+# the tests of what happens without it do not.
+needs_client = pytest.mark.skipif(
+    importlib.util.find_spec("prometheus_client") is None,
+    reason="needs prometheus_client: pip install -e '.[test,metrics]'",
+)
 FAST_RETRY = RetryPolicy(
     initial_interval=0.001, maximum_interval=0.005, maximum_attempts=50, attempt_timeout=5.0
 )
@@ -43,6 +47,8 @@ def scrape(port: int) -> Samples:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode("utf-8")
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -60,6 +66,7 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
+@needs_client
 def test_the_scraped_metrics_agree_with_what_happened():
     # The payment service refuses a third of its calls (retried), one card is declined and one
     # order wants more than is in stock (both rolled back, compensated).
@@ -163,6 +170,33 @@ def test_the_scraped_metrics_agree_with_what_happened():
         assert [n for _, n in series.buckets] == sorted(n for _, n in series.buckets)
 
 
+@needs_client
+def test_latencies_measure_the_wire_and_the_in_flight_gauge_sees_the_order():
+    # Every call to the payment service spends 0.1 s on the wire: each payment step takes at
+    # least that, and an order at least twice that (authorize, then capture).
+    wire = FaultPlan(min_latency=0.1, max_latency=0.1, seed=3)
+    with OrderSystem(stock={101: 5}, payment_faults=wire, metrics_port=0) as system:
+        port = system.metrics_port
+        future = system.submit(make_request("slow", [(101, 1)]))
+        wait_until(lambda: value(scrape(port), "saga_actors_sagas_in_flight") == 1, what="in flight")
+        assert future.get(timeout=10) is True
+        samples = wait_until(
+            lambda: (s := scrape(port)) and value(s, "saga_actors_sagas_in_flight") == 0 and s,
+            what="the order no longer in flight",
+        )
+    for step in ("authorize_payment", "capture_payment"):
+        labels = {"participant": "payment", "step": step, "kind": "do"}
+        assert value(samples, "saga_actors_step_latency_seconds_count", **labels) == 1
+        assert value(samples, "saga_actors_step_latency_seconds_sum", **labels) >= 0.1
+        assert value(samples, "saga_actors_step_latency_seconds_bucket", le="0.05", **labels) == 0
+        assert value(samples, "saga_actors_step_latency_seconds_bucket", le="+Inf", **labels) == 1
+    completed = {"outcome": "completed"}
+    assert value(samples, "saga_actors_saga_duration_seconds_count", **completed) == 1
+    assert value(samples, "saga_actors_saga_duration_seconds_sum", **completed) >= 0.2
+    assert value(samples, "saga_actors_saga_duration_seconds_bucket", le="0.1", **completed) == 0
+
+
+@needs_client
 def test_two_systems_in_one_process_each_serve_their_own_metrics():
     with (
         OrderSystem(stock={101: 10}, metrics_port=0) as first,
@@ -176,10 +210,13 @@ def test_two_systems_in_one_process_each_serve_their_own_metrics():
         wait_until(lambda: value(scrape(second.metrics_port), "saga_actors_orders_confirmed_total") == 1)
         assert value(scrape(second.metrics_port), "saga_actors_orders_placed_total") == 1
     # Nothing was put in prometheus_client's process-wide registry.
+    import prometheus_client
+
     default = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
     assert "saga_actors" not in default
 
 
+@needs_client
 def test_the_endpoint_is_gone_after_stop_and_back_after_start():
     system = OrderSystem(stock={101: 5}, metrics_port=0)
     assert system.metrics_port is None  # not started
@@ -202,6 +239,7 @@ def test_the_endpoint_is_gone_after_stop_and_back_after_start():
         assert value(scrape(port), "saga_actors_orders_placed_total") == 0
 
 
+@needs_client
 def test_a_port_in_use_fails_start_and_leaves_nothing_running():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -212,12 +250,14 @@ def test_a_port_in_use_fails_start_and_leaves_nothing_running():
         assert not system.running and system.metrics_port is None
 
 
+@needs_client
 @pytest.mark.parametrize("port", [-1, 65536, True, "9100", 1.5])
 def test_a_bad_port_is_refused(port):
     with pytest.raises(ValueError, match="metrics_port"):
         OrderSystem(metrics_port=port)
 
 
+@needs_client
 def test_a_bad_host_is_refused():
     with pytest.raises(ValueError, match="metrics_host"):
         OrderSystem(metrics_port=0, metrics_host="")
