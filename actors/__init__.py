@@ -16,9 +16,9 @@ from saga_actors.actors.errors import (
 from saga_actors.actors.inventory import StockView
 from saga_actors.actors.orders import OrderView
 from saga_actors.actors.payment import PaymentView
-from saga_actors.actors.simulation import FaultPlan
 from saga_actors.actors.system import OrderFuture, OrderSystem
 from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.simulation import FaultPlan
 
 __all__ = [
     "FaultPlan",

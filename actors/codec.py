@@ -19,10 +19,10 @@ from typing import Any
 
 from saga_actors.actors import inventory, orders, payment
 from saga_actors.actors.order_saga import OrderSagaData
-from saga_actors.actors.retention import FinishedBatch, Retained, RetentionExpired
 from saga_actors.actors.validation import OrderItem
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.sagas.engine import DURABLE_EVENTS
+from saga_actors.sagas.retention import FinishedBatch, Retained, RetentionExpired
 
 __all__ = ["order_codec"]
 

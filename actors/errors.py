@@ -6,6 +6,7 @@ import re
 
 from saga_actors.persistence.journal import JournalInUse
 from saga_actors.persistence.sqlite import NotAJournal
+from saga_actors.sagas.runtime import SagaConflict, SystemNotRunning
 
 _DIGIT_RUN = re.compile(r"\d(?:[\s-]*\d){11,}")
 
@@ -29,16 +30,14 @@ class InvalidOrder(ValueError):
         super().__init__("invalid order: " + "; ".join(self.problems))
 
 
-class IdempotencyConflict(Exception):
-    """An order id was reused for a request with different content."""
+class IdempotencyConflict(SagaConflict):
+    """An order id was reused for a request with different content (the order's saga id is
+    its order id, so it is a `SagaConflict` too)."""
 
     def __init__(self, order_id: str) -> None:
         self.order_id = order_id
         shown = mask_digits(order_id)  # an order id may hold a card number
         super().__init__(
-            f"order {shown!r} was already placed with different content; use a new order id for a new order"
+            order_id,
+            f"order {shown!r} was already placed with different content; use a new order id for a new order",
         )
-
-
-class SystemNotRunning(RuntimeError):
-    """The order system is not started, or stopped before the outcome was known."""

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from saga_actors.actors.participant import Answer, ParticipantActor
-from saga_actors.actors.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.actors.validation import OrderItem
+from saga_actors.sagas.participant import Answer, ParticipantActor
+from saga_actors.sagas.retention import ExpireRetention, Retained, RetentionExpired
 
 __all__ = [
     "CommitStock",

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,11 +27,14 @@ from typing import Any, Final, Literal
 import pykka
 
 from saga_actors.actors.errors import IdempotencyConflict
-from saga_actors.actors.participant import Answer, ParticipantActor
-from saga_actors.actors.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.actors.validation import OrderItem, OrderRequest
 from saga_actors.persistence.journal import JournalWithSnapshots
+from saga_actors.sagas.host import SagaFinished
 from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.participant import Answer, ParticipantActor
+from saga_actors.sagas.retention import ExpireRetention, Retained, RetentionExpired
+from saga_actors.sagas.runtime import SagaRegistry
+from saga_actors.sagas.runtime import answer as answer_caller
 from saga_actors.supervision.timer import Timer
 
 __all__ = [
@@ -320,32 +321,32 @@ def _status(state: OrdersState, order_id: str) -> str | None:
 # --- submissions, sagas in flight, and callers waiting (outside the actor: they survive its restarts) ---
 
 
-class Outcomes:
+class Outcomes(SagaRegistry):
     """What callers wait for, kept outside every actor so that no restart loses it.
+
+    Besides the sagas in flight and their waiters (`SagaRegistry`; here an
+    order's saga id is its order id, and callers are answered True or False):
 
     - *submissions*: `PlaceOrder` messages handed to the order service and
       not yet durably accepted. A new incarnation of the order service sends
       itself every one again (order ids are idempotency keys), so a message
       dropped with a dead actor's mailbox is not lost.
     - *placing*: orders whose `OrderPlaced` is being written.
-    - *running*: orders whose `OrderPlaced` is durable and whose saga has not
-      journaled its end: the work in flight. Filled only from durable facts
-      (the placement written, the saga's end written) and rebuilt from the
-      journal at every start, so it cannot drift or stick.
-    - *waiters*: the futures of callers waiting for an order's outcome,
-      answered from the saga's durable end.
+    - *running* is filled only from durable facts (the placement written,
+      the saga's end written) and rebuilt from the journal at every start,
+      so it cannot drift or stick.
 
     Thread-safe: called from callers' threads, actor threads and the
     journal's thread.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        super().__init__()
         self._submissions: dict[int, tuple[PlaceOrder, object | None]] = {}
         self._placing: dict[str, list[pykka.Future[bool]]] = {}
-        self._running: dict[str, Any] = {}  # order id -> what restarts its saga (or None)
-        self._since: dict[str, float] = {}  # order id in flight -> when it was placed (epoch seconds)
-        self._waiters: dict[str, list[pykka.Future[bool]]] = {}
+
+    def outcome_of(self, finished: SagaFinished) -> bool:
+        return finished.committed
 
     # submissions
 
@@ -379,7 +380,7 @@ class Outcomes:
             entry = self._submissions.pop(id(message), None)
             self._lock.notify_all()
         if entry is not None and error is not None and message.reply is not None:
-            _answer(message.reply, None, error)
+            answer_caller(message.reply, None, error)
 
     # placing and running
 
@@ -414,31 +415,6 @@ class Outcomes:
                 target.append(reply)
             return True
 
-    def finished(self, order_id: str, confirmed: bool) -> bool:
-        """The saga's end is durable: answer its waiters. False if it was not in flight."""
-        with self._lock:
-            known = self._running.pop(order_id, _MISSING) is not _MISSING
-            self._since.pop(order_id, None)
-            futures = self._waiters.pop(order_id, [])
-            self._lock.notify_all()
-        for future in futures:
-            _answer(future, confirmed)
-        return known
-
-    def running(self) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._running)
-
-    def in_flight_since(self) -> float | None:
-        """When the oldest order in flight was placed (epoch seconds; 0 for one recovered
-        at start, whose placement time is not known), or None if none is in flight."""
-        with self._lock:
-            return min(self._since.values(), default=None)
-
-    def is_running(self, order_id: str) -> bool:
-        with self._lock:
-            return order_id in self._running
-
     def in_flight(self) -> int:
         with self._lock:
             return len(self._running.keys() | self._placing.keys())
@@ -450,33 +426,11 @@ class Outcomes:
                 lambda: not (self._submissions or self._placing or self._running), timeout
             )
 
-    def reset(self, running: dict[str, Any], error: BaseException | None) -> None:
-        """Start afresh with `running` (from the journal); fail every waiting caller with `error`."""
-        with self._lock:
-            futures = [m.reply for m, _ in self._submissions.values() if m.reply is not None]
-            futures += [f for fs in self._placing.values() for f in fs]
-            futures += [f for fs in self._waiters.values() for f in fs]
-            self._submissions, self._placing, self._waiters = {}, {}, {}
-            self._running = dict(running)
-            self._since = dict.fromkeys(running, 0.0)
-            self._lock.notify_all()
-        if error is not None:
-            for future in {id(f): f for f in futures}.values():  # a caller may be listed twice
-                _answer(future, None, error)
-
-
-_MISSING = object()
-
-
-def _answer(future: pykka.Future[bool], value: bool | None, error: BaseException | None = None) -> None:
-    """Answer a caller once; a second answer is dropped (never raised into whoever answers)."""
-    try:
-        if error is not None:
-            future.set_exception(exc_info=(type(error), error, None))
-        else:
-            future.set(value)
-    except queue.Full:
-        pass  # answered already
+    def _drop_waiting(self) -> list[pykka.Future[Any]]:
+        futures: list[pykka.Future[Any]] = [m.reply for m, _ in self._submissions.values() if m.reply]
+        futures += [f for fs in self._placing.values() for f in fs]
+        self._submissions, self._placing = {}, {}
+        return futures + super()._drop_waiting()
 
 
 # --- the actor ---
@@ -608,7 +562,7 @@ class OrderService(ParticipantActor[OrdersState]):
         status = record.state if record is not None else journaled.view.state if journaled else PENDING
         if status != PENDING:
             if message.reply is not None:
-                _answer(message.reply, status == CONFIRMED)  # its first outcome
+                answer_caller(message.reply, status == CONFIRMED)  # its first outcome
             self._outcomes.settle(message)
             return
         # Durable, but no saga runs for it (its start was lost): start it once durable.

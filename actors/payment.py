@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
-from saga_actors.actors.participant import Answer, ParticipantActor
-from saga_actors.actors.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.actors.validation import PaymentCard
+from saga_actors.sagas.participant import Answer, ParticipantActor
+from saga_actors.sagas.retention import ExpireRetention, Retained, RetentionExpired
 
 __all__ = [
     "AuthorizePayment",

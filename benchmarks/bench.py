@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pykka
 
-import saga_actors.actors.system as system_module
+import saga_actors.sagas.runtime as runtime_module
 from saga_actors.actors import FaultPlan, OrderSystem
 from saga_actors.actors.codec import order_codec
 from saga_actors.actors.inventory import InventoryActor, ProductsStocked, StockReleased, StockReserved
@@ -170,14 +170,16 @@ class Internals:
 
 
 def engine_internals(system: OrderSystem) -> Internals:
-    """Private attributes of a running OrderSystem that only the bench reads.
+    """The journal and the timer of a running OrderSystem (its runtime's), whose counters only
+    the bench reads.
 
     The journal's counters (operations, commits) and the timer's pending
-    entries have no public API; this is the one function that reaches for
-    them, so a change of the engine's insides breaks the bench here only.
-    Either may be None if the engine no longer has it under that name.
+    entries are not part of the public API; this is the one function that
+    reaches for them, so a change of the engine's insides breaks the bench
+    here only. Either may be None if the engine no longer has it.
     """
-    return Internals(journal=getattr(system, "_journal", None), timer=getattr(system, "_timer", None))
+    runtime = system.runtime
+    return Internals(journal=runtime.journal, timer=runtime.timer)
 
 
 def journal_counters(system: OrderSystem) -> tuple[int, int]:
@@ -189,12 +191,12 @@ def journal_counters(system: OrderSystem) -> tuple[int, int]:
 @contextlib.contextmanager
 def journal_group_commit(enabled: bool) -> Iterator[None]:
     """Systems built inside open their SQLite journal with group commit on or off (the journal's switch)."""
-    original = system_module.SQLiteJournal
-    system_module.SQLiteJournal = functools.partial(SQLiteJournal, group_commit=enabled)  # type: ignore[misc]
+    original = runtime_module.SQLiteJournal
+    runtime_module.SQLiteJournal = functools.partial(SQLiteJournal, group_commit=enabled)  # type: ignore[misc]
     try:
         yield
     finally:
-        system_module.SQLiteJournal = original  # type: ignore[misc]
+        runtime_module.SQLiteJournal = original  # type: ignore[misc]
 
 
 # --- target rows: printed as measured, and together at the end ---

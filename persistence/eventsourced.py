@@ -151,7 +151,7 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         for the journal (38-92 ms), so it would cost the actor more than the
         synchronous snapshot did. Override it with a copy that shares what
         never changes: those states, whose entries are immutable, copy their
-        dicts in under 0.1 ms (see `actors/participant.py`).
+        dicts in under 0.1 ms (see `sagas/participant.py`).
         """
         return copy.deepcopy(state)
 

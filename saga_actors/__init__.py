@@ -1,16 +1,24 @@
 """saga-actors: distributed transactions (sagas) on pykka actors.
 
-The public API of the order engine::
+The order engine::
 
     from saga_actors import OrderSystem, FaultPlan, RetryPolicy
 
     with OrderSystem(stock={101: 10}) as system:
         confirmed = system.place_order(request, timeout=5)
 
+Your own sagas over your own participants (see `saga_actors.examples.trip`)::
+
+    from saga_actors import Participant, SagaDefinition, SagaRuntime, Step
+
+    with SagaRuntime(MY_SAGA, participants=[...], journal="my.db") as runtime:
+        outcome = runtime.run("saga-1", my_data, timeout=10)
+
 The building blocks live in sub-packages that know nothing of orders:
-`saga_actors.sagas` (the saga engine), `saga_actors.supervision` (OTP-style
-supervisors), `saga_actors.persistence` (event-sourced journals). The order
-application is `saga_actors.actors`.
+`saga_actors.sagas` (the saga engine, its runtime and the participant
+shell), `saga_actors.supervision` (OTP-style supervisors),
+`saga_actors.persistence` (event-sourced journals). The order application
+is `saga_actors.actors`; `saga_actors.examples` holds a second one.
 """
 
 from saga_actors.actors import (
@@ -28,12 +36,24 @@ from saga_actors.actors import (
     SystemNotRunning,
 )
 from saga_actors.actors.system import DEFAULT_RETENTION, RecoveryReport
-from saga_actors.persistence import JournalCorrupted
+from saga_actors.persistence import EventCodec, JournalCorrupted
+from saga_actors.sagas.definition import SagaContext, SagaDefinition, Step
+from saga_actors.sagas.participant import ParticipantActor
+from saga_actors.sagas.runtime import (
+    Participant,
+    ParticipantContext,
+    RuntimeRecovery,
+    SagaConflict,
+    SagaFuture,
+    SagaOutcome,
+    SagaRuntime,
+)
 
 __version__ = "0.4.0"
 
 __all__ = [
     "DEFAULT_RETENTION",
+    "EventCodec",
     "FaultPlan",
     "IdempotencyConflict",
     "InvalidOrder",
@@ -43,9 +63,20 @@ __all__ = [
     "OrderFuture",
     "OrderSystem",
     "OrderView",
+    "Participant",
+    "ParticipantActor",
+    "ParticipantContext",
     "PaymentView",
     "RecoveryReport",
     "RetryPolicy",
+    "RuntimeRecovery",
+    "SagaConflict",
+    "SagaContext",
+    "SagaDefinition",
+    "SagaFuture",
+    "SagaOutcome",
+    "SagaRuntime",
+    "Step",
     "StockView",
     "SystemNotRunning",
     "__version__",

@@ -21,11 +21,11 @@ from saga_actors.actors.inventory import (
     StockProducts,
     evolve,
 )
-from saga_actors.actors.participant import GetState
-from saga_actors.actors.retention import ExpireRetention
 from saga_actors.actors.validation import OrderItem
 from saga_actors.persistence import InMemoryJournal, SQLiteJournal, wait_for_snapshots
+from saga_actors.sagas.participant import GetState
 from saga_actors.sagas.protocol import Correlation, Reply, Request
+from saga_actors.sagas.retention import ExpireRetention
 
 
 class GatedJournal(InMemoryJournal):

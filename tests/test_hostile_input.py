@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from saga_actors.actors import OrderSystem
 from saga_actors.actors.errors import InvalidOrder
-from saga_actors.actors.simulation import FaultPlan
 from saga_actors.actors.validation import (
     DIGITS_MASK,
     MAX_ID,
@@ -35,6 +34,7 @@ from saga_actors.actors.validation import (
     validate_order,
 )
 from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.simulation import FaultPlan
 from tests.conftest import APPROVED, OTHER_VALID, make_request
 
 CARD = "5105105105105100"  # Luhn-valid

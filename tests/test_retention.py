@@ -21,19 +21,19 @@ from saga_actors.actors import inventory as inv
 from saga_actors.actors import payment as pay
 from saga_actors.actors.codec import order_codec
 from saga_actors.actors.order_saga import OrderSagaData, journaled_order
-from saga_actors.actors.participant import GetState
-from saga_actors.actors.retention import (
+from saga_actors.actors.validation import OrderItem, PaymentCard, validate_order
+from saga_actors.persistence import InMemoryJournal, SQLiteJournal
+from saga_actors.sagas import RetryPolicy
+from saga_actors.sagas.engine import AbortDecided, CommitDecided, SagaAborted, SagaCompleted, SagaStarted
+from saga_actors.sagas.participant import GetState
+from saga_actors.sagas.protocol import Correlation, Request
+from saga_actors.sagas.retention import (
     ExpireRetention,
     FinishedBatch,
     Retained,
     RetentionExpired,
     expiry_period,
 )
-from saga_actors.actors.validation import OrderItem, PaymentCard, validate_order
-from saga_actors.persistence import InMemoryJournal, SQLiteJournal
-from saga_actors.sagas import RetryPolicy
-from saga_actors.sagas.engine import AbortDecided, CommitDecided, SagaAborted, SagaCompleted, SagaStarted
-from saga_actors.sagas.protocol import Correlation, Request
 from saga_actors.supervision.timer import Timer
 from tests.conftest import APPROVED, DECLINED, assert_consistent, make_request
 

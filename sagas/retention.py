@@ -75,7 +75,7 @@ class RetentionExpired:
 
 @dataclass(frozen=True, slots=True)
 class FinishedBatch:
-    """Entries (by order id) that finished before `finished_by` (epoch seconds)."""
+    """Entries (by key: an order id, a saga id) that finished before `finished_by` (epoch seconds)."""
 
     finished_by: float
     ids: tuple[str, ...]
@@ -88,9 +88,9 @@ class Retained:
     unbatched: set[str] = field(default_factory=set)  # finished since the last RetentionExpired
     batches: tuple[FinishedBatch, ...] = ()  # oldest first
 
-    def finish(self, order_id: str) -> None:
-        """`order_id`'s entry has finished (it will not change again): it may be forgotten later."""
-        self.unbatched.add(order_id)
+    def finish(self, key: str) -> None:
+        """`key`'s entry has finished (it will not change again): it may be forgotten later."""
+        self.unbatched.add(key)
 
     def expire(self, command: ExpireRetention) -> list[RetentionExpired]:
         """The rule: one `RetentionExpired` if anything is to be stamped or forgotten, else none."""
@@ -102,7 +102,7 @@ class Retained:
         return []
 
     def forget(self, event: RetentionExpired) -> list[str]:
-        """Apply `event`; return the order ids whose entries the state must now drop."""
+        """Apply `event`; return the keys whose entries the state must now drop."""
         batches = self.batches
         if self.unbatched:
             # Sorted: the batch must not depend on a set's (hash-seeded) order,
@@ -110,7 +110,7 @@ class Retained:
             batches += (FinishedBatch(event.at, tuple(sorted(self.unbatched))),)
             self.unbatched = set()
         self.batches = tuple(batch for batch in batches if batch.finished_by > event.before)
-        return [order_id for batch in batches if batch.finished_by <= event.before for order_id in batch.ids]
+        return [key for batch in batches if batch.finished_by <= event.before for key in batch.ids]
 
     def copy(self) -> Retained:
         """A copy that later changes to this one do not reach (the batches are immutable)."""

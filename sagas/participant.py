@@ -7,7 +7,7 @@ changes nothing. Simulated faults (unavailable, crash) strike here, at the
 door of the real rules.
 
 Given a `retention` and a timer, the shell also forgets finished work: every
-expiry period it decides on `ExpireRetention` (see `actors/retention.py`),
+expiry period it decides on `ExpireRetention` (see `sagas/retention.py`),
 so the state holds the active entries plus those finished within the window.
 """
 
@@ -22,8 +22,11 @@ from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 import pykka
 
-from saga_actors.actors.retention import ExpireRetention, expiry_period
-from saga_actors.actors.simulation import (
+from saga_actors.persistence.eventsourced import EventSourcedActor
+from saga_actors.persistence.journal import JournalWithSnapshots
+from saga_actors.sagas.protocol import Reply, Request
+from saga_actors.sagas.retention import ExpireRetention, expiry_period
+from saga_actors.sagas.simulation import (
     CRASH_AFTER,
     CRASH_BEFORE,
     OK,
@@ -31,9 +34,6 @@ from saga_actors.actors.simulation import (
     FaultInjector,
     SimulatedCrash,
 )
-from saga_actors.persistence.eventsourced import EventSourcedActor
-from saga_actors.persistence.journal import JournalWithSnapshots
-from saga_actors.sagas.protocol import Reply, Request
 from saga_actors.supervision.monitor import Monitored
 from saga_actors.supervision.timer import Timer, TimerHandle
 

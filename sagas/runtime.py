@@ -1,0 +1,1018 @@
+"""`SagaRuntime`: run your own sagas over your own participants.
+
+A runtime is a supervision tree plus a small blocking API::
+
+    runtime (rest_for_one)
+    |-- journal        its writer (SQLite file, in memory, or one you give)
+    |-- timer          every delay: retries, attempt timeouts, simulated latency
+    |-- participants (one_for_one)
+    |   `-- one child per `Participant` you register, each behind a stable address
+    `-- sagas (one_for_one)
+        `-- saga hosts: a few threads hosting one saga actor per saga in flight
+
+You give it a `SagaDefinition` (stages of steps, each an action and its
+compensation, and a pivot) and the participants its steps name. Each
+participant is an actor that answers the request/reply protocol of
+`sagas.protocol`; `sagas.participant.ParticipantActor` makes writing an
+event-sourced, idempotent one a matter of three pure functions. Then::
+
+    with SagaRuntime(TRIP, participants=[...], journal="trip.db") as runtime:
+        outcome = runtime.run("trip-1", TripData(...), timeout=10)
+
+What it gives every saga: a journal stream of its own (`saga:<name>:<id>`),
+recovery after a crash (a saga that journaled its commit decision is rolled
+forward, any other is rolled back: presumed abort), supervision (a crashed
+participant or saga restarts alone, from its journal), retries with backoff
+and jitter, an idempotent start by saga id (`submit` twice, one saga; other
+data under the same id is a `SagaConflict`), waiting for the outcome,
+`wait_idle`, counters, and `kill` for fault drills.
+
+Threads: the public methods may be called from any thread except a
+participant's or a saga host's (they block). Callbacks given to the
+runtime say which thread runs them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import pykka
+
+from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
+from saga_actors.persistence.serialization import EventCodec
+from saga_actors.persistence.sqlite import SQLiteJournal
+from saga_actors.sagas.definition import SagaDefinition
+from saga_actors.sagas.engine import (
+    DURABLE_EVENTS,
+    FINAL_EVENTS,
+    CommitDecided,
+    SagaState,
+    SagaView,
+    evolve,
+    view,
+)
+from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
+from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
+from saga_actors.sagas.simulation import FaultInjector, FaultPlan, SimulatedLink
+from saga_actors.supervision import (
+    ONE_FOR_ONE,
+    REST_FOR_ONE,
+    Address,
+    Backoff,
+    ChildSpec,
+    Intensity,
+    ResourceActor,
+    kill,
+    start_supervisor,
+)
+from saga_actors.supervision.timer import Recipient, Timer
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "Participant",
+    "ParticipantContext",
+    "RuntimeRecovery",
+    "SagaConflict",
+    "SagaFuture",
+    "SagaOutcome",
+    "SagaRegistry",
+    "SagaRuntime",
+    "SystemNotRunning",
+]
+
+logger = logging.getLogger(__name__)
+
+QUERY_TIMEOUT = 10.0  # seconds a query to a participant may take (it waits out a restart)
+VIEW_TIMEOUT = 2.0  # seconds a saga may take to say what it is doing
+RECOVERY_TIMEOUT = 600.0  # seconds an actor may take to replay its journal
+DEFAULT_SNAPSHOT_EVERY = 1000  # events between snapshots of the long-lived participants
+# Seconds a participant remembers finished work (a repeat gets its first answer, a late request
+# is refused): idempotency keys are commonly kept for at least 24 h. It must exceed the longest
+# a request can be delayed (on the wire, in a retry, in a queue).
+DEFAULT_RETENTION = 24 * 3600
+DEFAULT_HOSTS = 2  # threads hosting the sagas (each saga is an actor, not a thread)
+
+# Supervision defaults (why: see the README, "Supervision").
+PARTICIPANTS_INTENSITY = Intensity(max_restarts=1000, within_seconds=5.0)
+PARTICIPANTS_BACKOFF = Backoff(min_backoff=0.001, max_backoff=0.004, random_factor=0.1, reset_after=1.0)
+SAGAS_INTENSITY = Intensity(max_restarts=1000, within_seconds=10.0)
+SAGAS_BACKOFF = Backoff(min_backoff=0.001, max_backoff=0.005, random_factor=0.2, reset_after=1.0)
+HOSTS_INTENSITY = Intensity(max_restarts=3, within_seconds=30.0)
+HOSTS_BACKOFF = Backoff(min_backoff=0.01, max_backoff=0.2, random_factor=0.2, reset_after=10.0)
+ROOT_INTENSITY = Intensity(max_restarts=2, within_seconds=30.0)
+ROOT_BACKOFF = Backoff(min_backoff=0.05, max_backoff=0.5, random_factor=0.2, reset_after=30.0)
+
+# Counters every runtime keeps (the hosts count retries, compensations, stuck steps).
+RUNTIME_METRICS = ("retries", "compensations", "restarts", "sagas_stuck")
+
+FOREVER = 10**9  # seconds (~32 years): any timeout this long waits as long as it takes
+_WAIT_SLICE = 60.0  # a caller's wait is cut in slices this long (threading refuses huge timeouts)
+
+# Runtimes still running when the interpreter exits are stopped cleanly then
+# (their actors run on daemon threads, so a program that forgets stop() exits).
+_RUNNING: weakref.WeakSet[SagaRuntime] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_runtimes() -> None:
+    for runtime in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            runtime.stop()
+
+
+# --- errors and outcomes ---
+
+
+class SystemNotRunning(RuntimeError):
+    """The runtime is not started, or stopped (or failed) before the outcome was known."""
+
+
+class SagaConflict(Exception):
+    """A saga id was reused with different data: one id, one saga."""
+
+    def __init__(self, saga_id: str, message: str | None = None) -> None:
+        self.saga_id = saga_id
+        super().__init__(
+            message or f"saga {saga_id!r} was already started with different data; use a new saga id"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SagaOutcome:
+    """How a saga ended: `committed` (every step done) or rolled back, with the `reason`."""
+
+    saga_id: str
+    committed: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeRecovery:
+    """What `start()` found in the journal: sagas resumed, and how."""
+
+    sagas_resumed: int = 0
+    rolled_forward: int = 0  # the commit decision was journaled: driven to the end
+    rolled_back: int = 0  # no decision: presumed abort, compensated
+
+
+T = TypeVar("T")
+
+
+class SagaFuture(Generic[T]):
+    """The outcome of one submitted saga: `get()` waits for it.
+
+    `saga_id` is None for a request refused before it had an id.
+    """
+
+    noun = "saga"
+
+    def __init__(
+        self,
+        future: pykka.Future[T],
+        saga_id: str | None,
+        describe: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._future = future
+        self.saga_id = saga_id
+        self._describe = describe
+
+    def get(self, timeout: float | None = None) -> T:
+        """Wait for the outcome; raise TimeoutError if unknown after `timeout` seconds.
+
+        `timeout` is in seconds; `None` (or any huge value, `inf` included)
+        waits as long as it takes; a negative, NaN or non-number timeout is
+        a ValueError. Raises the request's error too (`SagaConflict`), and
+        `SystemNotRunning` if the runtime stops first. A timeout does not
+        cancel the saga: it carries on, and the TimeoutError says what it is
+        waiting for.
+        """
+        seconds = check_timeout(timeout)
+        deadline = None if seconds is None or math.isinf(seconds) else time.monotonic() + seconds
+        while True:
+            remaining = _WAIT_SLICE if deadline is None else min(deadline - time.monotonic(), _WAIT_SLICE)
+            try:
+                return self._future.get(timeout=max(remaining, 0.0))
+            except pykka.Timeout:
+                if deadline is None or time.monotonic() < deadline:
+                    continue
+            waiting = self._describe(self.saga_id) if self._describe and self.saga_id else None
+            raise TimeoutError(
+                f"{self.noun} {self._shown_id()!r}: outcome not known after {timeout} s"
+                + (f" ({waiting})" if waiting else "")
+                + "; it carries on"
+            ) from None
+
+    def _shown_id(self) -> str:
+        return self.saga_id or ""
+
+
+def answer(future: pykka.Future[Any], value: Any, error: BaseException | None = None) -> None:
+    """Answer a caller once; a second answer is dropped (never raised into whoever answers)."""
+    try:
+        if error is not None:
+            future.set_exception(exc_info=(type(error), error, None))
+        else:
+            future.set(value)
+    except queue.Full:
+        pass  # answered already
+
+
+# --- sagas in flight and callers waiting (outside every actor: they survive its restarts) ---
+
+
+_MISSING = object()
+
+
+class SagaRegistry:
+    """The sagas in flight and the callers waiting for them, kept outside every actor.
+
+    *running* maps each saga in flight to what restarts it (for `submit`,
+    its data; None for a saga recovered from the journal at start). It is
+    filled when a saga is submitted or recovered and emptied when its end is
+    durable, so it cannot drift from the journal; every start rebuilds it.
+    *waiters* are the futures of callers waiting for a saga's outcome,
+    answered with `outcome_of(finished)` once the saga's end is durable.
+
+    Thread-safe: called from callers' threads, saga hosts' threads and the
+    journal's thread. Subclass it to wait for something else than a
+    `SagaOutcome` (the order system answers with a bool).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._running: dict[str, Any] = {}
+        self._since: dict[str, float] = {}  # saga id in flight -> when it began (epoch seconds)
+        self._waiters: dict[str, list[pykka.Future[Any]]] = {}
+
+    def outcome_of(self, finished: SagaFinished) -> Any:
+        """What the callers of a finished saga are answered with."""
+        return SagaOutcome(finished.saga_id, finished.committed, finished.reason)
+
+    def begin(
+        self, saga_id: str, value: Any, reply: pykka.Future[Any] | None, same: Callable[[Any], bool]
+    ) -> Literal["new", "joined", "conflict"]:
+        """Register a saga about to start, with `reply` waiting for it. If it is in flight
+        already, `same(its value)` says whether this is a repeat ("joined", `reply` waits for
+        it) or another saga under the same id ("conflict", nothing registered)."""
+        with self._lock:
+            if saga_id in self._running:
+                if not same(self._running[saga_id]):
+                    return "conflict"
+                self._add_waiter(saga_id, reply)
+                return "joined"
+            self._running[saga_id] = value
+            self._since[saga_id] = time.time()
+            self._add_waiter(saga_id, reply)
+            return "new"
+
+    def _add_waiter(self, saga_id: str, reply: pykka.Future[Any] | None) -> None:
+        waiting = self._waiters.setdefault(saga_id, [])
+        if reply is not None and not any(f is reply for f in waiting):
+            waiting.append(reply)
+
+    def finished(self, saga_id: str, outcome: Any, error: BaseException | None = None) -> bool:
+        """The saga is over (its end is durable, or it was refused with `error`): answer its
+        waiters. False if it was not in flight."""
+        with self._lock:
+            known = self._running.pop(saga_id, _MISSING) is not _MISSING
+            self._since.pop(saga_id, None)
+            futures = self._waiters.pop(saga_id, [])
+            self._lock.notify_all()
+        for future in futures:
+            answer(future, outcome, error)
+        return known
+
+    def running(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._running)
+
+    def is_running(self, saga_id: str) -> bool:
+        with self._lock:
+            return saga_id in self._running
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def in_flight_since(self) -> float | None:
+        """When the oldest saga in flight began (epoch seconds; 0 for one recovered at start,
+        whose start time is not known), or None if none is in flight."""
+        with self._lock:
+            return min(self._since.values(), default=None)
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """True once nothing is in flight (False after `timeout` seconds)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._running, timeout)
+
+    def reset(self, running: dict[str, Any], error: BaseException | None) -> None:
+        """Start afresh with `running` (from the journal); fail every waiting caller with `error`."""
+        with self._lock:
+            futures = self._drop_waiting()
+            self._running = dict(running)
+            self._since = dict.fromkeys(running, 0.0)
+            self._lock.notify_all()
+        if error is not None:
+            for future in {id(f): f for f in futures}.values():  # a caller may be listed twice
+                answer(future, None, error)
+
+    def _drop_waiting(self) -> list[pykka.Future[Any]]:
+        """Every waiting caller, forgotten (called under the lock; subclasses add theirs)."""
+        futures = [f for fs in self._waiters.values() for f in fs]
+        self._waiters = {}
+        return futures
+
+
+# --- participants ---
+
+
+@dataclass(frozen=True)
+class ParticipantContext:
+    """What a participant's `start` function gets (it runs in the participants' supervisor's thread).
+
+    `faults` is the participant's seeded dice (None without a `FaultPlan`):
+    pass it to `ParticipantActor` so faults strike at its door. `options`
+    are the keyword arguments `ParticipantActor.start_recovered` takes
+    (snapshot spacing, retention, timer, the in-flight watermark, the replay
+    timeout).
+    """
+
+    name: str
+    journal: JournalWithSnapshots
+    timer: Timer
+    faults: FaultInjector | None
+    metrics: Metrics
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One participant of the sagas: the name steps use, and how to start its actor.
+
+    start(context) -> pykka.ActorRef: starts one incarnation (again after
+        every crash: it must recover its state, e.g. from its journal
+        stream). Runs in the participants' supervisor's thread.
+    faults: a simulated wire to it (latency) and faults at its door
+        (unavailable, crashes), from a seeded generator; None: a perfect
+        wire.
+    """
+
+    name: str
+    start: Callable[[ParticipantContext], pykka.ActorRef[Any]]
+    faults: FaultPlan | None = None
+
+
+# --- the runtime ---
+
+
+@dataclass(frozen=True, slots=True)
+class _Submitted:
+    """A saga started by `submit`: what restarts it while this process runs."""
+
+    data: Any
+    ephemeral: Any
+
+
+class SagaRuntime:
+    """Runs the sagas of one `SagaDefinition` over registered participants.
+
+    Arguments (keyword-only after `definition`; ValueError names each bad one):
+        participants: the `Participant`s the steps name (every step's
+            participant must be registered, and names are unique).
+        journal: a SQLite file path, None (in memory: kept across `stop()`
+            and `start()` of this object), or a journal object you opened.
+        codec: the types a SQLite journal may hold besides the saga
+            engine's own events (your saga data, your participants' events
+            and states); ignored for a journal object.
+        retry: how steps are retried (attempt timeout, backoff, jitter).
+        retention: seconds participants remember finished work (the
+            default `DEFAULT_RETENTION` is 24 h).
+        snapshot_every: events between participants' snapshots (None: never).
+        hosts: threads hosting the sagas.
+        seed: seeds the retry jitter (faults have their own seeds).
+        name: names the threads and log records.
+        registry: what tracks sagas in flight and callers (a
+            `SagaRegistry` by default); `spec_for(saga_id, value, fresh)`
+            turns a registry value into the `SagaSpec` that (re)starts it.
+        on_finish(SagaFinished): called once a saga's end is durable, in
+            a saga host's or the journal's thread; must not block.
+        prepare(journal): called by `start()` in the caller's thread once
+            the tree runs and before sagas resume (e.g. to seed state).
+        metric_names: counters listed in `metrics()` from the start.
+    """
+
+    def __init__(
+        self,
+        definition: SagaDefinition,
+        *,
+        participants: Sequence[Participant],
+        journal: str | os.PathLike[str] | JournalWithSnapshots | None = None,
+        codec: EventCodec | None = None,
+        retry: RetryPolicy | None = None,
+        retention: float = DEFAULT_RETENTION,
+        snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
+        hosts: int = DEFAULT_HOSTS,
+        seed: int | None = None,
+        name: str = "saga-runtime",
+        registry: SagaRegistry | None = None,
+        spec_for: Callable[[str, Any, bool], SagaSpec] | None = None,
+        on_finish: Callable[[SagaFinished], None] | None = None,
+        prepare: Callable[[JournalWithSnapshots], None] | None = None,
+        metric_names: Iterable[str] = (),
+        participants_intensity: Intensity = PARTICIPANTS_INTENSITY,
+        participants_backoff: Backoff = PARTICIPANTS_BACKOFF,
+        root_intensity: Intensity = ROOT_INTENSITY,
+    ) -> None:
+        problems = _check_arguments(definition, participants, journal, codec, retry, hosts, name)
+        if not (is_finite_number(retention) and 0 < retention < FOREVER):
+            problems.append(
+                f"retention must be a positive number of seconds below 10**9, got {show_parameter(retention)}"
+            )
+        if snapshot_every is not None and (
+            isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1
+        ):
+            problems.append(f"snapshot_every must be a positive integer or None, got {snapshot_every!r:.40}")
+        if problems:
+            raise ValueError("invalid SagaRuntime arguments: " + "; ".join(problems))
+        self.definition = definition
+        self.name = name
+        self._participants = tuple(participants)
+        self._journal_arg = journal
+        self._codec = codec
+        self._retry = retry or RetryPolicy()
+        self._retention = float(retention)
+        self._snapshot_every = snapshot_every
+        self._seed = seed
+        self._registry = registry if registry is not None else SagaRegistry()
+        self._spec_for = spec_for or _spec_for_submitted
+        self._on_finish = on_finish
+        self._prepare = prepare
+        self._participants_intensity = participants_intensity
+        self._participants_backoff = participants_backoff
+        self._root_intensity = root_intensity
+        self.metrics_counters = Metrics((*metric_names, *RUNTIME_METRICS))
+        self._lock = threading.Lock()
+        self._running = False
+        self._failure: BaseException | None = None
+        self._recovery = RuntimeRecovery()
+        self._root: pykka.ActorRef[Any] | None = None
+        self._journal: JournalWithSnapshots | None = None
+        self._memory_journal: InMemoryJournal | None = None  # kept across stop() and start()
+        self._addresses = {p.name: Address(p.name) for p in self._participants}
+        self._timer_address = Address("timer")
+        self._timer: Timer | None = None
+        self._hosts = SagaHosts(f"{name}-host", hosts)
+        self._links: dict[str, Recipient] = {}
+
+    # --- lifecycle ---
+
+    def __enter__(self) -> SagaRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> SagaRuntime:
+        """Start the supervision tree; on an existing journal, resume the unfinished sagas.
+
+        Raises what opening or recovering the journal raises (`JournalInUse`,
+        `NotAJournal`, `JournalCorrupted`, OSError); nothing is left running then.
+        """
+        with self._lock:
+            if self._running:
+                return self
+            self._failure = None
+            self._registry.reset({}, None)
+            try:
+                journal = self._journal = self._open_journal()
+                self._root = self._start_tree(journal)
+                if self._prepare is not None:
+                    self._prepare(journal)
+                self._recovery = self._recover(journal)
+            except BaseException:
+                self._stop_tree()
+                raise
+            self._running = True
+            _RUNNING.add(self)
+            logger.info("%s started%s", self.name, f" on {self._journal_arg}" if self._journal_arg else "")
+            return self
+
+    def stop(self) -> None:
+        """Stop this runtime's actors (and only them), in the reverse of their start order.
+
+        Sagas still in flight stay in the journal and are resumed by the
+        next `start()`. Every caller still waiting gets `SystemNotRunning`.
+        Call `wait_idle()` first to drain.
+        """
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            _RUNNING.discard(self)
+            self._stop_tree()
+            logger.info("%s stopped", self.name)
+
+    @property
+    def running(self) -> bool:
+        """True between a successful `start()` and `stop()`, or until a failure stops the runtime."""
+        return self._running
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the runtime stopped on its own (its root gave up restarting), or None."""
+        return self._failure
+
+    @property
+    def journal(self) -> JournalWithSnapshots | None:
+        """The journal while running (None before the first `start()`)."""
+        return self._journal
+
+    @property
+    def timer(self) -> Timer | None:
+        return self._timer
+
+    def recovery(self) -> RuntimeRecovery:
+        """What the last `start()` found in the journal."""
+        return self._recovery
+
+    # --- sagas ---
+
+    def submit(self, saga_id: str, data: Any, ephemeral: Any = None) -> SagaFuture[SagaOutcome]:
+        """Start a saga without waiting; the future gives its `SagaOutcome`.
+
+        Idempotent by `saga_id`: while the saga runs, or once its end is in
+        the journal, the same id with equal `data` gets that saga's outcome
+        (it is not run twice); with other data the future raises
+        `SagaConflict`. `data` is journaled (its type must be registered
+        with the codec of a SQLite journal); `ephemeral` (secrets such as a
+        card number) is held in memory only and never journaled - a saga
+        recovered after a crash does not have it. Raises ValueError for an
+        id that is not a non-empty string and `SystemNotRunning` if the
+        runtime is not running.
+        """
+        if not isinstance(saga_id, str) or not saga_id:
+            raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r:.60}")
+        self._check_running()
+        registry = self._registry
+        future: pykka.Future[SagaOutcome] = pykka.ThreadingFuture()
+        result = SagaFuture(future, saga_id, self._describe)
+        value = _Submitted(data, ephemeral)
+
+        def same(running: Any) -> bool:
+            if isinstance(running, _Submitted):
+                return self._same_data(running.data, data)
+            stored = self._replay(saga_id).data  # recovered at start: the journal holds its data
+            return stored is None or self._same_data(stored, data)
+
+        decision = registry.begin(saga_id, value, future, same)
+        if decision == "conflict":
+            answer(future, None, SagaConflict(saga_id))
+        if decision != "new":
+            return result
+        try:
+            state = self._replay(saga_id)
+        except Exception as error:
+            registry.finished(saga_id, None, error)
+            return result
+        if state.phase == "new":
+            self._spawn(SagaSpec(saga_id, data, ephemeral, fresh=True, resume_forward=True))
+        elif not self._same_data(state.data, data):
+            registry.finished(saga_id, None, SagaConflict(saga_id))
+        elif state.phase == "done":
+            registry.finished(saga_id, SagaOutcome(saga_id, state.committed, state.reason))
+        else:  # unfinished in the journal, yet not in flight here: carry it on
+            self._spawn(SagaSpec(saga_id, data, ephemeral, resume_forward=True))
+        if not self._running:  # stopped meanwhile: whatever stop() did not answer, answer now
+            registry.finished(saga_id, None, SystemNotRunning(f"{self.name} stopped"))
+        return result
+
+    def run(
+        self, saga_id: str, data: Any, ephemeral: Any = None, *, timeout: float | None = None
+    ) -> SagaOutcome:
+        """`submit` and wait: the saga's `SagaOutcome` (see `SagaFuture.get` for `timeout`)."""
+        check_timeout(timeout)
+        return self.submit(saga_id, data, ephemeral).get(timeout)
+
+    def spawn(self, spec: SagaSpec) -> None:
+        """Have a saga's host start `spec` without waiting (for applications that keep their own
+        `registry`: the saga must be registered as running first). Safe from any thread,
+        actors' included. If the host is restarting, it resumes the saga when it is back."""
+        self._spawn(spec)
+
+    def saga(self, saga_id: str) -> SagaView | None:
+        """What a saga is doing (phase, steps pending), or None if it never began.
+
+        Asks the saga while it runs; reads its journal stream once it has
+        finished. Raises ValueError if `saga_id` is not a string.
+        """
+        if not isinstance(saga_id, str):
+            raise ValueError(f"saga_id must be a string, got {type(saga_id).__name__}")
+        self._check_running()
+        if self._registry.is_running(saga_id):
+            try:
+                found = self._hosts.view(saga_id, VIEW_TIMEOUT)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                found = None  # its host is restarting: read the journal
+            if found is not None:
+                return found
+        if self._journal is None:
+            return None
+        state = self._replay(saga_id)
+        return view(state) if state.phase != "new" else None
+
+    def outcome(self, saga_id: str) -> SagaOutcome | None:
+        """A finished saga's outcome from its journal stream; None if it never began or still runs."""
+        self._check_running()
+        state = self._replay(saga_id)
+        if state.phase != "done":
+            return None
+        return SagaOutcome(saga_id, state.committed, state.reason)
+
+    def in_flight(self) -> int:
+        return self._registry.in_flight()
+
+    def running_sagas(self) -> list[str]:
+        """The ids of the sagas in flight, sorted."""
+        return sorted(self._registry.running())
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once no saga is in flight; False if some still are after `timeout` seconds
+        (None waits as long as it takes)."""
+        seconds = check_timeout(timeout)
+        if seconds is None or seconds > _WAIT_SLICE:
+            deadline = None if seconds is None or math.isinf(seconds) else time.monotonic() + seconds
+            while not self._registry.wait_idle(_WAIT_SLICE):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+            return True
+        return self._registry.wait_idle(seconds)
+
+    def metrics(self) -> dict[str, int]:
+        """Counters since this object was made (retries, compensations, restarts, sagas_stuck,
+        and the application's), plus the gauge `in_flight`."""
+        counts = self.metrics_counters.snapshot()
+        counts["in_flight"] = self._registry.in_flight()
+        return counts
+
+    # --- participants, and fault drills ---
+
+    def address(self, participant: str) -> Address:
+        """The stable address of a registered participant (KeyError if there is none)."""
+        return self._addresses[participant]
+
+    def ask(self, participant: str, message: Any) -> Any:
+        """Ask a participant (from a caller's thread, never an actor's); while it restarts, wait for
+        its next incarnation, for at most 10 s. Raises `SystemNotRunning` if it does not come back."""
+        address = self._addresses[participant]
+        return self._call(address, lambda a: a.ask(message, timeout=QUERY_TIMEOUT))
+
+    def actor_names(self) -> list[str]:
+        """The names `kill()` takes now: the participants, `timer`, and `saga:<saga_id>` per saga
+        in flight; empty while the runtime is not running."""
+        if not self._running:
+            return []
+        return [*self._addresses, "timer", *(f"saga:{i}" for i in sorted(self._registry.running()))]
+
+    def kill(self, name: str) -> None:
+        """Make one actor exit abnormally, as a crash would (for fault tests and drills).
+
+        `name` is a participant's name, "timer" or "saga:<saga_id>" (see
+        `actor_names()`). Its supervisor then does what it is configured to
+        do: restart it (the timer's restart restarts the participants and
+        sagas after it, `rest_for_one`). Raises ValueError for an unknown
+        name and `SystemNotRunning` if the runtime is not running. A saga
+        that has just finished is not an error: there is nothing to kill.
+        """
+        self._check_running()
+        target = self._addresses.get(name) if isinstance(name, str) else None
+        if name == "timer":
+            target = self._timer_address
+        if target is None and isinstance(name, str) and name.startswith("saga:"):
+            saga_id = name[len("saga:") :]
+            if self._registry.is_running(saga_id):
+                logger.warning("killing %s (fault injection)", name)
+                self._hosts.kill(saga_id, f"killed by kill({name!r})")
+            return
+        if target is None:
+            shown = name[:80] if isinstance(name, str) else type(name).__name__
+            raise ValueError(
+                f"unknown actor {shown!r}: one of {', '.join([*self._addresses, 'timer'])} or saga:<saga_id>"
+            )
+        logger.warning("killing %s (fault injection)", name)
+        kill(target, f"killed by kill({name!r})")
+
+    # --- the supervision tree ---
+
+    def _open_journal(self) -> JournalWithSnapshots:
+        given = self._journal_arg
+        if given is None:
+            if self._memory_journal is None:
+                self._memory_journal = InMemoryJournal()
+            return self._memory_journal
+        if isinstance(given, (str, os.PathLike)):
+            return SQLiteJournal(given, self._full_codec())
+        return given
+
+    def _full_codec(self) -> EventCodec:
+        codec = self._codec if self._codec is not None else EventCodec()
+        for cls in DURABLE_EVENTS:
+            if not codec.knows(cls.__name__):
+                codec.register(cls)
+        return codec
+
+    def _start_tree(self, journal: JournalWithSnapshots) -> pykka.ActorRef[Any]:
+        timer = self._timer = Timer(f"{self.name}-timer")
+        options: dict[str, Any] = {
+            "snapshot_every": self._snapshot_every,
+            "retention": self._retention,
+            "timer": timer,
+            "in_flight_since": self._registry.in_flight_since,
+            "timeout": RECOVERY_TIMEOUT,
+        }
+        children = []
+        self._links = {}
+        for participant in self._participants:
+            address = self._addresses[participant.name]
+            dice = FaultInjector(participant.faults, participant.name) if participant.faults else None
+            context = ParticipantContext(
+                participant.name, journal, timer, dice, self.metrics_counters, options
+            )
+            self._links[participant.name] = SimulatedLink(address, dice, timer) if dice else address
+            children.append(
+                ChildSpec(
+                    participant.name, address=address, start=functools.partial(participant.start, context)
+                )
+            )
+        restarted = self._count_restart
+        root_children = [
+            ChildSpec("journal", lambda: ResourceActor.start("journal", journal.open, journal.close)),
+            ChildSpec(
+                "timer",
+                address=self._timer_address,
+                start=lambda: ResourceActor.start("timer", timer.start, timer.stop, watch=timer.set_on_died),
+            ),
+            ChildSpec(
+                "participants",
+                lambda: start_supervisor(
+                    name="participants",
+                    children=children,
+                    strategy=ONE_FOR_ONE,
+                    intensity=self._participants_intensity,
+                    backoff=self._participants_backoff,
+                    on_restart=restarted,
+                ),
+            ),
+            ChildSpec("sagas", self._start_sagas_supervisor),
+        ]
+        return start_supervisor(
+            name=self.name,
+            children=root_children,
+            strategy=REST_FOR_ONE,
+            intensity=self._root_intensity,
+            backoff=ROOT_BACKOFF,
+            on_restart=restarted,
+            on_exit=self._root_exited,
+        )
+
+    def _start_sagas_supervisor(self) -> pykka.ActorRef[Any]:
+        """The sagas subtree: a few threads, each hosting the sagas of one shard of saga ids.
+
+        A host (re)started resumes every saga of its shard still in flight
+        from the journal, so a restart of the subtree loses none.
+        """
+        specs = [
+            ChildSpec(
+                address.name, address=address, start=functools.partial(self._start_host, shard, address)
+            )
+            for shard, address in enumerate(self._hosts.addresses)
+        ]
+        return start_supervisor(
+            name="sagas",
+            children=specs,
+            strategy=ONE_FOR_ONE,
+            intensity=HOSTS_INTENSITY,
+            backoff=HOSTS_BACKOFF,
+            on_restart=self._count_restart,
+        )
+
+    def _start_host(self, shard: int, address: Address) -> pykka.ActorRef[Any]:
+        assert self._journal is not None and self._timer is not None
+        return SagaHost.start(
+            definition=self.definition,
+            journal=self._journal,
+            participants=self._links,
+            timer=self._timer,
+            policy=self._retry,
+            metrics=self.metrics_counters,
+            on_finish=self._finished,
+            address=address,
+            shard=shard,
+            shards=len(self._hosts),
+            resume=self._in_flight_specs,
+            on_restart=self._count_restart,
+            intensity=SAGAS_INTENSITY,
+            backoff=SAGAS_BACKOFF,
+            seed=self._seed,
+            # A request refused once older than half the retention can never act on an entry
+            # its participant has forgotten (see sagas/retention.py). Not the attempt timeout:
+            # a late answer still settles a step on a slow wire.
+            request_deadline=self._retention / 2,
+        )
+
+    def _stop_tree(self) -> None:
+        root, self._root = self._root, None
+        if root is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                root.stop(block=True, timeout=RECOVERY_TIMEOUT)
+        if self._journal is not None:
+            self._journal.close()  # in case the tree never got to start it
+        self._registry.reset({}, SystemNotRunning(f"{self.name} stopped before the outcome was known"))
+
+    def _root_exited(self, urn: str, error: BaseException | None) -> None:
+        """The root supervisor exited: by `stop()`, or by escalation (then the runtime is down)."""
+        if error is None:
+            return
+        logger.critical("%s stopped after repeated failures: %s", self.name, error)
+        self._failure = error
+        self._running = False
+        _RUNNING.discard(self)
+        self._registry.reset({}, SystemNotRunning(f"{self.name} failed: {error}"))
+
+    def _count_restart(self, child_id: str) -> None:
+        self.metrics_counters.increment("restarts")
+
+    # --- recovery and the sagas' lifecycle ---
+
+    def _recover(self, journal: JournalWithSnapshots) -> RuntimeRecovery:
+        """Resume every saga the journal shows unfinished."""
+        prefix = saga_persistence_id(self.definition, "")
+        unfinished: list[tuple[str, bool]] = []
+        for persistence_id in journal.open_persistence_ids(prefix, FINAL_EVENTS):
+            events = [stored.event for stored in journal.replay(persistence_id)]
+            committed = any(isinstance(e, CommitDecided) for e in events)
+            unfinished.append((persistence_id[len(prefix) :], committed))
+        self._registry.reset(dict.fromkeys((saga_id for saga_id, _ in unfinished), None), None)
+        for saga_id, _ in unfinished:
+            self._spawn(self._spec_for(saga_id, None, False))
+        report = RuntimeRecovery(
+            sagas_resumed=len(unfinished),
+            rolled_forward=sum(1 for _, committed in unfinished if committed),
+            rolled_back=sum(1 for _, committed in unfinished if not committed),
+        )
+        if report.sagas_resumed:
+            logger.info("%s recovery: %s", self.name, report)
+        return report
+
+    def _in_flight_specs(self) -> list[SagaSpec]:
+        """Every saga in flight, to resume from the journal (a host picks those of its shard)."""
+        return [self._spec_for(saga_id, value, False) for saga_id, value in self._registry.running().items()]
+
+    def _spawn(self, spec: SagaSpec) -> None:
+        try:
+            self._hosts.start(spec)
+        except pykka.ActorDeadError:
+            logger.warning("[%s] saga host restarting: the saga starts with it", spec.saga_id)
+
+    def _finished(self, finished: SagaFinished) -> None:
+        """A saga's end is durable (a host's or the journal's thread): answer its callers."""
+        registry = self._registry
+        if registry.finished(finished.saga_id, registry.outcome_of(finished)) and self._on_finish is not None:
+            self._on_finish(finished)
+
+    def _replay(self, saga_id: str) -> SagaState:
+        """The saga's state from its journal stream (one indexed read)."""
+        journal = self._journal
+        state = SagaState()
+        if journal is None:
+            return state
+        for stored in journal.replay(saga_persistence_id(self.definition, saga_id)):
+            state = evolve(self.definition, state, stored.event)
+        return state
+
+    def _same_data(self, a: Any, b: Any) -> bool:
+        """Whether two sagas' data are the same (as the journal stores them: a list and a tuple
+        with equal items are)."""
+        if a == b:
+            return True
+        codec = self._codec
+        if codec is None:
+            return False
+        try:
+            return codec.encode(a) == codec.encode(b)
+        except Exception:  # not storable: then only equality counts
+            return False
+
+    def _describe(self, saga_id: str) -> str | None:
+        """What a saga waits for, for a TimeoutError's message (best effort)."""
+        try:
+            saga = self.saga(saga_id)
+        except Exception:  # the message is a courtesy: never fail the caller over it
+            return None
+        return saga.summary() if saga is not None else "it has not begun"
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise SystemNotRunning(
+                f"{self.name} failed: {self._failure}"
+                if self._failure
+                else f"{self.name} is not running; call start()"
+            )
+
+    def _call(self, address: Address, send: Callable[[Address], Any]) -> Any:
+        """Run `send(address)`; while the target restarts, wait for its next incarnation.
+
+        Runs in the caller's thread, for at most QUERY_TIMEOUT.
+        """
+        deadline = time.monotonic() + QUERY_TIMEOUT
+        while True:
+            self._check_running()
+            try:
+                return send(address)
+            except pykka.ActorDeadError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SystemNotRunning(f"{self.name} is not answering ({address.name})") from None
+                address.wait_for_incarnation(min(remaining, 0.1))
+
+
+def _spec_for_submitted(saga_id: str, value: Any, fresh: bool) -> SagaSpec:
+    """A submitted saga restarts with its data (and secrets) while this process holds them and
+    carries on; one recovered from the journal has neither: presumed abort before the commit."""
+    if isinstance(value, _Submitted):
+        return SagaSpec(saga_id, value.data, value.ephemeral, fresh=fresh, resume_forward=True)
+    return SagaSpec(saga_id)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """None, or the timeout as seconds: a non-negative number (any huge one, or inf, waits as long
+    as it takes: it comes back as inf). Raises ValueError for anything else."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r:.40}")
+    if isinstance(timeout, int):  # exact, however large: no float conversion to overflow
+        if timeout < 0:
+            raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout}")
+        return float(timeout) if timeout < FOREVER else math.inf
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
+    return timeout if timeout < FOREVER else math.inf
+
+
+def _check_arguments(
+    definition: object,
+    participants: object,
+    journal: object,
+    codec: object,
+    retry: object,
+    hosts: object,
+    name: object,
+) -> list[str]:
+    problems = []
+    if not isinstance(definition, SagaDefinition):
+        problems.append(f"definition must be a SagaDefinition, got {type(definition).__name__}")
+    names: list[str] = []
+    if not isinstance(participants, Sequence) or isinstance(participants, (str, bytes)):
+        problems.append(f"participants must be a sequence of Participant, got {type(participants).__name__}")
+    else:
+        for participant in participants:
+            if not isinstance(participant, Participant):
+                problems.append(f"participants: {participant!r:.60} is not a Participant")
+            else:
+                names.append(participant.name)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            problems.append(f"participant names must be unique: {duplicates}")
+        if "timer" in names:
+            problems.append("'timer' is reserved: name the participant otherwise")
+    if isinstance(definition, SagaDefinition) and not problems:
+        missing = sorted({s.participant for s in definition.all_steps()} - set(names))
+        if missing:
+            problems.append(f"saga {definition.name!r} names participants that are not registered: {missing}")
+    if journal is not None and not (
+        (isinstance(journal, (str, os.PathLike)) and os.fspath(journal)) or hasattr(journal, "append_async")
+    ):
+        problems.append(f"journal must be a non-empty path, a journal or None, got {journal!r:.60}")
+    if codec is not None and not isinstance(codec, EventCodec):
+        problems.append(f"codec must be an EventCodec, got {type(codec).__name__}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        problems.append(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+    if isinstance(hosts, bool) or not isinstance(hosts, int) or not 1 <= hosts <= 64:
+        problems.append(f"hosts must be an integer from 1 to 64, got {hosts!r:.40}")
+    if not isinstance(name, str) or not name:
+        problems.append(f"name must be a non-empty string, got {name!r:.40}")
+    return problems
