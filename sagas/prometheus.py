@@ -48,7 +48,8 @@ HELP: Mapping[str, str] = {
     "compensations": "Compensations decided by rollbacks (one per step undone).",
     "restarts": "Restarts by a supervisor: services, saga hosts and single sagas.",
     "sagas_stuck": "Sagas with a step that has used up its maximum attempts and is still retried.",
-    "sagas_in_flight": "Orders being placed or whose saga has not ended yet.",
+    "sagas_in_flight": "Sagas submitted whose end is not durable yet (in an order system: orders "
+    "being placed or whose saga has not ended).",
     "step_retries": "Step attempts scheduled again, by participant, step and kind (do or undo).",
     "step_compensations": "Compensations decided by rollbacks, by participant and step.",
     "saga_duration_seconds": "Seconds from a saga's start to its durable end (an order's latency), "

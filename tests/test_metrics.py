@@ -320,3 +320,31 @@ def test_a_saga_duration_counts_from_its_first_start():
     metrics.saga_ended("recovered", "aborted")  # began in another process: not observed
     (series,) = metrics.histograms()["saga_duration_seconds"]
     assert series.labels == {"outcome": "completed"} and series.count == 1
+
+
+@needs_client
+def test_any_saga_runtime_can_serve_its_metrics():
+    from saga_actors.examples.trip import TripRequest, trip_runtime
+    from saga_actors.sagas.prometheus import MetricsEndpoint
+
+    runtime = trip_runtime()
+    endpoint = MetricsEndpoint(runtime.metrics_counters, gauges={"sagas_in_flight": runtime.in_flight})
+    with runtime:
+        endpoint.start()
+        try:
+            assert runtime.run(
+                "trip-1", TripRequest("Ada", "LH123", "Adlon", "compact"), timeout=10
+            ).committed
+            samples = wait_until(
+                lambda: (
+                    (s := scrape(endpoint.port))
+                    and value(s, "saga_actors_saga_duration_seconds_count", outcome="completed") == 1
+                    and s
+                ),
+                what="the trip's duration",
+            )
+        finally:
+            endpoint.stop()
+    assert endpoint.port is None
+    for participant in ("flights", "hotels", "cars"):
+        assert total(samples, "saga_actors_step_latency_seconds_count", participant=participant) == 2
