@@ -54,7 +54,9 @@ from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.sagas.engine import AbortDecided, SagaAborted, SagaStarted, SagaView
 from saga_actors.sagas.host import SagaFinished, SagaSpec, saga_persistence_id
+from saga_actors.sagas.metrics import HistogramData
 from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
+from saga_actors.sagas.prometheus import DEFAULT_HOST, MetricsEndpoint
 from saga_actors.sagas.runtime import (
     DEFAULT_RETENTION,
     DEFAULT_SNAPSHOT_EVERY,
@@ -138,6 +140,12 @@ class OrderSystem:
 
     Use it as a context manager, or call `start()` and `stop()`. Every method
     is safe to call from any thread (but an actor's: they block).
+
+    metrics_port: serve the metrics in the Prometheus text format over HTTP
+        on this port from `start()` to `stop()` (0: any free port, see
+        `metrics_port` once started), on `metrics_host` (local only by
+        default). Needs the optional extra `metrics`: without it, ImportError
+        naming it; ValueError for a port outside [0, 65535].
     """
 
     def __init__(
@@ -150,6 +158,8 @@ class OrderSystem:
         retry: RetryPolicy | None = None,
         snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
         retention: float = DEFAULT_RETENTION,
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_HOST,
     ) -> None:
         _check_arguments(
             journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every, retention
@@ -192,6 +202,16 @@ class OrderSystem:
             root_intensity=ROOT_INTENSITY,
         )
         self._metrics = self._runtime.metrics_counters
+        self._metrics_endpoint = (
+            None
+            if metrics_port is None
+            else MetricsEndpoint(
+                self._metrics,
+                host=metrics_host,
+                port=metrics_port,
+                gauges={"sagas_in_flight": self._outcomes.in_flight},
+            )
+        )
         self._orders = self._runtime.address("orders")
         self._inventory = self._runtime.address("inventory")
         self._payment = self._runtime.address("payment")
@@ -217,6 +237,12 @@ class OrderSystem:
         nothing is left running.
         """
         self._runtime.start()
+        if self._metrics_endpoint is not None and self._runtime.running:
+            try:
+                self._metrics_endpoint.start()
+            except BaseException:
+                self._runtime.stop()  # nothing is left running
+                raise
         if self._runtime.running:
             logger.info("order system started%s", f" on {self._journal_path}" if self._journal_path else "")
         return self
@@ -232,6 +258,8 @@ class OrderSystem:
         SystemNotRunning, and nothing is left running. Call `wait_idle()`
         first to drain.
         """
+        if self._metrics_endpoint is not None:  # kept after a failure, to be scraped
+            self._metrics_endpoint.stop()
         self._runtime.stop()
 
     # --- orders ---
@@ -309,6 +337,18 @@ class OrderSystem:
     def metrics(self) -> dict[str, int]:
         """Counters since this object was made, plus `in_flight` and `sagas_stuck` (gauges)."""
         return self._runtime.metrics()
+
+    def histograms(self) -> dict[str, list[HistogramData]]:
+        """Latency histograms since this object was made, in seconds: `saga_duration_seconds`
+        (labels `outcome`) and `step_latency_seconds` (`participant`, `step`, `kind`), each a
+        list of series with their count, sum and cumulative buckets (see `HistogramData`)."""
+        return self._metrics.histograms()
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the metrics endpoint listens on (the one bound, if 0 was asked for), or None
+        when it is not listening (not asked for, or not started)."""
+        return None if self._metrics_endpoint is None else self._metrics_endpoint.port
 
     def saga(self, order_id: str) -> SagaView | None:
         """The order's saga: its phase and the steps still pending, or None if it never began.

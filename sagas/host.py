@@ -62,7 +62,7 @@ from saga_actors.sagas.engine import (
     is_durable,
     view,
 )
-from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.metrics import STEP_COMPENSATIONS, STEP_LATENCY, STEP_RETRIES, Metrics
 from saga_actors.sagas.policy import RetryPolicy
 from saga_actors.sagas.protocol import Correlation, Reply, Request, StepKind
 from saga_actors.supervision.address import Address
@@ -228,8 +228,12 @@ class _Saga:
         self.writes_pending = 0
         self.finished = False
         self.stuck_reported = False
-        # The attempts in flight: (kind, step) -> (attempt, its timeout, its participant).
-        self.timeouts: dict[tuple[str, str], tuple[int, TimerHandle, str]] = {}
+        # The attempts in flight: (kind, step) -> (attempt, its timeout, its participant,
+        # time.monotonic() when it was sent).
+        self.timeouts: dict[tuple[str, str], tuple[int, TimerHandle, str, float]] = {}
+        # Attempts in flight when a rollback was decided, no longer awaited: (kind, step, attempt)
+        # -> (participant, when sent). Their late replies still count as the step's latency.
+        self.abandoned: dict[tuple[str, str, int], tuple[str, float]] = {}
         self._random: random.Random | None = None  # made on first use: most sagas never retry
         self.log = _SagaLog(logger, {"saga_id": spec.saga_id, **(spec.log_context or {})})
 
@@ -240,6 +244,7 @@ class _Saga:
         if not (spec.fresh and spec.data is not None):
             self._recover()
         if spec.data is not None and self.state.phase == "new":
+            self.host.metrics.saga_began(self.saga_id)
             self.handle(Start(self.saga_id, spec.data))
         elif self.state.phase == "new":
             self.log.warning("nothing journaled: the saga never began")
@@ -276,7 +281,14 @@ class _Saga:
             corr = message.correlation
             if corr is None or corr.saga_id != self.saga_id:
                 return None
-            self._cancel_timeout(corr.kind, corr.step, corr.attempt)
+            answered = self._cancel_timeout(corr.kind, corr.step, corr.attempt)
+            if answered is None and self.abandoned:
+                answered = self.abandoned.pop((corr.kind, corr.step, corr.attempt), None)
+            if answered is not None:  # the reply to the attempt in flight: how long it took
+                participant, sent = answered
+                self.host.metrics.observe(
+                    STEP_LATENCY, time.monotonic() - sent, (participant, corr.step, corr.kind)
+                )
             message = Replied(
                 corr.kind, corr.step, corr.attempt, message.ok, message.reason, message.transient
             )
@@ -380,6 +392,8 @@ class _Saga:
                 self._send(kind, step, attempt)
             case RetryScheduled(kind=kind, step=step, attempt=attempt, delay=delay, reason=reason):
                 self.host.metrics.increment("retries")
+                participant = self.host.definition.step(step).participant
+                self.host.metrics.count(STEP_RETRIES, (participant, step, kind))
                 self.log.debug("%s %s failed (%s); attempt %d in %.3fs", kind, step, reason, attempt, delay)
                 self.host.timer.schedule(delay, self.ref, RetryDue(kind, step, attempt))
             case TaskSucceeded(kind=kind, step=step):
@@ -399,8 +413,11 @@ class _Saga:
             case TaskRejected(step=step, reason=reason):
                 self.log.info("%s rejected: %s", step, reason)
             case AbortDecided(reason=reason, failed_step=failed, compensate=compensate):
-                self._cancel_timeouts()
+                self._cancel_timeouts(abandon=True)
                 self.host.metrics.increment("compensations", len(compensate))
+                for name in compensate:
+                    participant = self.host.definition.step(name).participant
+                    self.host.metrics.count(STEP_COMPENSATIONS, (participant, name))
                 self.log.info(
                     "rolling back (%s%s); compensating %s",
                     reason,
@@ -448,6 +465,7 @@ class _Saga:
                 host.policy.attempt_timeout, self.ref, AttemptTimedOut(kind, step_name, attempt)
             ),
             participant,
+            time.monotonic(),
         )
         try:
             host.participants[participant].tell(
@@ -462,14 +480,19 @@ class _Saga:
             # The participant is down right now: a transient failure like any other.
             self.ref.tell(Replied(kind, step_name, attempt, False, "unreachable", True))
 
-    def _cancel_timeout(self, kind: StepKind, step: str, attempt: int | None = None) -> None:
+    def _cancel_timeout(
+        self, kind: StepKind, step: str, attempt: int | None = None
+    ) -> tuple[str, float] | None:
         """Cancel the pending timeout of (kind, step) - only of `attempt`, if given: a late
-        reply to an earlier attempt must not disarm the current one - and free its slot."""
+        reply to an earlier attempt must not disarm the current one - and free its slot.
+        Returns the cancelled attempt's participant and when it was sent (monotonic seconds)."""
         pending = self.timeouts.get((kind, step))
         if pending is not None and (attempt is None or pending[0] == attempt):
             del self.timeouts[(kind, step)]
             pending[1].cancel()
             self.host.release(pending[2])
+            return pending[2], pending[3]
+        return None
 
     def _timed_out(self, kind: StepKind, step: str, attempt: int) -> None:
         pending = self.timeouts.get((kind, step))
@@ -477,10 +500,14 @@ class _Saga:
             del self.timeouts[(kind, step)]
             self.host.release(pending[2])
 
-    def _cancel_timeouts(self) -> None:
-        for _, handle, participant in self.timeouts.values():
+    def _cancel_timeouts(self, abandon: bool = False) -> None:
+        """Cancel every pending timeout and free its slot; `abandon`: remember the attempts, to
+        time their late replies."""
+        for (kind, step), (attempt, handle, participant, sent) in self.timeouts.items():
             handle.cancel()
             self.host.release(participant)
+            if abandon:
+                self.abandoned[(kind, step, attempt)] = (participant, sent)
         self.timeouts.clear()
 
     def _report_stuck(self, stuck: bool) -> None:
@@ -747,12 +774,14 @@ class SagaHost(Monitored, pykka.ThreadingActor):
     def saga_finished(self, saga: _Saga, finished: SagaFinished) -> None:
         """A recovered saga was over already (this actor's thread): forget it, tell the owner."""
         self._forget(saga)
+        self.metrics.saga_ended(finished.saga_id, "completed" if finished.committed else "aborted")
         self._on_finish(finished)
 
     def ended(self, saga: _Saga, finished: SagaFinished) -> None:
         """A saga's end is durable: tell the owner now; the host forgets the saga when it next
         takes a message. Runs in the journal's thread (the host's, for a journal that writes at once)."""
         self._ended.append(saga)
+        self.metrics.saga_ended(finished.saga_id, "completed" if finished.committed else "aborted")
         self._on_finish(finished)
 
     def _forget(self, saga: _Saga) -> None:
