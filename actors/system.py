@@ -56,7 +56,7 @@ from saga_actors.sagas.engine import AbortDecided, SagaAborted, SagaStarted, Sag
 from saga_actors.sagas.host import SagaFinished, SagaSpec, saga_persistence_id
 from saga_actors.sagas.metrics import HistogramData
 from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
-from saga_actors.sagas.prometheus import DEFAULT_HOST, MetricsEndpoint
+from saga_actors.sagas.prometheus import DEFAULT_HOST
 from saga_actors.sagas.runtime import (
     DEFAULT_RETENTION,
     DEFAULT_SNAPSHOT_EVERY,
@@ -200,18 +200,10 @@ class OrderSystem:
             participants_intensity=SERVICES_INTENSITY,
             participants_backoff=PARTICIPANTS_BACKOFF,
             root_intensity=ROOT_INTENSITY,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
         )
         self._metrics = self._runtime.metrics_counters
-        self._metrics_endpoint = (
-            None
-            if metrics_port is None
-            else MetricsEndpoint(
-                self._metrics,
-                host=metrics_host,
-                port=metrics_port,
-                gauges={"sagas_in_flight": self._outcomes.in_flight},
-            )
-        )
         self._orders = self._runtime.address("orders")
         self._inventory = self._runtime.address("inventory")
         self._payment = self._runtime.address("payment")
@@ -237,12 +229,6 @@ class OrderSystem:
         nothing is left running.
         """
         self._runtime.start()
-        if self._metrics_endpoint is not None and self._runtime.running:
-            try:
-                self._metrics_endpoint.start()
-            except BaseException:
-                self._runtime.stop()  # nothing is left running
-                raise
         if self._runtime.running:
             logger.info("order system started%s", f" on {self._journal_path}" if self._journal_path else "")
         return self
@@ -258,8 +244,6 @@ class OrderSystem:
         SystemNotRunning, and nothing is left running. Call `wait_idle()`
         first to drain.
         """
-        if self._metrics_endpoint is not None:  # kept after a failure, to be scraped
-            self._metrics_endpoint.stop()
         self._runtime.stop()
 
     # --- orders ---
@@ -348,7 +332,7 @@ class OrderSystem:
     def metrics_port(self) -> int | None:
         """The port the metrics endpoint listens on (the one bound, if 0 was asked for), or None
         when it is not listening (not asked for, or not started)."""
-        return None if self._metrics_endpoint is None else self._metrics_endpoint.port
+        return self._runtime.metrics_port
 
     def saga(self, order_id: str) -> SagaView | None:
         """The order's saga: its phase and the steps still pending, or None if it never began.

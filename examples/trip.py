@@ -345,8 +345,10 @@ def trip_runtime(
     capacity: Mapping[str, Mapping[str, int]] = DEFAULT_CAPACITY,
     faults: Mapping[str, FaultPlan] | None = None,
     retry: RetryPolicy | None = None,
+    metrics_port: int | None = None,
 ) -> SagaRuntime:
-    """A runtime for trips: the saga and its three services, each with its faults (if any)."""
+    """A runtime for trips: the saga and its three services, each with its faults (if any);
+    `metrics_port` serves its metrics in the Prometheus text format (extra `metrics`)."""
     faults = faults or {}
 
     def participant(name: str, cls: type[BookingService]) -> Participant:
@@ -364,6 +366,7 @@ def trip_runtime(
         codec=trip_codec(),
         retry=retry,
         name="trips",
+        metrics_port=metrics_port,
     )
 
 

@@ -64,8 +64,9 @@ from saga_actors.sagas.engine import (
     view,
 )
 from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
-from saga_actors.sagas.metrics import Metrics
+from saga_actors.sagas.metrics import HistogramData, Metrics
 from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
+from saga_actors.sagas.prometheus import DEFAULT_HOST, MetricsEndpoint
 from saga_actors.sagas.simulation import FaultInjector, FaultPlan, SimulatedLink
 from saga_actors.supervision import (
     ONE_FOR_ONE,
@@ -412,6 +413,10 @@ class SagaRuntime:
         prepare(journal): called by `start()` in the caller's thread once
             the tree runs and before sagas resume (e.g. to seed state).
         metric_names: counters listed in `metrics()` from the start.
+        metrics_port: serve the metrics in the Prometheus text format over
+            HTTP from `start()` to `stop()` on `metrics_host` (local only by
+            default); 0 picks a free port (`metrics_port` says which once
+            started). Needs the extra `metrics` (ImportError naming it).
     """
 
     def __init__(
@@ -432,6 +437,8 @@ class SagaRuntime:
         on_finish: Callable[[SagaFinished], None] | None = None,
         prepare: Callable[[JournalWithSnapshots], None] | None = None,
         metric_names: Iterable[str] = (),
+        metrics_port: int | None = None,
+        metrics_host: str = DEFAULT_HOST,
         participants_intensity: Intensity = PARTICIPANTS_INTENSITY,
         participants_backoff: Backoff = PARTICIPANTS_BACKOFF,
         root_intensity: Intensity = ROOT_INTENSITY,
@@ -464,6 +471,16 @@ class SagaRuntime:
         self._participants_backoff = participants_backoff
         self._root_intensity = root_intensity
         self.metrics_counters = Metrics((*metric_names, *RUNTIME_METRICS))
+        self._metrics_endpoint = (
+            None
+            if metrics_port is None
+            else MetricsEndpoint(
+                self.metrics_counters,
+                host=metrics_host,
+                port=metrics_port,
+                gauges={"sagas_in_flight": self._registry.in_flight},
+            )
+        )
         self._lock = threading.Lock()
         self._running = False
         self._failure: BaseException | None = None
@@ -503,6 +520,8 @@ class SagaRuntime:
                 if self._prepare is not None:
                     self._prepare(journal)
                 self._recovery = self._recover(journal)
+                if self._metrics_endpoint is not None:
+                    self._metrics_endpoint.start()
             except BaseException:
                 self._stop_tree()
                 raise
@@ -519,6 +538,8 @@ class SagaRuntime:
         Call `wait_idle()` first to drain.
         """
         with self._lock:
+            if self._metrics_endpoint is not None:  # kept after a failure, to be scraped
+                self._metrics_endpoint.stop()
             if not self._running:
                 return
             self._running = False
@@ -667,6 +688,15 @@ class SagaRuntime:
         counts = self.metrics_counters.snapshot()
         counts["in_flight"] = self._registry.in_flight()
         return counts
+
+    def histograms(self) -> dict[str, list[HistogramData]]:
+        """Latency histograms since this object was made, in seconds (see `Metrics.histograms`)."""
+        return self.metrics_counters.histograms()
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port the Prometheus endpoint listens on while serving, else None."""
+        return None if self._metrics_endpoint is None else self._metrics_endpoint.port
 
     # --- participants, and fault drills ---
 

@@ -325,26 +325,20 @@ def test_a_saga_duration_counts_from_its_first_start():
 @needs_client
 def test_any_saga_runtime_can_serve_its_metrics():
     from saga_actors.examples.trip import TripRequest, trip_runtime
-    from saga_actors.sagas.prometheus import MetricsEndpoint
 
-    runtime = trip_runtime()
-    endpoint = MetricsEndpoint(runtime.metrics_counters, gauges={"sagas_in_flight": runtime.in_flight})
+    runtime = trip_runtime(metrics_port=0)
     with runtime:
-        endpoint.start()
-        try:
-            assert runtime.run(
-                "trip-1", TripRequest("Ada", "LH123", "Adlon", "compact"), timeout=10
-            ).committed
-            samples = wait_until(
-                lambda: (
-                    (s := scrape(endpoint.port))
-                    and value(s, "saga_actors_saga_duration_seconds_count", outcome="completed") == 1
-                    and s
-                ),
-                what="the trip's duration",
-            )
-        finally:
-            endpoint.stop()
-    assert endpoint.port is None
+        port = runtime.metrics_port
+        assert port
+        assert runtime.run("trip-1", TripRequest("Ada", "LH123", "Adlon", "compact"), timeout=10).committed
+        samples = wait_until(
+            lambda: (
+                (s := scrape(port))
+                and value(s, "saga_actors_saga_duration_seconds_count", outcome="completed") == 1
+                and s
+            ),
+            what="the trip's duration",
+        )
+    assert runtime.metrics_port is None
     for participant in ("flights", "hotels", "cars"):
         assert total(samples, "saga_actors_step_latency_seconds_count", participant=participant) == 2
