@@ -29,9 +29,12 @@ of the saga's three answers, by status code:
 
 and, refused before any effect, nothing changed: 400 (malformed: the body
 names each problem), 401 (no or wrong token), 404 (no such operation), 413
-(a body over 64 KiB). A connection error, a reset, or no answer within the
-caller's attempt timeout is transient and *may* have had an effect: the
-saga retries with the same idempotency key, or compensates if it rolls back.
+(a body over 64 KiB). 503 is only ever sent when nothing happened. When the
+service cannot tell - its actor did not answer in time, it crashed while
+handling the command - it answers 504 (or any other 5xx): like a connection
+error, a reset, or no answer within the caller's attempt timeout, that is
+transient and *may* have had an effect: the saga retries with the same
+idempotency key, or compensates if it rolls back.
 
 Commands are idempotent by order id (each service answers a repeat with
 its first result), so at-least-once delivery gives each effect once.
@@ -229,9 +232,11 @@ def reply_to_http(reply: Reply) -> tuple[int, dict[str, Any]]:
     return (503 if reply.transient else 422), {"ok": False, "reason": reply.reason}
 
 
-def reply_from_http(status: int, body: bytes, correlation: Any) -> Reply:
-    """The saga's answer to an HTTP answer. 200: done; 422: rejected with its reason; 503 (and
-    any 5xx, 429): unavailable, retried; any other status: rejected before any effect."""
+def reply_from_http(status: int, body: bytes, correlation: Any) -> Reply | None:
+    """The saga's answer to an HTTP answer: 200 done; 422 rejected with its reason; 503 and 429
+    unavailable (refused before any effect, retried); any other 5xx None - no answer: the
+    outcome is unknown, so the attempt times out and is retried, and compensated on rollback;
+    any other status (400, 401, 404, 413) rejected, before any effect."""
     reason = None
     try:
         parsed = json.loads(body) if body else None
@@ -243,8 +248,10 @@ def reply_from_http(status: int, body: bytes, correlation: Any) -> Reply:
         return Reply.success(correlation)
     if status == 422:
         return Reply.rejected(correlation, reason or "rejected")
-    if status == 429 or status >= 500:
+    if status in (429, 503):
         return Reply.unavailable(correlation, reason or f"http_{status}")
+    if status >= 500:
+        return None
     return Reply.rejected(correlation, f"http_{status}" + (f": {reason}" if reason else ""))
 
 
