@@ -21,6 +21,8 @@ shell), `saga_actors.supervision` (OTP-style supervisors),
 is `saga_actors.actors`; `saga_actors.examples` holds a second one.
 """
 
+import logging
+
 from saga_actors.actors import (
     FaultPlan,
     IdempotencyConflict,
@@ -50,6 +52,10 @@ from saga_actors.sagas.runtime import (
 )
 
 __version__ = "0.4.0"
+
+# A library logs; the application decides where it goes. Without this, Python's last-resort
+# handler would print the engine's warnings (a fault drill, a crashed participant) on stderr.
+logging.getLogger("saga_actors").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_RETENTION",

@@ -582,12 +582,16 @@ class SagaRuntime:
         with the codec of a SQLite journal); `ephemeral` (secrets such as a
         card number) is held in memory only and never journaled - a saga
         recovered after a crash does not have it. Raises ValueError for an
-        id that is not a non-empty string and `SystemNotRunning` if the
-        runtime is not running.
+        id that is not a non-empty string, `SerializationError` for data the
+        journal's codec cannot store (register its types: `codec=`), and
+        `SystemNotRunning` if the runtime is not running; nothing starts then.
         """
         if not isinstance(saga_id, str) or not saga_id:
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r:.60}")
         self._check_running()
+        codec = getattr(self._journal, "codec", None)
+        if codec is not None:
+            codec.encode(data)  # raises SerializationError: better here than in a crash loop
         registry = self._registry
         future: pykka.Future[SagaOutcome] = pykka.ThreadingFuture()
         result = SagaFuture(future, saga_id, self._describe)
@@ -706,8 +710,12 @@ class SagaRuntime:
 
     def ask(self, participant: str, message: Any) -> Any:
         """Ask a participant (from a caller's thread, never an actor's); while it restarts, wait for
-        its next incarnation, for at most 10 s. Raises `SystemNotRunning` if it does not come back."""
-        address = self._addresses[participant]
+        its next incarnation, for at most 10 s. Raises ValueError for a name that is not a
+        registered participant and `SystemNotRunning` if it does not come back. The
+        participant answers in its own thread (a `ParticipantActor`: `on_other_message`)."""
+        address = self._addresses.get(participant) if isinstance(participant, str) else None
+        if address is None:
+            raise ValueError(f"unknown participant {participant!r:.80}: one of {', '.join(self._addresses)}")
         return self._call(address, lambda a: a.ask(message, timeout=QUERY_TIMEOUT))
 
     def actor_names(self) -> list[str]:
