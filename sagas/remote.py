@@ -166,13 +166,15 @@ class HttpClient:
 
             async def make_session() -> Any:
                 connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._per_host)
-                return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
+                return aiohttp.ClientSession(connector=connector, trust_env=False)
 
             try:
                 session = asyncio.run_coroutine_threadsafe(make_session(), loop).result(_OPEN_TIMEOUT)
             except BaseException:
                 loop.call_soon_threadsafe(loop.stop)
                 thread.join(_CLOSE_TIMEOUT)
+                if not thread.is_alive():
+                    loop.close()
                 raise
             self._loop, self._session, self._thread = loop, session, thread
 
@@ -191,6 +193,10 @@ class HttpClient:
             loop, session, thread = self._loop, self._session, self._thread
             self._loop = self._session = self._thread = None
         if loop is None or thread is None:
+            return
+        if not loop.is_running():  # the loop died (and said so): nothing can run on it any more
+            thread.join(_CLOSE_TIMEOUT)
+            loop.close()
             return
 
         async def shutdown() -> None:

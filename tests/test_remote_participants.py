@@ -250,6 +250,18 @@ def test_a_remote_participant_killed_mid_run_loses_no_answer(services):
         assert_consistent(system)
 
 
+def test_a_client_whose_loop_dies_is_reopened_under_supervision(services):
+    inventory, payment = services
+    with remote_system(inventory, payment) as system:
+        client = system._remote.client
+        loop = client._loop
+        loop.call_soon_threadsafe(loop.stop)  # as if the loop's thread died
+        wait_until(lambda: client._loop not in (None, loop), what="a new loop")
+        assert system.place_order(make_request("again", [(101, 1)]), timeout=5) is True
+        assert system.metrics()["restarts"] >= 1
+        assert_consistent(system)
+
+
 def test_one_service_remote_and_the_other_in_process(services):
     inventory, _payment = services
     with OrderSystem(
