@@ -38,7 +38,7 @@ from saga_actors.sagas.simulation import (
 from saga_actors.supervision.monitor import Monitored
 from saga_actors.supervision.timer import Timer, TimerHandle
 
-__all__ = ["Answer", "GetState", "ParticipantActor", "ServiceState"]
+__all__ = ["Answer", "GetState", "ParticipantActor", "ServiceState", "send_reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +231,17 @@ class ParticipantActor(Monitored, EventSourcedActor[S], Generic[S]):
 
     @staticmethod
     def _reply(request: Request, reply: Reply) -> None:
-        if request.reply_to is None:
-            return
-        try:
-            request.reply_to.tell(reply)
-        except pykka.ActorDeadError:
-            logger.debug("reply to a dead requester dropped (%s)", request.correlation)
+        send_reply(request, reply)
+
+
+def send_reply(request: Request, reply: Reply) -> None:
+    """Tell the request's sender `reply` (from any thread); a sender that is gone is not an error."""
+    if request.reply_to is None:
+        return
+    try:
+        request.reply_to.tell(reply)
+    except pykka.ActorDeadError:
+        logger.debug("reply to a dead requester dropped (%s)", request.correlation)
 
 
 def _nothing() -> None:
