@@ -29,7 +29,11 @@ of the saga's three answers, by status code:
 
 and, refused before any effect, nothing changed: 400 (malformed: the body
 names each problem), 401 (no or wrong token), 404 (no such operation), 413
-(a body over 64 KiB). 503 is only ever sent when nothing happened. When the
+(a body over 64 KiB). The engine retries these like 503 (an attempt refused
+before any effect says nothing of an earlier attempt that timed out), so a
+misconfigured token makes a saga roll back once its retries are exhausted
+(or, after the commit decision, wait as stuck until the token is fixed).
+503 is only ever sent when nothing happened. When the
 service cannot tell - its actor did not answer in time, it crashed while
 handling the command - it answers 504 (or any other 5xx): like a connection
 error, a reset, or no answer within the caller's attempt timeout, that is
@@ -233,10 +237,11 @@ def reply_to_http(reply: Reply) -> tuple[int, dict[str, Any]]:
 
 
 def reply_from_http(status: int, body: bytes, correlation: Any) -> Reply | None:
-    """The saga's answer to an HTTP answer: 200 done; 422 rejected with its reason; 503 and 429
-    unavailable (refused before any effect, retried); any other 5xx None - no answer: the
-    outcome is unknown, so the attempt times out and is retried, and compensated on rollback;
-    any other status (400, 401, 404, 413) rejected, before any effect."""
+    """The saga's answer to an HTTP answer: 200 done; 422 rejected with its reason; any other
+    4xx (400, 401, 404, 413, 429) and 503 unavailable: this attempt was refused before any
+    effect, so it is retried - not a final rejection, which would also declare that no earlier
+    attempt (one that timed out, say) had an effect; any other 5xx None - no answer: the outcome
+    is unknown, so the attempt times out and is retried, and compensated on rollback."""
     reason = None
     try:
         parsed = json.loads(body) if body else None
@@ -248,11 +253,9 @@ def reply_from_http(status: int, body: bytes, correlation: Any) -> Reply | None:
         return Reply.success(correlation)
     if status == 422:
         return Reply.rejected(correlation, reason or "rejected")
-    if status in (429, 503):
-        return Reply.unavailable(correlation, reason or f"http_{status}")
-    if status >= 500:
+    if status >= 500 and status != 503:
         return None
-    return Reply.rejected(correlation, f"http_{status}" + (f": {reason}" if reason else ""))
+    return Reply.unavailable(correlation, f"http_{status}" + (f": {reason}" if reason else ""))
 
 
 # --- views ---
