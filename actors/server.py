@@ -54,6 +54,7 @@ from saga_actors.sagas.protocol import Reply, Request
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
+    "IN_FLIGHT",
     "REQUESTS",
     "REQUEST_SECONDS",
     "make_app",
@@ -70,7 +71,8 @@ DRAIN_MARGIN = 1.0  # seconds added to the longest a request can take, for the d
 
 # The service's own metrics (`--metrics-port`).
 REQUESTS = "service_requests"  # labelled counter: requests answered, by operation and status
-REQUEST_SECONDS = "service_request_seconds"  # histogram: from the request read to its answer
+REQUEST_SECONDS = "service_request_seconds"  # histogram: from the request's arrival to its answer
+IN_FLIGHT = "service_requests_in_flight"  # gauge: requests being handled
 
 _VIEW_JSON: dict[str, Callable[[Any], dict[str, Any]]] = {
     "stock": stock_to_json,
@@ -82,10 +84,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def server_metrics() -> Metrics:
-    """The counters a service keeps: its actor's restarts, requests by operation and status,
-    and each request's time to its answer by operation."""
+    """The counters a service keeps: its actor's restarts, the requests in flight, requests
+    answered by operation and status, and each request's time to its answer by operation."""
     return Metrics(
-        ("restarts",),
+        ("restarts", IN_FLIGHT),
         histograms={REQUEST_SECONDS: ("operation",)},
         labelled={REQUESTS: ("operation", "status")},
     )
@@ -145,24 +147,39 @@ def make_app(
         every refusal as JSON; the request counted."""
         began = time.monotonic()
         operation = request.path.rsplit("/", 1)[-1] if request.match_info.route.resource else "unknown"
+        if metrics is not None:
+            metrics.increment(IN_FLIGHT)
         try:
-            if not hmac.compare_digest(_bytes(request.headers.get("Authorization", "")), expected):
-                raise _Refused(401, "unauthorized")
-            response = await handler(request)
-        except _Refused as refused:
-            response = web.json_response(refused.body, status=refused.status)
-            if refused.status == 401:
-                response.headers["WWW-Authenticate"] = 'Bearer realm="saga-actors"'
-        except web.HTTPException as error:  # aiohttp's own: 404, 405, 413
-            response = web.json_response(
-                {"ok": False, "reason": error.reason.lower().replace(" ", "_")},
-                status=error.status,
-                headers={k: v for k, v in error.headers.items() if k.lower() == "allow"},
-            )
+            response = await _answer(request, handler)
+        finally:
+            if metrics is not None:
+                metrics.increment(IN_FLIGHT, -1)
         if metrics is not None:
             metrics.count(REQUESTS, (operation, str(response.status)))
             metrics.observe(REQUEST_SECONDS, time.monotonic() - began, (operation,))
         return response
+
+    async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if not hmac.compare_digest(_bytes(request.headers.get("Authorization", "")), expected):
+                raise _Refused(401, "unauthorized")
+            return await handler(request)
+        except _Refused as refused:
+            response = web.json_response(refused.body, status=refused.status)
+            if refused.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="saga-actors"'
+            return response
+        except web.HTTPException as error:  # aiohttp's own: 404, 405, 413
+            return web.json_response(
+                {"ok": False, "reason": error.reason.lower().replace(" ", "_")},
+                status=error.status,
+                headers={k: v for k, v in error.headers.items() if k.lower() == "allow"},
+            )
+        except Exception as error:
+            # A bug: the outcome is unknown (a 5xx other than 503). Only the error's type is
+            # logged: its message or traceback might quote the request.
+            logger.error("%s %s: internal error (%s)", request.method, request.path, type(error).__name__)
+            return web.json_response({"ok": False, "reason": "internal_error"}, status=500)
 
     async def command(request: web.Request, operation: str) -> web.StreamResponse:
         body = await _json_body(request)

@@ -162,6 +162,7 @@ def _serve(args: argparse.Namespace, prog: str) -> int:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("pykka").addFilter(_not_simulated)  # the supervisor logs each crash in one line
     node = ServiceNode(args.service, args.journal, stock=stock, faults=faults, metrics=metrics)
     try:
         node.start()
@@ -195,6 +196,13 @@ def _serve(args: argparse.Namespace, prog: str) -> int:
             endpoint.stop()
         node.stop()
         logger.info("%s service stopped", args.service)
+
+
+def _not_simulated(record: logging.LogRecord) -> bool:
+    """Whether a record is worth logging: not pykka's traceback of a crash simulated on purpose."""
+    from saga_actors.sagas.simulation import SimulatedCrash
+
+    return not (record.exc_info and isinstance(record.exc_info[1], SimulatedCrash))
 
 
 def _announce(line: str) -> None:
@@ -260,7 +268,7 @@ def _start_metrics(endpoint: MetricsEndpoint, port: int) -> None:
         endpoint.start()
     except OSError as error:
         raise _Unusable(f"--metrics-port {port}: cannot listen: {error.strerror or error}") from None
-    logger.info("metrics on port %d", endpoint.port)
+    logger.info("metrics on port %d", endpoint.port)  # the tests read it here
 
 
 def _metrics_endpoint(metrics: Metrics, host: str, port: int) -> MetricsEndpoint:

@@ -1,0 +1,353 @@
+"""The inventory and payment services as real processes (`saga-actors serve`), over HTTP.
+
+Every service here is a child process on 127.0.0.1 listening on a free port
+(`--port 0`, found from its readiness line), driven with urllib from the
+standard library; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saga_actors.actors.wire import MAX_BODY
+from tests.conftest import APPROVED, DECLINED
+from tests.helpers.services import (
+    TOKEN,
+    ServiceProcess,
+    authorize,
+    call,
+    command,
+    reserve,
+    stock,
+)
+
+pytest.importorskip("aiohttp")
+
+EXIT_TIMEOUT = 10.0  # seconds a stopped service may take to exit
+
+
+@pytest.fixture(scope="module")
+def inventory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    journal = tmp_path_factory.mktemp("inventory") / "inventory.db"
+    with ServiceProcess("inventory", journal, "--stock", "101=10,102=5,103=1") as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def payment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    journal = tmp_path_factory.mktemp("payment") / "payment.db"
+    with ServiceProcess("payment", journal) as service:
+        yield service
+
+
+# --- the happy paths, with the views ---
+
+
+def test_reserve_commit_release_and_restock_show_in_the_stock_view(inventory: ServiceProcess) -> None:
+    assert stock(inventory)[101] == (10, 0, 10)
+    assert reserve(inventory, "h1", (101, 2), (102, 1)) == (200, {"ok": True})
+    assert stock(inventory)[101] == (10, 2, 10)
+    assert command(inventory, "commit", {"order_id": "h1"}) == (200, {"ok": True})
+    after_commit = stock(inventory)
+    assert after_commit[101] == (8, 0, 10) and after_commit[102] == (4, 0, 5)
+
+    assert reserve(inventory, "h2", (101, 3)) == (200, {"ok": True})
+    assert command(inventory, "release", {"order_id": "h2"}) == (200, {"ok": True})
+    assert stock(inventory)[101] == (8, 0, 10)
+    assert command(inventory, "commit", {"order_id": "h2"}) == (422, {"ok": False, "reason": "released"})
+
+    restock = {"stock": [{"product_id": 104, "quantity": 7}]}
+    assert inventory.call("POST", "/inventory/restock", restock) == (200, {"ok": True})
+    assert stock(inventory)[104] == (7, 0, 7)
+
+
+def test_authorize_capture_and_void_show_in_the_payment_views(payment: ServiceProcess) -> None:
+    assert authorize(payment, "p1", "19.98") == (200, {"ok": True})
+    assert payment.view("payments")["payments"]["p1"] == {"state": "authorized", "amount": "19.98"}
+    assert command(payment, "capture", {"order_id": "p1"}) == (200, {"ok": True})
+    assert authorize(payment, "p2", "5.00") == (200, {"ok": True})
+    assert command(payment, "void", {"order_id": "p2"}) == (200, {"ok": True})
+    payments = payment.view("payments")["payments"]
+    assert payments["p1"] == {"state": "captured", "amount": "19.98"}
+    assert payments["p2"] == {"state": "voided", "amount": "5.00"}
+    assert payment.view("captures") == {"payments": 1, "amounts": {"USD": "19.98"}}
+    assert command(payment, "void", {"order_id": "p1"}) == (422, {"ok": False, "reason": "already_captured"})
+
+
+def test_the_same_key_twice_has_one_effect(inventory: ServiceProcess, payment: ServiceProcess) -> None:
+    before = stock(inventory)[102]
+    assert reserve(inventory, "i1", (102, 2)) == (200, {"ok": True})
+    assert reserve(inventory, "i1", (102, 2)) == (200, {"ok": True})
+    assert stock(inventory)[102] == (before[0], before[1] + 2, before[2])
+    assert command(inventory, "commit", {"order_id": "i1"})[0] == 200
+    assert command(inventory, "commit", {"order_id": "i1"})[0] == 200
+    assert stock(inventory)[102] == (before[0] - 2, before[1], before[2])
+
+    captured = payment.view("captures")["payments"]
+    assert authorize(payment, "i2") == (200, {"ok": True})
+    assert authorize(payment, "i2") == (200, {"ok": True})
+    assert command(payment, "capture", {"order_id": "i2"})[0] == 200
+    assert command(payment, "capture", {"order_id": "i2"})[0] == 200
+    assert payment.view("captures")["payments"] == captured + 1
+
+
+def test_business_rejections_are_422_with_their_reason(
+    inventory: ServiceProcess, payment: ServiceProcess
+) -> None:
+    before = stock(inventory)
+    assert reserve(inventory, "r1", (103, 2)) == (422, {"ok": False, "reason": "insufficient_stock"})
+    assert reserve(inventory, "r2", (999, 1)) == (422, {"ok": False, "reason": "unknown_product"})
+    assert stock(inventory) == before
+    assert authorize(payment, "r3", card=DECLINED) == (422, {"ok": False, "reason": "card_declined"})
+    assert "r3" not in payment.view("payments")["payments"]
+
+
+# --- refused before any effect ---
+
+
+def test_no_token_or_a_wrong_token_is_401_and_changes_nothing(inventory: ServiceProcess) -> None:
+    before = stock(inventory)
+    body = {"order_id": "a1", "items": [{"product_id": 101, "quantity": 1}]}
+    for token in (None, "wrong", TOKEN + "x", TOKEN[:-1], ""):
+        status, answer = inventory.call("POST", "/inventory/reserve", body, key="a1:reserve", token=token)
+        assert (status, answer) == (401, {"ok": False, "reason": "unauthorized"}), token
+        assert inventory.call("GET", "/inventory/stock", token=token)[0] == 401
+    # before the path is looked at, and before the body is read
+    assert inventory.call("GET", "/nowhere", token=None)[0] == 401
+    big = b"x" * (MAX_BODY + 1)
+    assert inventory.call("POST", "/inventory/reserve", raw=big, token="wrong")[0] == 401
+    assert command(inventory, "commit", {"order_id": "a1"}) == (422, {"ok": False, "reason": "not_reserved"})
+    assert stock(inventory) == before
+    assert TOKEN not in inventory.stderr() + inventory.stdout()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "problem"),
+    [
+        (b'{"order_id": "m1", "items": [', 400, "not JSON"),
+        (b"\xff\xfe\x00", 400, "not JSON"),
+        (b"[" * 5000 + b"]" * 5000, 400, "not JSON"),
+        (b'["order_id"]', 400, "JSON object"),
+        (b'{"order_id": "m1", "items": []}', 400, "items must be a list"),
+        (b'{"order_id": "m1", "items": [{"product_id": -1, "quantity": 0}]}', 400, "items[0]"),
+        (b'{"items": [{"product_id": 101, "quantity": 1}]}', 400, "order_id"),
+        (b'{"order_id": "m1", "items": [{"product_id": 101, "quantity": 1}], "pad": "'
+         + b"x" * MAX_BODY + b'"}', 413, "at most 65536 bytes"),
+    ],
+)  # fmt: skip
+def test_a_malformed_or_oversized_body_is_refused_and_changes_nothing(
+    inventory: ServiceProcess, raw: bytes, status: int, problem: str
+) -> None:
+    before = stock(inventory)
+    answer_status, answer = inventory.call("POST", "/inventory/reserve", raw=raw, key="m1:reserve")
+    assert answer_status == status
+    assert answer["ok"] is False and any(problem in p for p in answer["problems"]), answer
+    assert stock(inventory) == before
+    assert command(inventory, "release", {"order_id": "m1"})[0] == 200  # a tombstone: no reservation
+
+
+def test_a_wrong_idempotency_key_an_unknown_path_or_method_change_nothing(inventory: ServiceProcess) -> None:
+    before = stock(inventory)
+    body = {"order_id": "k1", "items": [{"product_id": 101, "quantity": 1}]}
+    for key in (None, "k2:reserve", "k1:commit", "k1"):
+        status, answer = inventory.call("POST", "/inventory/reserve", body, key=key)
+        assert status == 400 and "Idempotency-Key" in answer["problems"][0], key
+    assert inventory.call("POST", "/inventory/steal", body, key="k1:steal") == (
+        404,
+        {"ok": False, "reason": "not_found"},
+    )
+    assert inventory.call("POST", "/payment/authorize", body, key="k1:authorize")[0] == 404
+    assert inventory.call("GET", "/inventory/reserve")[0] == 405
+    assert inventory.call("POST", "/inventory/stock", body)[0] == 405
+    assert stock(inventory) == before
+
+
+def test_a_service_without_a_token_refuses_to_start(tmp_path: Path) -> None:
+    empty = tmp_path / "empty-token"
+    empty.write_text(" \n")
+    for extra, token in (((), None), ((), "  "), (("--token-file", str(empty)), None)):
+        child = ServiceProcess("inventory", tmp_path / "inventory.db", *extra, token=token).spawn()
+        assert child.wait(EXIT_TIMEOUT) == 2
+        assert child.stdout() == ""
+        (line,) = child.stderr().splitlines()
+        assert "token" in line, line
+    assert not (tmp_path / "inventory.db").exists()
+
+
+def test_the_token_may_come_from_a_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-the-file\n")
+    with ServiceProcess(
+        "payment", tmp_path / "p.db", "--token-file", str(token_file), token=TOKEN
+    ) as service:
+        assert service.call("GET", "/payment/captures", token="from-the-file")[0] == 200
+        assert service.call("GET", "/payment/captures", token=TOKEN)[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve", "payment", "--port", "0", "--journal", "j.db", "--stock", "1=2"], "--stock"),
+        (["serve", "inventory", "--port", "0", "--journal", "j.db", "--failure-rate", "2"], "failure_rate"),
+        (["serve", "inventory", "--port", "0", "--journal", "j.db", "--latency", "0.1"], "--latency"),
+        (["serve", "inventory", "--port", "70000", "--journal", "j.db"], "--port"),
+        (["serve", "inventory", "--port", "0", "--journal", "."], "directory"),
+        (["serve", "shipping", "--port", "0", "--journal", "j.db"], "invalid choice"),
+        (["serve", "inventory", "--journal", "j.db"], "--port"),
+    ],
+)
+def test_a_bad_option_is_one_line_and_exit_status_2(tmp_path: Path, args: list[str], says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "saga_actors", *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env=_env_with_token(),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert says in line, line
+    assert not (tmp_path / "j.db").exists()
+
+
+def test_without_aiohttp_the_command_names_the_extra(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['aiohttp'] = None; from saga_actors.cli import main;"
+        f"sys.exit(main(['serve', 'inventory', '--port', '0', '--journal', {str(tmp_path / 'j.db')!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=_env_with_token()
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "pip install 'saga-actors[http]'" in line
+
+
+def test_failure_rate_1_answers_503_and_changes_nothing(tmp_path: Path) -> None:
+    with ServiceProcess("inventory", tmp_path / "i.db", "--stock", "101=5", "--failure-rate", "1") as service:
+        for order_id in ("f1", "f2"):
+            assert reserve(service, order_id, (101, 1)) == (503, {"ok": False, "reason": "unavailable"})
+            assert command(service, "release", {"order_id": order_id})[0] == 503
+        assert stock(service) == {101: (5, 0, 5)}
+
+
+# --- durability and stopping ---
+
+
+def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Reserves race a SIGKILL; after a restart on the same journal every acknowledged one holds."""
+    journal = tmp_path / "inventory.db"
+    service = ServiceProcess("inventory", journal, "--stock", "101=1000").start()
+    acknowledged: list[str] = []
+    enough = threading.Event()
+
+    def place(n: int) -> None:
+        try:
+            status, _ = reserve(service, f"k{n}", (101, 1 + n % 3))
+        except OSError:  # the process is gone: no answer
+            return
+        if status == 200:
+            acknowledged.append(f"k{n}")
+            if len(acknowledged) >= 20:
+                enough.set()
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            for n in range(120):
+                pool.submit(place, n)
+            assert enough.wait(30)
+            service.kill()  # requests still in flight die with it
+    finally:
+        service.kill()
+    assert service.proc is not None and service.proc.returncode == -signal.SIGKILL
+    held = {f"k{n}": 1 + n % 3 for n in range(120)}
+    with ServiceProcess("inventory", journal, "--stock", "101=1000") as restarted:
+        on_hand, reserved, received = stock(restarted)[101]
+        assert (on_hand, received) == (1000, 1000)  # stocked once: the journal was not empty
+        assert reserved >= sum(held[o] for o in acknowledged)
+        for order_id in acknowledged:  # each one is held: its commit succeeds
+            assert command(restarted, "commit", {"order_id": order_id}) == (200, {"ok": True}), order_id
+
+
+def test_sigterm_drains_the_requests_in_flight_and_exits_0(tmp_path: Path) -> None:
+    journal = tmp_path / "inventory.db"
+    service = ServiceProcess(
+        "inventory", journal, "--stock", "101=10", "--latency", "0.5,0.5", "--metrics-port", "0"
+    ).start()
+    try:
+        metrics_port = int(service.wait_for_output(re.compile(r"metrics on port (\d+)"), 10, stderr=True)[1])
+        result: list[Any] = []
+        in_flight = threading.Thread(target=lambda: result.append(reserve(service, "t1", (101, 4))))
+        in_flight.start()
+        _wait_for_metric(metrics_port, "saga_actors_service_requests_in_flight", 1.0)
+        service.signal(signal.SIGTERM)
+        in_flight.join(EXIT_TIMEOUT)
+        assert result == [(200, {"ok": True})]  # answered, not cut off
+        assert service.wait(EXIT_TIMEOUT) == 0
+    finally:
+        service.kill()
+    assert "Traceback" not in service.stderr()
+    with ServiceProcess("inventory", journal) as restarted:  # the journal reopens, unlocked
+        assert stock(restarted)[101] == (10, 4, 10)
+
+
+def test_sigterm_on_an_idle_service_exits_0_at_once(tmp_path: Path) -> None:
+    service = ServiceProcess("payment", tmp_path / "p.db").start()
+    try:
+        service.signal(signal.SIGTERM)
+        assert service.wait(3) == 0
+    finally:
+        service.kill()
+
+
+def test_the_card_number_is_never_journaled_logged_or_printed(tmp_path: Path) -> None:
+    """Authorizations, some crashing the actor mid-request (their answer is 504), a malformed one,
+    and a declined one: the card number is nowhere in the journal's bytes or the output."""
+    journal = tmp_path / "payment.db"
+    args = ("--crash-rate", "0.3", "--seed", "3", "--request-timeout", "0.5")
+    with ServiceProcess("payment", journal, *args) as service:
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda n: authorize(service, f"c{n}", card=APPROVED)[0], range(10)))
+        assert set(statuses) <= {200, 503, 504} and 504 in statuses and 200 in statuses  # 503: restarting
+        assert authorize(service, "c-declined", card=DECLINED)[0] == 422
+        malformed = {"order_id": "c-bad", "amount": "1", "currency": APPROVED, "card": {"number": APPROVED}}
+        status, answer = command(service, "authorize", malformed)
+        assert status == 400 and APPROVED not in json.dumps(answer)
+        authorized = [f"c{n}" for n, status in enumerate(statuses) if status == 200]
+        assert command(service, "capture", {"order_id": authorized[0]})[0] in (200, 503, 504)
+    assert service.wait(EXIT_TIMEOUT) == 0
+    files = list(tmp_path.iterdir())
+    assert journal in files
+    for path in files:
+        assert APPROVED.encode() not in path.read_bytes(), path
+    assert APPROVED not in service.stdout() + service.stderr()
+    assert "crashed" in service.stderr()  # the crashes were logged (without the card)
+    assert "Traceback" not in service.stderr()  # a simulated crash is one line
+
+
+def _env_with_token() -> dict[str, str]:
+    return {**os.environ, "SAGA_ACTORS_TOKEN": TOKEN}
+
+
+def _wait_for_metric(port: int, name: str, value: float, timeout: float = 10.0) -> None:
+    """Poll the service's metrics endpoint until `name` reads `value` (bounded)."""
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(rf"^{re.escape(name)} (\S+)$", re.MULTILINE)
+    while True:
+        status, text = call(f"http://127.0.0.1:{port}", "GET", "/metrics", token=None)
+        match = pattern.search(text.decode() if isinstance(text, bytes) else "")
+        if status == 200 and match and float(match[1]) == value:
+            return
+        assert time.monotonic() < deadline, f"{name} never read {value}"
+        time.sleep(0.01)  # polling an observable condition, bounded by the deadline
