@@ -235,11 +235,21 @@ def test_without_aiohttp_the_command_names_the_extra(tmp_path: Path) -> None:
 
 
 def test_failure_rate_1_answers_503_and_changes_nothing(tmp_path: Path) -> None:
-    with ServiceProcess("inventory", tmp_path / "i.db", "--stock", "101=5", "--failure-rate", "1") as service:
+    args = ("--stock", "101=5", "--failure-rate", "1", "--metrics-port", "0")
+    with ServiceProcess("inventory", tmp_path / "i.db", *args) as service:
         for order_id in ("f1", "f2"):
             assert reserve(service, order_id, (101, 1)) == (503, {"ok": False, "reason": "unavailable"})
             assert command(service, "release", {"order_id": order_id})[0] == 503
         assert stock(service) == {101: (5, 0, 5)}
+        assert service.call("GET", "/inventory/stock", token="wrong")[0] == 401
+        # the service's own metrics count every request by operation and status
+        metrics = _metrics(_metrics_port(service))
+        assert metrics['saga_actors_service_requests_total{operation="reserve",status="503"}'] == 2
+        assert metrics['saga_actors_service_requests_total{operation="release",status="503"}'] == 2
+        assert metrics['saga_actors_service_requests_total{operation="stock",status="200"}'] == 1
+        assert metrics['saga_actors_service_requests_total{operation="stock",status="401"}'] == 1
+        assert metrics['saga_actors_service_request_seconds_count{operation="reserve"}'] == 2
+        assert metrics["saga_actors_service_requests_in_flight"] == 0
 
 
 # --- durability and stopping ---
@@ -286,7 +296,7 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_0(tmp_path: Path) -> No
         "inventory", journal, "--stock", "101=10", "--latency", "0.5,0.5", "--metrics-port", "0"
     ).start()
     try:
-        metrics_port = int(service.wait_for_output(re.compile(r"metrics on port (\d+)"), 10, stderr=True)[1])
+        metrics_port = _metrics_port(service)
         result: list[Any] = []
         in_flight = threading.Thread(target=lambda: result.append(reserve(service, "t1", (101, 4))))
         in_flight.start()
@@ -340,14 +350,27 @@ def _env_with_token() -> dict[str, str]:
     return {**os.environ, "SAGA_ACTORS_TOKEN": TOKEN}
 
 
+def _metrics_port(service: ServiceProcess) -> int:
+    """The port of the service's metrics endpoint (`--metrics-port 0`), as it logs it."""
+    return int(service.wait_for_output(re.compile(r"metrics on port (\d+)"), 10, stderr=True)[1])
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """One scrape of a metrics endpoint: {series with its labels: value}."""
+    status, text = call(f"http://127.0.0.1:{port}", "GET", "/metrics", token=None)
+    assert status == 200 and isinstance(text, bytes)
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.decode().splitlines())
+        if name and not name.startswith("#")
+    }
+
+
 def _wait_for_metric(port: int, name: str, value: float, timeout: float = 10.0) -> None:
     """Poll the service's metrics endpoint until `name` reads `value` (bounded)."""
     deadline = time.monotonic() + timeout
-    pattern = re.compile(rf"^{re.escape(name)} (\S+)$", re.MULTILINE)
     while True:
-        status, text = call(f"http://127.0.0.1:{port}", "GET", "/metrics", token=None)
-        match = pattern.search(text.decode() if isinstance(text, bytes) else "")
-        if status == 200 and match and float(match[1]) == value:
+        if _metrics(port).get(name) == value:
             return
         assert time.monotonic() < deadline, f"{name} never read {value}"
         time.sleep(0.01)  # polling an observable condition, bounded by the deadline
