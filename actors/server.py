@@ -138,7 +138,7 @@ def make_app(
     (shut down when the application is cleaned up).
     """
     service = node.service
-    expected = _bytes(f"Bearer {token}")
+    expected = _bytes(token)
     pool = views or concurrent.futures.ThreadPoolExecutor(VIEW_THREADS, thread_name_prefix=f"{service}-views")
 
     @web.middleware
@@ -161,7 +161,9 @@ def make_app(
 
     async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if not hmac.compare_digest(_bytes(request.headers.get("Authorization", "")), expected):
+            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+            # The scheme's case does not matter (RFC 9110); the token is compared in constant time.
+            if not (hmac.compare_digest(_bytes(credentials), expected) and scheme.lower() == "bearer"):
                 raise _Refused(401, "unauthorized")
             return await handler(request)
         except _Refused as refused:

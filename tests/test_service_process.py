@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,6 +129,9 @@ def test_no_token_or_a_wrong_token_is_401_and_changes_nothing(inventory: Service
         assert inventory.call("GET", "/inventory/stock", token=token)[0] == 401
     # before the path is looked at, and before the body is read
     assert inventory.call("GET", "/nowhere", token=None)[0] == 401
+    for header in (f"Basic {TOKEN}", TOKEN, f"Bearer  {TOKEN}", f"Bearer {TOKEN}x", "Bearer"):
+        assert _with_authorization(inventory, header) == 401, header
+    assert _with_authorization(inventory, f"bearer {TOKEN}") == 200  # the scheme's case does not matter
     big = b"x" * (MAX_BODY + 1)
     assert inventory.call("POST", "/inventory/reserve", raw=big, token="wrong")[0] == 401
     assert command(inventory, "commit", {"order_id": "a1"}) == (422, {"ok": False, "reason": "not_reserved"})
@@ -344,6 +349,16 @@ def test_the_card_number_is_never_journaled_logged_or_printed(tmp_path: Path) ->
     assert APPROVED not in service.stdout() + service.stderr()
     assert "crashed" in service.stderr()  # the crashes were logged (without the card)
     assert "Traceback" not in service.stderr()  # a simulated crash is one line
+
+
+def _with_authorization(service: ServiceProcess, header: str) -> int:
+    """The status of the stock view asked with this Authorization header."""
+    request = urllib.request.Request(service.url + "/inventory/stock", headers={"Authorization": header})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def _env_with_token() -> dict[str, str]:
