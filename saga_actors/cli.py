@@ -106,13 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return USAGE_ERROR
     try:
-        return _serve(args, parser.prog)
+        return _serve(args)
     except _Unusable as unusable:
         print(f"saga-actors serve: {unusable}", file=sys.stderr, flush=True)
         return USAGE_ERROR
+    except KeyboardInterrupt:  # Ctrl-C before it listened (it stops cleanly once listening)
+        return 130
 
 
-def _serve(args: argparse.Namespace, prog: str) -> int:
+def _serve(args: argparse.Namespace) -> int:
     from saga_actors.persistence.journal import JournalCorrupted, JournalInUse
     from saga_actors.sagas.simulation import FaultPlan
 
