@@ -17,8 +17,9 @@ handling it, or is that slow).
 Views (GET) and the restock are asks, answered from a small pool of
 threads (`VIEW_THREADS`): they are an operator's, not the saga's, traffic.
 
-Nothing of a body is ever logged (aiohttp's access log is off, and the
-card number is never quoted in an answer either), nor the token.
+Nothing of a request is ever logged (aiohttp's access log is off, and a
+request that is not HTTP is logged by its error's type only), nor the token;
+the card number is never quoted in an answer either.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any
 
 import pykka
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from saga_actors.actors.inventory import StockProducts
 from saga_actors.actors.service import VIEWS, ServiceNode
@@ -273,6 +275,19 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+def _without_the_request(record: logging.LogRecord) -> bool:
+    """A filter for aiohttp's server log: a request that is not HTTP is logged in one line, by
+    the parser's error type only - the error's text quotes the offending bytes (a header, a
+    body), which might hold a card number."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError):
+        record.msg = f"{record.getMessage()}: malformed HTTP ({type(error).__name__}, status {error.code})"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
 def listening_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -311,6 +326,8 @@ async def run_server(
     node.on_failure = on_failure
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(_without_the_request)
     app = make_app(node, token, request_timeout=request_timeout, metrics=metrics)
     runner = web.AppRunner(
         app,
@@ -331,4 +348,5 @@ async def run_server(
         await runner.cleanup()  # stops accepting, then waits for the handlers in flight
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        server_log.removeFilter(_without_the_request)
     return 1 if failed else 0
