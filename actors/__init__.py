@@ -18,6 +18,7 @@ from saga_actors.actors.orders import OrderView
 from saga_actors.actors.payment import PaymentView
 from saga_actors.actors.system import OrderFuture, OrderSystem
 from saga_actors.sagas.policy import RetryPolicy
+from saga_actors.sagas.remote import RemoteServiceError
 from saga_actors.sagas.simulation import FaultPlan
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "OrderSystem",
     "OrderView",
     "PaymentView",
+    "RemoteServiceError",
     "RetryPolicy",
     "StockView",
     "SystemNotRunning",

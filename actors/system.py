@@ -6,9 +6,10 @@ participants, with its supervision tree::
     order-system (rest_for_one)
     |-- journal      the journal's writer
     |-- timer        every delay: retries, timeouts, simulated latency
+    |-- order-system-http   with service URLs: the HTTP client (one event loop thread)
     |-- participants (one_for_one)
-    |   |-- inventory   simulated, behind a faulty wire
-    |   |-- payment     simulated, behind a faulty wire
+    |   |-- inventory   simulated, behind a faulty wire; or a remote service (an HTTP proxy)
+    |   |-- payment     simulated, behind a faulty wire; or a remote service (an HTTP proxy)
     |   `-- orders      the order service (the front door, and the saga's third participant)
     `-- sagas (one_for_one)
         `-- order-system-host-0, -1   threads hosting one saga actor per order
@@ -25,9 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pykka
 
@@ -49,7 +50,8 @@ from saga_actors.actors.orders import (
     PlaceOrder,
     RecoverOrders,
 )
-from saga_actors.actors.payment import GetCaptures, GetPayments, PaymentActor, PaymentView
+from saga_actors.actors.payment import CapturesView, GetCaptures, GetPayments, PaymentActor, PaymentView
+from saga_actors.actors.remote import RemoteServices, resolve_token, token_problems, url_problems
 from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.sagas.engine import AbortDecided, SagaAborted, SagaStarted, SagaView
@@ -75,6 +77,8 @@ from saga_actors.supervision import Intensity
 __all__ = ["DEFAULT_RETENTION", "OrderFuture", "OrderSystem", "RecoveryReport", "SagaView"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Supervision, and why (the runtime's defaults, restated where the order system sets its own):
 # - participants: the simulated services crash on purpose (FaultPlan.crash_rate)
@@ -146,6 +150,14 @@ class OrderSystem:
         `metrics_port` once started), on `metrics_host` (local only by
         default). Needs the optional extra `metrics`: without it, ImportError
         naming it; ValueError for a port outside [0, 65535].
+    inventory, payment: the base URL of a service that speaks the wire
+        protocol (`actors.wire`), e.g. "http://127.0.0.1:8081": that
+        participant is then a remote service instead of the simulated one
+        (its stock and faults belong to the service: `stock=` or its
+        `*_faults` with its URL is a ValueError). `service_token` (default:
+        the environment variable SAGA_ACTORS_TOKEN) is sent to the services
+        as `Authorization: Bearer <token>`. Needs the optional extra `http`
+        (ImportError naming it). None: in-process, as without them.
     """
 
     def __init__(
@@ -160,28 +172,48 @@ class OrderSystem:
         retention: float = DEFAULT_RETENTION,
         metrics_port: int | None = None,
         metrics_host: str = DEFAULT_HOST,
+        inventory: str | None = None,
+        payment: str | None = None,
+        service_token: str | None = None,
     ) -> None:
         _check_arguments(
             journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every, retention
         )
+        urls = _check_services(inventory, payment, service_token, stock, inventory_faults, payment_faults)
         self._journal_path = journal_path
         self._stock = dict(stock or {})
         self._outcomes = Outcomes()
         self._never_started = 0
         payment_faults = payment_faults or FaultPlan()
+        # With URLs: remote participants, abandoning an HTTP call after twice the attempt
+        # timeout, so that an answer that comes after the saga has sent a retry still settles
+        # its step (any attempt's answer is the step's), without holding connections forever.
+        self._remote = (
+            RemoteServices(
+                urls,
+                resolve_token(service_token) or "",
+                call_timeout=2 * (retry or RetryPolicy()).attempt_timeout,
+            )
+            if urls
+            else None
+        )
+        local = {
+            "inventory": Participant(
+                "inventory",
+                lambda c: InventoryActor.start_recovered(c.journal, c.faults, **c.options),
+                inventory_faults or FaultPlan(),
+            ),
+            "payment": Participant(
+                "payment",
+                lambda c: PaymentActor.start_recovered(c.journal, c.faults, **c.options),
+                payment_faults,
+            ),
+        }
+        remote = self._remote
         self._runtime = SagaRuntime(
             ORDER_SAGA,
             participants=[
-                Participant(
-                    "inventory",
-                    lambda c: InventoryActor.start_recovered(c.journal, c.faults, **c.options),
-                    inventory_faults or FaultPlan(),
-                ),
-                Participant(
-                    "payment",
-                    lambda c: PaymentActor.start_recovered(c.journal, c.faults, **c.options),
-                    payment_faults,
-                ),
+                *(remote.participant(n) if remote and n in remote.urls else local[n] for n in local),
                 Participant("orders", self._start_order_service),
             ],
             journal=journal_path,
@@ -202,6 +234,7 @@ class OrderSystem:
             root_intensity=ROOT_INTENSITY,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            resources=[remote.resource()] if remote else [],
         )
         self._metrics = self._runtime.metrics_counters
         self._orders = self._runtime.address("orders")
@@ -295,6 +328,10 @@ class OrderSystem:
         return cast("dict[str, OrderView]", self._ask("orders", GetOrders()))
 
     def inventory(self) -> dict[int, StockView]:
+        """`{product_id: view}` (from the inventory service over HTTP when it is remote: then
+        `RemoteServiceError` if it does not answer within 10 s or answers with an error)."""
+        if self._remote_has("inventory"):
+            return self._remote_call(lambda remote: remote.stock())
         return cast("dict[int, StockView]", self._ask("inventory", GetStock()))
 
     def restock(self, stock: Mapping[int, int]) -> None:
@@ -308,10 +345,22 @@ class OrderSystem:
         """
         if problems := _stock_problems("stock", stock):
             raise ValueError("invalid restock: " + "; ".join(problems))
+        if self._remote_has("inventory"):  # one POST, not retried (a restock has no idempotency key)
+            self._remote_call(lambda remote: remote.restock(stock_command(stock)))
+            return
         self._ask("inventory", stock_command(stock))
 
     def payments(self) -> dict[str, PaymentView]:
+        """`{order_id: view}` (from the payment service over HTTP when it is remote: then
+        `RemoteServiceError` if it does not answer within 10 s or answers with an error)."""
+        if self._remote_has("payment"):
+            return self._remote_call(lambda remote: remote.payments())
         return cast("dict[str, PaymentView]", self._ask("payment", GetPayments()))
+
+    def _captures(self) -> CapturesView:
+        if self._remote_has("payment"):
+            return self._remote_call(lambda remote: remote.captures())
+        return cast(CapturesView, self._ask("payment", GetCaptures()))
 
     @property
     def running(self) -> bool:
@@ -386,7 +435,7 @@ class OrderSystem:
             self.inventory(),
             self.payments(),
             sales=self._ask("orders", GetSales()),
-            captures=self._ask("payment", GetCaptures()),
+            captures=self._captures(),
         )
         running = self._runtime.running_sagas()
         waiting = []
@@ -498,6 +547,15 @@ class OrderSystem:
         self._check_running()
         return self._runtime.ask(participant, message)
 
+    def _remote_has(self, service: str) -> bool:
+        return self._remote is not None and service in self._remote.urls
+
+    def _remote_call(self, call: Callable[[RemoteServices], T]) -> T:
+        """A view or a restock over HTTP, from the caller's thread (the client runs while the system does)."""
+        self._check_running()
+        assert self._remote is not None
+        return call(self._remote)
+
     @property
     def _timer(self) -> Any:  # for tests that look at the timer's queue
         return self._runtime.timer
@@ -525,6 +583,36 @@ def _stock_problems(name: str, stock: object) -> list[str]:
                 f"{name}[{product_id!r:.40}]: quantity {quantity!r:.40} is not a non-negative integer"
             )
     return problems
+
+
+def _check_services(
+    inventory: object,
+    payment: object,
+    token: object,
+    stock: object,
+    inventory_faults: object,
+    payment_faults: object,
+) -> dict[str, str]:
+    """The services' URLs given (checked), or ValueError naming each problem. The token is never shown."""
+    problems = []
+    urls = {}
+    given = (("inventory", inventory, inventory_faults), ("payment", payment, payment_faults))
+    for name, url, faults in given:
+        if url is None:
+            continue
+        problems += url_problems(name, url)
+        urls[name] = cast(str, url)
+        if faults is not None:
+            problems.append(f"{name}_faults cannot go with a {name} URL: faults belong to the service")
+    if stock is not None and inventory is not None:
+        problems.append("stock cannot go with an inventory URL: the stock belongs to the service process")
+    if urls:
+        problems += token_problems(resolve_token(cast("str | None", token)))
+    elif token is not None:
+        problems.append("service_token is only used with an inventory or payment URL")
+    if problems:
+        raise ValueError("invalid OrderSystem arguments: " + "; ".join(problems))
+    return urls
 
 
 def _check_order_id(order_id: object) -> None:

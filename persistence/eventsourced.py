@@ -217,6 +217,7 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
     def persist(self, events: Sequence[Any]) -> None:
         """Write the journaled `events` in one atomic append, then apply all of them."""
         journaled = [e for e in events if self.is_journaled(e)]
+        self._check_storable(journaled)
         before = self.sequence_nr
         if journaled:
             self.sequence_nr = self.journal.append(self.persistence_id, journaled, before)
@@ -234,8 +235,11 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
         the action runs once everything persisted before is durable. If the
         write fails, the actor's state has run ahead of its journal: it is
         stopped with the error, and a supervisor restarts it from the journal.
+        An event of a type the journal's codec does not know raises
+        `SerializationError` before anything changes.
         """
         journaled = [e for e in events if self.is_journaled(e)]
+        self._check_storable(journaled)
         before = self.sequence_nr
         self.sequence_nr = before + len(journaled)
         self._apply(events, before)
@@ -255,6 +259,15 @@ class EventSourcedActor(pykka.ThreadingActor, Generic[S]):
             self.stop()  # the state already includes events that were never written
             raise
         self._snapshot_if_due(before)
+
+    def _check_storable(self, events: Sequence[Any]) -> None:
+        """Raise SerializationError if the journal's codec (if it has one) does not know the type
+        of one of `events` - before the state changes, so the actor can refuse the command and go
+        on. A dict lookup per event; a field of an unregistered type still fails at the write."""
+        codec = getattr(self.journal, "codec", None)
+        if codec is not None:
+            for event in events:
+                codec.name_of(type(event))
 
     def _apply(self, events: Sequence[Any], before: int) -> None:
         state = self.state

@@ -21,6 +21,8 @@ shell), `saga_actors.supervision` (OTP-style supervisors),
 is `saga_actors.actors`; `saga_actors.examples` holds a second one.
 """
 
+import logging
+
 from saga_actors.actors import (
     FaultPlan,
     IdempotencyConflict,
@@ -31,6 +33,7 @@ from saga_actors.actors import (
     OrderSystem,
     OrderView,
     PaymentView,
+    RemoteServiceError,
     RetryPolicy,
     StockView,
     SystemNotRunning,
@@ -42,6 +45,7 @@ from saga_actors.sagas.participant import ParticipantActor
 from saga_actors.sagas.runtime import (
     Participant,
     ParticipantContext,
+    Resource,
     RuntimeRecovery,
     SagaConflict,
     SagaFuture,
@@ -50,6 +54,10 @@ from saga_actors.sagas.runtime import (
 )
 
 __version__ = "0.4.0"
+
+# A library logs; the application decides where it goes. Without this, Python's last-resort
+# handler would print the engine's warnings (a fault drill, a crashed participant) on stderr.
+logging.getLogger("saga_actors").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -68,6 +76,8 @@ __all__ = [
     "ParticipantContext",
     "PaymentView",
     "RecoveryReport",
+    "RemoteServiceError",
+    "Resource",
     "RetryPolicy",
     "RuntimeRecovery",
     "SagaConflict",

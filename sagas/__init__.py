@@ -5,7 +5,8 @@ A saga definition is stages of steps (action + compensation) with a pivot;
 many saga actors on a few threads, `sagas.runtime` is the public runtime
 (supervision tree, journal, recovery, idempotent start, waiting), and
 `sagas.participant` the shell that makes a participant out of three pure
-functions. Delays are messages scheduled on `supervision.timer`. Nothing
+functions, and `sagas.remote` a participant that is a service elsewhere
+(HTTP; the optional extra `http`). Delays are messages scheduled on `supervision.timer`. Nothing
 here knows about orders.
 """
 
@@ -18,6 +19,7 @@ from saga_actors.sagas.protocol import Correlation, Reply, Request
 from saga_actors.sagas.runtime import (
     Participant,
     ParticipantContext,
+    Resource,
     RuntimeRecovery,
     SagaConflict,
     SagaFuture,
@@ -37,6 +39,7 @@ __all__ = [
     "ParticipantContext",
     "Reply",
     "Request",
+    "Resource",
     "RetryPolicy",
     "RuntimeRecovery",
     "SagaConflict",

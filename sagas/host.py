@@ -456,9 +456,17 @@ class _Saga:
         context = SagaContext(self.saga_id, self.state.data, self.spec.ephemeral, self.state.reason)
         try:
             command = command_for(step, kind, context)
-        except BaseException:
-            host.release(participant)  # nothing was sent: the slot is free again
-            raise
+        except Exception as error:
+            # A bug in the step's function, or data it cannot use: nothing was sent, and
+            # sending again would fail the same way. The step is refused for good, as a
+            # participant refuses a command it cannot handle: before the pivot the saga
+            # rolls back; a compensation or a step after it is retried (and reported stuck).
+            host.release(participant)
+            self.log.exception("%s %s: its command could not be built", kind, step_name)
+            # The reason is journaled with a rollback: the error's type only, never its text.
+            reason = f"internal_error: {type(error).__name__}"
+            self.ref.tell(Replied(kind, step_name, attempt, False, reason, False))
+            return
         self.timeouts[(kind, step_name)] = (
             attempt,
             host.timer.schedule(

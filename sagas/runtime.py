@@ -5,6 +5,7 @@ A runtime is a supervision tree plus a small blocking API::
     runtime (rest_for_one)
     |-- journal        its writer (SQLite file, in memory, or one you give)
     |-- timer          every delay: retries, attempt timeouts, simulated latency
+    |-- (resources)    what the participants use that is not an actor, e.g. an HTTP client
     |-- participants (one_for_one)
     |   `-- one child per `Participant` you register, each behind a stable address
     `-- sagas (one_for_one)
@@ -74,6 +75,7 @@ from saga_actors.supervision import (
     Address,
     Backoff,
     ChildSpec,
+    FailureReport,
     Intensity,
     ResourceActor,
     kill,
@@ -85,6 +87,7 @@ __all__ = [
     "DEFAULT_RETENTION",
     "Participant",
     "ParticipantContext",
+    "Resource",
     "RuntimeRecovery",
     "SagaConflict",
     "SagaFuture",
@@ -119,6 +122,7 @@ ROOT_BACKOFF = Backoff(min_backoff=0.05, max_backoff=0.5, random_factor=0.2, res
 # Counters every runtime keeps (the hosts count retries, compensations, stuck steps).
 RUNTIME_METRICS = ("retries", "compensations", "restarts", "sagas_stuck")
 
+_ROOT_CHILDREN = ("journal", "timer", "participants", "sagas")  # the root supervisor's own children
 FOREVER = 10**9  # seconds (~32 years): any timeout this long waits as long as it takes
 _WAIT_SLICE = 60.0  # a caller's wait is cut in slices this long (threading refuses huge timeouts)
 
@@ -376,6 +380,26 @@ class Participant:
     faults: FaultPlan | None = None
 
 
+@dataclass(frozen=True)
+class Resource:
+    """Something the participants use that is not an actor (an HTTP client's event loop, a pool).
+
+    The runtime opens it when it starts, before the participants, and closes
+    it when it stops, after them: `open()` in the starting thread (an error
+    fails `start()`), `close()` in the resource's own supervised actor's
+    thread. `watch(report)`, if given, hands the resource a callable to call
+    from any thread if it fails on its own (its thread died): it is then
+    closed and opened again, and the participants and sagas restart after
+    it (`rest_for_one`). It may be opened again after a close (a runtime can
+    be started again). See `supervision.resource.ResourceActor`.
+    """
+
+    name: str
+    open: Callable[[], Any]
+    close: Callable[[], Any]
+    watch: Callable[[FailureReport], Any] | None = None
+
+
 # --- the runtime ---
 
 
@@ -417,6 +441,8 @@ class SagaRuntime:
             HTTP from `start()` to `stop()` on `metrics_host` (local only by
             default); 0 picks a free port (`metrics_port` says which once
             started). Needs the extra `metrics` (ImportError naming it).
+        resources: `Resource`s the participants use (e.g. the HTTP client of
+            `sagas.remote`), opened before them and closed after them.
     """
 
     def __init__(
@@ -442,8 +468,10 @@ class SagaRuntime:
         participants_intensity: Intensity = PARTICIPANTS_INTENSITY,
         participants_backoff: Backoff = PARTICIPANTS_BACKOFF,
         root_intensity: Intensity = ROOT_INTENSITY,
+        resources: Sequence[Resource] = (),
     ) -> None:
         problems = _check_arguments(definition, participants, journal, codec, retry, hosts, name)
+        problems += _check_resources(resources)
         if not (is_finite_number(retention) and 0 < retention < FOREVER):
             problems.append(
                 f"retention must be a positive number of seconds below 10**9, got {show_parameter(retention)}"
@@ -457,6 +485,7 @@ class SagaRuntime:
         self.definition = definition
         self.name = name
         self._participants = tuple(participants)
+        self._resources = tuple(resources)
         self._journal_arg = journal
         self._codec = codec
         self._retry = retry or RetryPolicy()
@@ -582,12 +611,16 @@ class SagaRuntime:
         with the codec of a SQLite journal); `ephemeral` (secrets such as a
         card number) is held in memory only and never journaled - a saga
         recovered after a crash does not have it. Raises ValueError for an
-        id that is not a non-empty string and `SystemNotRunning` if the
-        runtime is not running.
+        id that is not a non-empty string, `SerializationError` for data the
+        journal's codec cannot store (register its types: `codec=`), and
+        `SystemNotRunning` if the runtime is not running; nothing starts then.
         """
         if not isinstance(saga_id, str) or not saga_id:
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r:.60}")
         self._check_running()
+        codec = getattr(self._journal, "codec", None)
+        if codec is not None:
+            codec.encode(data)  # raises SerializationError: better here than in a crash loop
         registry = self._registry
         future: pykka.Future[SagaOutcome] = pykka.ThreadingFuture()
         result = SagaFuture(future, saga_id, self._describe)
@@ -706,8 +739,12 @@ class SagaRuntime:
 
     def ask(self, participant: str, message: Any) -> Any:
         """Ask a participant (from a caller's thread, never an actor's); while it restarts, wait for
-        its next incarnation, for at most 10 s. Raises `SystemNotRunning` if it does not come back."""
-        address = self._addresses[participant]
+        its next incarnation, for at most 10 s. Raises ValueError for a name that is not a
+        registered participant and `SystemNotRunning` if it does not come back. The
+        participant answers in its own thread (a `ParticipantActor`: `on_other_message`)."""
+        address = self._addresses.get(participant) if isinstance(participant, str) else None
+        if address is None:
+            raise ValueError(f"unknown participant {participant!r:.80}: one of {', '.join(self._addresses)}")
         return self._call(address, lambda a: a.ask(message, timeout=QUERY_TIMEOUT))
 
     def actor_names(self) -> list[str]:
@@ -794,6 +831,12 @@ class SagaRuntime:
                 "timer",
                 address=self._timer_address,
                 start=lambda: ResourceActor.start("timer", timer.start, timer.stop, watch=timer.set_on_died),
+            ),
+            *(
+                ChildSpec(
+                    r.name, functools.partial(ResourceActor.start, r.name, r.open, r.close, watch=r.watch)
+                )
+                for r in self._resources
             ),
             ChildSpec(
                 "participants",
@@ -979,6 +1022,10 @@ class SagaRuntime:
                 address.wait_for_incarnation(min(remaining, 0.1))
 
 
+def _start_resource(resource: Resource) -> pykka.ActorRef[Any]:
+    return ResourceActor.start(resource.name, resource.open, resource.close, watch=resource.watch)
+
+
 def _spec_for_submitted(saga_id: str, value: Any, fresh: bool) -> SagaSpec:
     """A submitted saga restarts with its data (and secrets) while this process holds them and
     carries on; one recovered from the journal has neither: presumed abort before the commit."""
@@ -1001,6 +1048,17 @@ def check_timeout(timeout: object) -> float | None:
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be a non-negative number of seconds or None, got {timeout!r}")
     return timeout if timeout < FOREVER else math.inf
+
+
+def _check_resources(resources: object) -> list[str]:
+    if not isinstance(resources, Sequence) or isinstance(resources, (str, bytes)):
+        return [f"resources must be a sequence of Resource, got {type(resources).__name__}"]
+    problems = [f"resources: {r!r:.60} is not a Resource" for r in resources if not isinstance(r, Resource)]
+    names = [r.name for r in resources if isinstance(r, Resource)]
+    taken = sorted({n for n in names if names.count(n) > 1 or n in _ROOT_CHILDREN})
+    if taken:
+        problems.append(f"resource names must be unique and not one of {list(_ROOT_CHILDREN)}: {taken}")
+    return problems
 
 
 def _check_arguments(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,6 +37,15 @@ def assert_consistent(system: Any, initial_stock: dict[int, int] | None = None) 
     """Every consistency invariant holds (call once the system is idle)."""
     failed = [c for c in system.check_consistency(initial_stock) if not c.ok]
     assert not failed, "\n".join(f"{c.name}: {c.detail}" for c in failed)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Wait for `condition()` to be truthy (polled); fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.005)
+    return result
 
 
 @pytest.fixture

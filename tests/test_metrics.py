@@ -7,18 +7,14 @@ import math
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from saga_actors import FaultPlan, OrderSystem, RetryPolicy
 from saga_actors.sagas.metrics import Metrics
-from tests.conftest import DECLINED, make_request
+from tests.conftest import DECLINED, make_request, wait_until
 
 # The endpoint's tests need the extra `metrics` (CI and the README's test command install it);
 # the tests of what happens without it do not.
@@ -30,15 +26,6 @@ FAST_RETRY = RetryPolicy(
     initial_interval=0.001, maximum_interval=0.005, maximum_attempts=50, attempt_timeout=5.0
 )
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Wait for `condition()` to be truthy (polled); fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        threading.Event().wait(0.005)
-    return result
 
 
 def scrape(port: int) -> Samples:

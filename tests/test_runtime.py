@@ -87,3 +87,167 @@ def test_an_outcome_is_a_plain_value_and_conflicts_name_the_id():
         assert conflict.value.saga_id == "t2"
         view = runtime.saga("t2")
         assert TRIP_SAGA.name == "trip" and view is not None and view.phase == "completed"
+
+
+# --- a user's mistakes fail the one saga or request they concern, at once and clearly ---
+
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from saga_actors import EventCodec, ParticipantActor  # noqa: E402
+from saga_actors.persistence import SerializationError  # noqa: E402
+from saga_actors.sagas.participant import Answer  # noqa: E402
+from saga_actors.sagas.retention import ExpireRetention  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Move:
+    account: str
+    amount: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Moved:
+    transfer: str
+    amount: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Undone:
+    transfer: str
+
+
+@dataclasses.dataclass
+class Ledger:  # no copy(): snapshots deep-copy it
+    balance: int = 100
+    moves: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class Bank(ParticipantActor[Any]):
+    PERSISTENCE_ID = "bank"
+    strict = False  # True: decide refuses ExpireRetention (a user who forgot it)
+
+    def initial_state(self) -> Ledger:
+        return Ledger()
+
+    def decide(self, command: Any, state: Ledger) -> list[Any]:
+        if isinstance(command, ExpireRetention):
+            if self.strict:
+                raise TypeError("unknown command")
+            return []
+        if isinstance(command, tuple) and command[0] == "undo":
+            return [Undone(command[1])] if command[1] in state.moves else []
+        transfer, amount = command
+        return [] if transfer in state.moves else [Moved(transfer, amount)]
+
+    def apply_event(self, state: Ledger, event: Any) -> Ledger:
+        if isinstance(event, Moved):
+            state.moves[event.transfer] = event.amount
+            state.balance -= event.amount
+        elif isinstance(event, Undone):
+            state.balance += state.moves.pop(event.transfer)
+        return state
+
+    def answer(self, command: Any, state: Ledger) -> Answer:
+        return True, None
+
+    def on_other_message(self, message: Any) -> Any:
+        return self.state.balance if message == "balance" else super().on_other_message(message)
+
+
+class StrictBank(Bank):
+    PERSISTENCE_ID = "strict-bank"
+    strict = True
+
+
+def bank_runtime(journal: Any = None, codec: EventCodec | None = None, **options: Any) -> SagaRuntime:
+    saga = SagaDefinition(
+        "transfer",
+        (
+            (
+                Step(
+                    "debit",
+                    "bank",
+                    action=lambda c: (c.saga_id, c.data.amount),
+                    compensation=lambda c: ("undo", c.saga_id),
+                ),
+                Step(
+                    "debit_strict",
+                    "strict",
+                    action=lambda c: (c.saga_id, 1),
+                    compensation=lambda c: ("undo", c.saga_id),
+                ),
+            ),
+        ),
+        pivot=1,
+    )
+    return SagaRuntime(
+        saga,
+        participants=[
+            Participant("bank", lambda c: Bank.start_recovered(c.journal, c.faults, **c.options)),
+            Participant("strict", lambda c: StrictBank.start_recovered(c.journal, c.faults, **c.options)),
+        ],
+        journal=journal,
+        codec=codec,
+        **options,
+    )
+
+
+def test_data_the_journal_cannot_store_is_refused_by_submit_and_nothing_starts(tmp_path):
+    with bank_runtime(journal=str(tmp_path / "j.db"), codec=EventCodec()) as runtime:
+        with pytest.raises(SerializationError, match="Move is not registered"):
+            runtime.submit("t1", Move("alice", 5))
+        assert runtime.in_flight() == 0 and runtime.wait_idle(1)
+        assert runtime.journal.persistence_ids("saga:") == []
+
+
+def test_an_event_the_journal_cannot_store_refuses_that_request_only(tmp_path):
+    codec = EventCodec()
+    codec.register(Move)  # the participants' events are not registered
+    with bank_runtime(journal=str(tmp_path / "j.db"), codec=codec) as runtime:
+        outcome = runtime.run("t1", Move("alice", 5), timeout=10)
+        assert not outcome.committed and outcome.reason == "internal_error: SerializationError"
+        assert runtime.metrics()["restarts"] == 0  # refused, not crashed
+        assert runtime.ask("bank", "balance") == 100
+
+
+def test_a_step_whose_command_cannot_be_built_rolls_the_saga_back_at_once():
+    with bank_runtime() as runtime:
+        started = time.monotonic()
+        outcome = runtime.run("t1", {"amount": 5}, timeout=10)  # a dict: c.data.amount fails
+        assert not outcome.committed and outcome.reason == "internal_error: AttributeError"
+        assert time.monotonic() - started < 5
+        assert runtime.metrics()["restarts"] == 0 and runtime.in_flight() == 0
+        assert runtime.ask("strict", "balance") == 100  # its debit was compensated
+
+
+def test_a_state_without_copy_is_snapshotted_and_a_decide_without_expiry_keeps_serving(caplog):
+    caplog.set_level(logging.ERROR, logger="saga_actors")
+    with bank_runtime(snapshot_every=2, retention=1) as runtime:  # expiry every second
+        for n in range(6):
+            assert runtime.run(f"t{n}", Move("alice", 1), timeout=10).committed
+        deadline = time.monotonic() + 5
+        while not any("ExpireRetention" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the strict participant's expiry never ran"
+            threading.Event().wait(0.05)
+        assert runtime.run("t9", Move("alice", 1), timeout=10).committed
+        assert runtime.metrics()["restarts"] == 0
+        assert runtime.ask("bank", "balance") == 93
+    assert sum("ExpireRetention" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_ask_names_the_participants_and_the_library_prints_nothing_unasked():
+    with trip_runtime() as runtime, pytest.raises(ValueError, match="flights, hotels, cars"):
+        runtime.ask("bogus", None)
+    script = (
+        "from saga_actors.examples.trip import trip_runtime\n"
+        "with trip_runtime() as r:\n"
+        "    r.kill('flights')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == ""
