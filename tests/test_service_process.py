@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,8 +24,9 @@ from typing import Any
 
 import pytest
 
+from saga_actors import OrderSystem, RetryPolicy
 from saga_actors.actors.wire import MAX_BODY
-from tests.conftest import APPROVED, DECLINED
+from tests.conftest import APPROVED, DECLINED, assert_consistent, make_request, wait_until
 from tests.helpers.services import (
     TOKEN,
     ServiceProcess,
@@ -367,6 +367,11 @@ def test_the_card_number_is_never_journaled_logged_or_printed(tmp_path: Path) ->
     assert "Traceback" not in service.stderr()  # a simulated crash is one line
 
 
+def _finished(system: OrderSystem) -> int:
+    counts = system.metrics()
+    return counts["orders_confirmed"] + counts["orders_cancelled"]
+
+
 def _answered(send: Callable[[], tuple[int, Any]], attempts: int = 30) -> int:
     """The first status that is an answer: retried (at most `attempts` times) on 503 and 504."""
     for _ in range(attempts):
@@ -406,11 +411,59 @@ def _metrics(port: int) -> dict[str, float]:
     }
 
 
-def _wait_for_metric(port: int, name: str, value: float, timeout: float = 10.0) -> None:
+def _wait_for_metric(port: int, name: str, value: float) -> None:
     """Poll the service's metrics endpoint until `name` reads `value` (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if _metrics(port).get(name) == value:
-            return
-        assert time.monotonic() < deadline, f"{name} never read {value}"
-        time.sleep(0.01)  # polling an observable condition, bounded by the deadline
+    wait_until(lambda: _metrics(port).get(name) == value, 10, f"{name} to read {value}")
+
+
+# --- the engine over the service processes ---
+
+
+def test_orders_over_service_processes_survive_a_sigkill_and_a_sigstop(tmp_path: Path) -> None:
+    """OrderSystem(inventory=URL, payment=URL) over both services as processes, with transient
+    failures: the inventory is SIGKILLed mid-run and restarted on its journal and port; the payment
+    is SIGSTOPped for longer than the attempt timeout, then SIGCONTed (its late replies and effects
+    arrive). Every order ends confirmed or cancelled, and every invariant holds across the
+    processes: stock and money conserved, nothing left reserved or authorized, nothing twice."""
+    inventory_args = ("--stock", "101=40,102=40", "--failure-rate", "0.1", "--seed", "1")
+    inventory = ServiceProcess("inventory", tmp_path / "inventory.db", *inventory_args).start()
+    payment = ServiceProcess("payment", tmp_path / "payment.db", "--failure-rate", "0.1", "--seed", "2")
+    payment.start()
+    retry = RetryPolicy(initial_interval=0.01, maximum_interval=0.1, maximum_attempts=30, attempt_timeout=0.4)
+    requests = [
+        make_request(
+            f"e{n}",
+            [(101 + n % 2, 1 + n % 3)] if n % 10 else [(101, 50)],  # every tenth: more than there is
+            card=DECLINED if n % 7 == 3 else APPROVED,
+        )
+        for n in range(60)
+    ]
+    try:
+        system = OrderSystem(
+            journal_path=tmp_path / "orders.db",
+            inventory=inventory.url,
+            payment=payment.url,
+            service_token=TOKEN,
+            retry=retry,
+        )
+        with system:
+            futures = [system.submit(r) for r in requests[:30]]
+            wait_until(lambda: _finished(system) >= 10, 30, "10 orders finished")
+            inventory.kill()
+            inventory = ServiceProcess(
+                "inventory", inventory.journal, *inventory_args, port=int(inventory.url.rsplit(":", 1)[1])
+            ).start()
+            futures += [system.submit(r) for r in requests[30:]]
+            payment.signal(signal.SIGSTOP)
+            threading.Event().wait(2 * retry.attempt_timeout)  # stopped longer than an attempt may take
+            payment.signal(signal.SIGCONT)
+            outcomes = [f.get(60) for f in futures]
+            assert system.wait_idle(30)
+            assert True in outcomes and False in outcomes
+            assert system.metrics()["retries"] > 0
+            assert {system.order(r["order_id"]).state for r in requests} <= {"confirmed", "cancelled"}
+            assert_consistent(system, {101: 40, 102: 40})
+    finally:
+        payment.signal(signal.SIGCONT)
+        inventory.kill()
+        payment.kill()

@@ -31,7 +31,8 @@ CALL_TIMEOUT = 10.0  # seconds for one request
 
 
 class ServiceProcess:
-    """One `saga-actors serve SERVICE --port 0 --journal JOURNAL [ARGS]` child process."""
+    """One `saga-actors serve SERVICE --port PORT --journal JOURNAL [ARGS]` child process
+    (`port` 0 by default: a free one)."""
 
     def __init__(
         self,
@@ -40,8 +41,10 @@ class ServiceProcess:
         *args: str,
         token: str | None = TOKEN,
         env: dict[str, str] | None = None,
+        port: int = 0,
     ) -> None:
         self.service = service
+        self.port = port
         self.journal = journal
         self.args = args
         environment = {k: v for k, v in os.environ.items() if k != "SAGA_ACTORS_TOKEN"}
@@ -57,7 +60,7 @@ class ServiceProcess:
         self._readers: list[threading.Thread] = []
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "saga_actors", "serve", self.service, "--port", "0",
+        return [sys.executable, "-m", "saga_actors", "serve", self.service, "--port", str(self.port),
                 "--journal", str(self.journal), *self.args]  # fmt: skip
 
     def spawn(self) -> ServiceProcess:
