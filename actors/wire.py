@@ -4,7 +4,8 @@ One request per saga command, each `POST /<service>/<operation>` with a JSON
 object body and the headers
 
     Authorization: Bearer <token>          the shared secret (401 without it)
-    Idempotency-Key: <order_id>:<operation> e.g. "ord-1:reserve"
+    Idempotency-Key: <order_id>:<operation> e.g. "ord-1:reserve"; required, and it must
+                                           match the body (400 otherwise); not on restock
     Content-Type: application/json
 
     inventory   POST /inventory/reserve   {"order_id": str,

@@ -63,7 +63,7 @@ ENGINE_LABELLED: Mapping[str, tuple[str, ...]] = {
     STEP_COMPENSATIONS: ("participant", "step"),
 }
 # Counters that go down as well as up (an exporter shows them as gauges).
-GAUGES = frozenset({"sagas_stuck"})
+GAUGES = frozenset({"sagas_stuck", "service_requests_in_flight"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,10 @@ HELP: Mapping[str, str] = {
     "sagas_stuck": "Sagas with a step that has used up its maximum attempts and is still retried.",
     "sagas_in_flight": "Sagas submitted whose end is not durable yet (in an order system: orders "
     "being placed or whose saga has not ended).",
+    "service_requests": "Requests a service process answered, by operation and HTTP status.",
+    "service_request_seconds": "Seconds a service process took to answer a request, from its arrival "
+    "(simulated latency included), by operation.",
+    "service_requests_in_flight": "Requests a service process is handling now.",
     "step_retries": "Step attempts scheduled again, by participant, step and kind (do or undo).",
     "step_compensations": "Compensations decided by rollbacks, by participant and step.",
     "saga_duration_seconds": "Seconds from a saga's start to its durable end (an order's latency), "

@@ -44,6 +44,10 @@ def test_the_wheel_installs_nothing_at_the_top_level_but_saga_actors(wheel: Path
         assert f"saga_actors/{package}/__init__.py" in names
     assert "saga_actors/py.typed" in names
     assert "saga_actors/persistence/__main__.py" in names
+    assert "saga_actors/__main__.py" in names and "saga_actors/cli.py" in names
+    with zipfile.ZipFile(wheel) as archive:
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        assert "saga-actors = saga_actors.cli:main" in archive.read(entry_points).decode()
 
 
 def test_the_installed_wheel_imports_from_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
@@ -73,6 +77,12 @@ def test_the_installed_wheel_imports_from_outside_the_checkout(wheel: Path, tmp_
     )  # fmt: skip
     assert inspector.returncode == 0, inspector.stderr
     assert "saga_actors.persistence" in inspector.stdout
+    command = subprocess.run(
+        [sys.executable, "-m", "saga_actors", "serve", "--help"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert command.returncode == 0, command.stderr
+    assert "SAGA_ACTORS_TOKEN" in command.stdout
 
 
 def test_the_public_api_is_exported_from_the_root() -> None:
