@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.sagas.definition import SagaDefinition, Step
 from saga_actors.sagas.participant import Answer, GetState, ParticipantActor
@@ -341,7 +342,7 @@ def trip_codec() -> EventCodec:
 
 def trip_runtime(
     *,
-    journal: str | None = None,
+    journal: str | JournalWithSnapshots | None = None,
     capacity: Mapping[str, Mapping[str, int]] = DEFAULT_CAPACITY,
     faults: Mapping[str, FaultPlan] | None = None,
     retry: RetryPolicy | None = None,
