@@ -838,7 +838,7 @@ class SagaRuntime:
             self._links[participant.name] = SimulatedLink(address, dice, timer) if dice else address
             children.append(
                 ChildSpec(
-                    participant.name, address=address, start=functools.partial(participant.start, context)
+                    participant.name, address=address, start=functools.partial(_start, participant, context)
                 )
             )
         restarted = self._count_restart
@@ -1049,6 +1049,17 @@ def _start_resource(resource: Resource) -> pykka.ActorRef[Any]:
     return ResourceActor.start(resource.name, resource.open, resource.close, watch=resource.watch)
 
 
+def _start(participant: Participant, context: ParticipantContext) -> pykka.ActorRef[Any]:
+    """Start one incarnation of a participant; a `start` that returns no actor is a clear error."""
+    ref = participant.start(context)
+    if not isinstance(ref, pykka.ActorRef):
+        raise TypeError(
+            f"participant {participant.name!r}: start(context) must return a pykka.ActorRef "
+            f"(e.g. MyActor.start_recovered(...)), got {type(ref).__name__}"
+        )
+    return ref
+
+
 def _spec_for_submitted(saga_id: str, value: Any, fresh: bool) -> SagaSpec:
     """A submitted saga restarts with its data (and secrets) while this process holds them and
     carries on; one recovered from the journal has neither: presumed abort before the commit."""
@@ -1129,10 +1140,15 @@ def _check_arguments(
         missing = sorted({s.participant for s in definition.all_steps()} - set(names))
         if missing:
             problems.append(f"saga {definition.name!r} names participants that are not registered: {missing}")
+    journal_methods = ("open", "close", "append", "append_async", "replay", "flush", "load_snapshot")
     if journal is not None and not (
-        (isinstance(journal, (str, os.PathLike)) and os.fspath(journal)) or hasattr(journal, "append_async")
+        (isinstance(journal, (str, os.PathLike)) and os.fspath(journal))
+        or all(callable(getattr(journal, m, None)) for m in journal_methods)
     ):
-        problems.append(f"journal must be a non-empty path, a journal or None, got {journal!r:.60}")
+        problems.append(
+            "journal must be a non-empty path, None, or a journal with snapshots "
+            f"({', '.join(journal_methods)}, ...), got {journal!r:.60}"
+        )
     if codec is not None and not isinstance(codec, EventCodec):
         problems.append(f"codec must be an EventCodec, got {type(codec).__name__}")
     if retry is not None and not isinstance(retry, RetryPolicy):

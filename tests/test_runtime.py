@@ -299,3 +299,13 @@ def test_saga_ids_and_data_are_checked_before_anything_starts():
         assert runtime.in_flight() == 0
         context = SagaContext("s", TRIP, ephemeral="4242424242424242")
         assert "4242" not in repr(context)
+
+
+def test_a_participant_start_that_returns_no_actor_fails_start_clearly_and_leaves_nothing_running():
+    one_step = SagaDefinition("x", ((Step("a", "alpha", action=lambda c: c.saga_id),),), pivot=1)
+    runtime = SagaRuntime(one_step, participants=[Participant("alpha", lambda c: None)])  # type: ignore[arg-type,return-value]
+    with pytest.raises(Exception, match=r"alpha.*must return a pykka.ActorRef"):
+        runtime.start()
+    assert not runtime.running
+    with pytest.raises(ValueError, match="journal must be"):
+        SagaRuntime(one_step, participants=[Participant("alpha", lambda c: None)], journal=object())  # type: ignore[arg-type]
