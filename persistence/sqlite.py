@@ -124,8 +124,12 @@ COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
 _MIGRATION_TO_1 = (
     "ALTER TABLE events ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE snapshots ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0",
-    "UPDATE events SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data)",
-    "UPDATE snapshots SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data)",
+    # The text columns as bytes: one that is not valid UTF-8 reaches the function (which stores no
+    # checksum for its row) instead of failing the whole migration.
+    "UPDATE events SET checksum = journal_row_checksum(CAST(persistence_id AS BLOB), sequence_nr, "
+    "CAST(type AS BLOB), version, CAST(data AS BLOB))",
+    "UPDATE snapshots SET checksum = journal_row_checksum(CAST(persistence_id AS BLOB), sequence_nr, "
+    "CAST(type AS BLOB), version, CAST(data AS BLOB))",
     "PRAGMA user_version = 1",
 )
 
@@ -271,6 +275,23 @@ def read_tolerating_not_utf8(
             db.text_factory = str
 
 
+def _stored_row_checksum(
+    persistence_id: bytes, sequence_nr: int, type_name: bytes, version: int, data: bytes
+) -> int:
+    """`row_checksum` of a row as stored, its text columns as bytes (the migration's); 0, no
+    checksum, for a row whose text is not valid UTF-8: it is reported as such when read."""
+    try:
+        return row_checksum(
+            persistence_id.decode("utf-8"),
+            sequence_nr,
+            type_name.decode("utf-8"),
+            version,
+            data.decode("utf-8"),
+        )
+    except UnicodeDecodeError:
+        return 0
+
+
 class _Operation:
     """A unit of work for the writer thread; the caller waits until `done` is released.
 
@@ -356,8 +377,9 @@ class SQLiteJournal:
         version 0 (made before checksums) is migrated in one transaction: the
         `checksum` columns are added, every stored row's checksum is computed
         from what it holds now (the migration cannot know what was written
-        before; rows that do not decode still fail when read), and the version
-        is set to 1. An interrupted migration leaves the file at version 0.
+        before; rows that do not decode still fail when read, and a row whose
+        text is not valid UTF-8 gets none), and the version is set to 1. An
+        interrupted migration leaves the file at version 0.
 
         Raises `JournalInUse` if another journal object, in this process or
         another, has the file open; `NotAJournal` (a `JournalCorrupted`) if the
@@ -966,11 +988,11 @@ def _check_schema(path: str) -> int:
 def _migrate(db: sqlite3.Connection, path: str, version: int) -> None:
     """Bring a journal of schema `version` to SCHEMA_VERSION, in one transaction.
 
-    0 -> 1: add the checksum columns and fill them from the rows as stored.
+    0 -> 1: add the checksum columns and fill them from the rows as stored (see `_stored_row_checksum`).
     Raises `sqlite3.Error` if it fails; the file is then left as it was.
     """
     assert version == 0, version  # _check_schema admits no other
-    db.create_function("journal_row_checksum", 5, row_checksum, deterministic=True)
+    db.create_function("journal_row_checksum", 5, _stored_row_checksum, deterministic=True)
     started = time.monotonic()
     try:
         db.execute("BEGIN IMMEDIATE")

@@ -635,3 +635,19 @@ def test_a_snapshot_whose_stream_id_is_not_utf8_is_not_used_and_the_inspector_na
     assert inspect([str(written)]) == 1
     out = capsys.readouterr().out
     assert "snapshot p-\\xff #2: stored persistence id is not valid UTF-8 (byte 0xff at offset 2)" in out
+
+
+def test_a_journal_from_before_checksums_with_text_that_is_not_utf8_is_migrated(path, capsys):
+    _old_journal(path)
+    execute_sql(path, f"UPDATE events SET data = {DATA_FF} WHERE sequence_nr = 2")
+    assert inspect([str(path), PID]) == 0  # version 0: no checksums, but the damaged text is marked
+    assert "STORED DATA IS NOT VALID UTF-8 (byte 0xff at offset 26)" in capsys.readouterr().out
+    journal = SQLiteJournal(path, CODEC)  # migrated: the damaged row gets no checksum, the others theirs
+    try:
+        with pytest.raises(JournalCorrupted, match=r"p-7 #2: event: stored data is not valid UTF-8"):
+            journal.replay(PID)
+        assert [e.event for e in journal.replay(PID, from_sequence_nr=3)] == [Happened(3)]
+        assert journal.load_snapshot(PID).snapshot == Counter(2, {"amount": Decimal("13.10")})
+    finally:
+        journal.close()
+    assert _user_version(path) == SCHEMA_VERSION
