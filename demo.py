@@ -45,8 +45,6 @@ from saga_actors.actors.consistency import Check
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from saga_actors.actors.processes import ServiceProcess
-
 GOOD_CARDS = ("4242424242424242", "5555555555554444")
 DECLINED_CARDS = ("4000000000000002", "4000000000009995")
 
@@ -801,6 +799,9 @@ def lines_until_stopped(stream: IO[str]) -> Iterator[str]:
 
 
 # --- the services as processes (--services processes, --kill-service) ---
+
+if TYPE_CHECKING:
+    from saga_actors.actors.processes import ServiceProcess
 
 SERVICES = ("inventory", "payment")
 HTTP_EXTRA = "pip install 'saga-actors[http]' (from a checkout: pip install -e '.[http]')"
