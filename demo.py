@@ -25,7 +25,6 @@ import random
 import secrets
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -38,15 +37,19 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
 
-from saga_actors import JournalCorrupted
-from saga_actors.actors import FaultPlan, JournalInUse, OrderSystem, RetryPolicy
+from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural
+from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
 from saga_actors.actors.consistency import Check
+from saga_actors.actors.validation import MAX_QUANTITY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+PROG = "demo.py"
 GOOD_CARDS = ("4242424242424242", "5555555555554444")
 DECLINED_CARDS = ("4000000000000002", "4000000000009995")
+CURRENCY = "USD"  # every order of the demo is in it
+PLOT_EXTRA = "pip install 'saga-actors[plot]' (from a checkout: pip install -e '.[plot]')"
 
 
 # --- options ---
@@ -158,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--plot",
         metavar="FILE.png",
         help="draw throughput and latency over the run, restarts and the kill marked "
-        "(needs matplotlib: pip install 'saga-actors[plot]')",
+        f"(needs matplotlib: {PLOT_EXTRA})",
     )
     parser.add_argument(
         "--kill-and-recover",
@@ -201,19 +204,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @dataclass
 class Workload:
-    stock: dict[int, int]
+    stock: dict[int, int]  # the initial stock of a new journal
     requests: list[dict[str, Any]]  # in submission order; duplicates repeat an earlier request
+    too_large: set[str] = field(default_factory=set)  # order ids asking more than all stock ever
 
 
-def make_workload(args: argparse.Namespace, run: int) -> Workload:
-    rng = random.Random(args.seed)
-    products = list(range(101, 101 + args.products))
-    # An order wants ~4.4 units on average; stock covers about 70% of the demand,
-    # so the orders that come late find some products sold out.
+def _stock(args: argparse.Namespace, rng: random.Random) -> dict[int, int]:
+    """The catalogue's initial stock: the workload's first draws."""
+    products = range(101, 101 + args.products)
+    # An order wants ~4.4 units on average (1.75 products, 2.5 units of each); stock covers
+    # about 70% of the demand, so the orders that come late find some products sold out.
     per_product = 0.7 * 4.4 * args.orders / len(products)
-    stock = {p: max(1, int(rng.uniform(0.6, 1.4) * per_product)) for p in products}
+    return {p: max(1, int(rng.uniform(0.6, 1.4) * per_product)) for p in products}
+
+
+def initial_stock(args: argparse.Namespace) -> dict[int, int]:
+    """The stock of a new journal: `make_workload(...).stock`, without making the orders."""
+    return _stock(args, random.Random(args.seed))
+
+
+def make_workload(args: argparse.Namespace, run: int, received: dict[int, int] | None = None) -> Workload:
+    """The run's workload; the same seed gives the same one.
+
+    About 3% of the orders are deliberately too large: each asks for more of a
+    product than all of it there will ever have been by the end of the run -
+    `received` (units ever stocked before the run, per product; the initial
+    stock for a new journal) plus `--restock` - so that no restock makes one fit.
+    """
+    rng = random.Random(args.seed)
+    stock = _stock(args, rng)
+    products = list(stock)
+    ever = stock if received is None else received
     prices = {p: Decimal(rng.randint(199, 4999)) / 100 for p in products}
     requests: list[dict[str, Any]] = []
+    too_large: set[str] = set()
     for i in range(args.orders):
         draw = rng.random()
         if requests and draw < 0.06:
@@ -221,13 +245,18 @@ def make_workload(args: argparse.Namespace, run: int) -> Workload:
             continue
         chosen = rng.sample(products, k=min(len(products), rng.choice((1, 1, 2, 3))))
         items = [{"product_id": p, "quantity": rng.randint(1, 4)} for p in chosen]
-        if draw > 0.97:
-            items[0]["quantity"] = stock[chosen[0]] + rng.randint(1, 5)  # more than there ever was
+        order_id = f"r{run}-{i:05d}"
+        if draw > 0.97:  # more than there ever was, whatever the restock
+            more = ever.get(chosen[0], 0) + args.restock + rng.randint(1, 5)
+            # The largest quantity an order may ask: past it, only a journal that has been
+            # stocked with a million units of the product could serve the order.
+            items[0]["quantity"] = min(more, MAX_QUANTITY)
+            too_large.add(order_id)
         amount = sum(prices[item["product_id"]] * item["quantity"] for item in items)
         requests.append(
             {
                 "user_id": rng.randint(1, 5000),
-                "order_id": f"r{run}-{i:05d}",
+                "order_id": order_id,
                 "items": items,
                 "payment_info": {
                     "card_number": rng.choice(DECLINED_CARDS)
@@ -235,10 +264,11 @@ def make_workload(args: argparse.Namespace, run: int) -> Workload:
                     else rng.choice(GOOD_CARDS),
                     "expiry": "12/30",
                     "amount": str(amount),
+                    "currency": CURRENCY,
                 },
             }
         )
-    return Workload(stock, requests)
+    return Workload(stock, requests, too_large)
 
 
 def build_system(args: argparse.Namespace, journal: str, stock: dict[int, int] | None) -> OrderSystem:
@@ -265,30 +295,7 @@ def build_system(args: argparse.Namespace, journal: str, stock: dict[int, int] |
 
 
 class BadJournal(Exception):
-    """The journal cannot be used; the message is one line for the user (exit status 2)."""
-
-
-def journal_problem(path: str) -> str | None:
-    """Why `path` cannot be the demo's journal, found before anything runs; None if it may be.
-    (Whether an existing file is a journal is for OrderSystem to say: NotAJournal.)"""
-    if not path:
-        return "--journal '': an empty path; give a file path, or leave --journal out for a temporary journal"
-    if os.path.isdir(path):
-        return f"--journal {path}: a directory, not a journal file"
-    if os.path.exists(path):
-        if not os.path.isfile(path):
-            return f"--journal {path}: not a regular file (a journal is a SQLite file)"
-        if not os.access(path, os.R_OK | os.W_OK):
-            return f"--journal {path}: no permission to read and write it"
-        return None
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(parent):  # missing folders are created: look at the nearest existing one
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"--journal {path}: cannot be created: {parent} is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"--journal {path}: cannot be created: no permission to write in {parent}"
-    return None
+    """The journal cannot be used (in use too); the message is one line for the user (exit status 2)."""
 
 
 def open_system(args: argparse.Namespace, journal: str, stock: dict[int, int] | None) -> OrderSystem:
@@ -296,11 +303,11 @@ def open_system(args: argparse.Namespace, journal: str, stock: dict[int, int] | 
     system = build_system(args, journal, stock)
     try:
         system.start()
-    except JournalCorrupted as error:  # NotAJournal included
-        raise BadJournal(str(error)) from None
-    except (OSError, sqlite3.Error) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise BadJournal(f"journal {journal} cannot be opened: {reason}") from None
+    except Exception as failed:
+        problem = open_problem(journal, failed)
+        if problem is None:
+            raise
+        raise BadJournal(problem) from None
     return system
 
 
@@ -311,8 +318,11 @@ class Progress:
     """Live progress: one redrawn line on a terminal, plain periodic lines otherwise.
 
     It counts submissions as they are answered (a repeat submission is answered with its
-    order's outcome, and counted again); the summary counts distinct orders too.
+    order's outcome, and counted again); the summary counts distinct orders too. The bar
+    keeps one width from the first count to the last.
     """
+
+    RATE_WIDEST = "9999"  # room for answers per second; a faster rate may be cut off at the edge
 
     def __init__(self, total: int, stream: IO[str], quiet: bool = False) -> None:
         self.total, self.stream, self.quiet = total, stream, quiet
@@ -345,17 +355,29 @@ class Progress:
                 self.stream.flush()
             self.quiet = True  # nothing more from the callers still finishing
 
+    def _stats(self, done: int, confirmed: int, cancelled: int, rate: str) -> str:
+        return (
+            f" submissions {done}/{self.total} answered: confirmed {confirmed},"
+            f" cancelled {cancelled}, {rate}/s"
+        )
+
+    def bar_width(self, columns: int) -> int:
+        """The bar's width on a line of `columns`: what the widest count leaves (at most 24),
+        so that the bar keeps its width while the counts grow."""
+        # confirmed + cancelled <= total: for each width of one, the other is widest when the
+        # one is the smallest number that wide.
+        splits = [0] + [10**d for d in range(len(str(self.total))) if 10**d <= self.total]
+        widest = max(len(self._stats(self.total, c, self.total - c, self.RATE_WIDEST)) for c in splits)
+        return max(0, min(24, columns - 1 - widest - 2))  # the bar gives way first
+
     def _draw(self, now: float) -> None:
         if self.quiet:
             return
         self._drawn = self.done
         rate = self.done / max(now - self.started, 1e-9)
-        stats = (
-            f" submissions {self.done}/{self.total} answered: confirmed {self.confirmed},"
-            f" cancelled {self.cancelled}, {rate:.0f}/s"
-        )
+        stats = self._stats(self.done, self.confirmed, self.cancelled, f"{rate:.0f}")
         columns = shutil.get_terminal_size((80, 24)).columns if self.tty else 80
-        width = max(0, min(24, columns - 1 - len(stats) - 2))  # the bar gives way first
+        width = self.bar_width(columns)
         filled = int(width * self.done / self.total)
         text = (f"[{'#' * filled}{'.' * (width - filled)}]" if width else "") + stats
         if self.tty:
@@ -449,7 +471,7 @@ def place_all(
     taking = threading.Lock()
 
     def customer() -> None:
-        while not _stop.is_set():  # asked to stop: place no more orders
+        while not STOP.is_set():  # asked to stop: place no more orders
             with taking:
                 request = next(left, None)
             if request is None:
@@ -470,7 +492,7 @@ def place_all(
     for thread in customers:
         while thread.is_alive():
             thread.join(0.1)  # and see to a stop request meanwhile
-            if _stop.is_set() and not stopping:
+            if STOP.is_set() and not stopping:
                 stopping = True
                 progress.quiet = True
                 system.stop()  # every caller still waiting gets SystemNotRunning at once
@@ -487,12 +509,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def next_run(args: argparse.Namespace, journal: str) -> int:
+def run_number(system: OrderSystem) -> int:
     """Order ids are "r<run>-<n>": a run on a kept journal continues with fresh ids."""
-    if not os.path.exists(journal):
-        return 1
-    with open_system(args, journal, None) as system:
-        prefixes = {order_id.split("-", 1)[0] for order_id in system.orders()}
+    prefixes = {order_id.split("-", 1)[0] for order_id in system.orders()}
     return 1 + max((int(p[1:]) for p in prefixes if p[:1] == "r" and p[1:].isdigit()), default=0)
 
 
@@ -503,8 +522,58 @@ def announce(args: argparse.Namespace, journal: str, out: IO[str]) -> None:
         out.flush()
 
 
+def settle(system: OrderSystem, timeout: float) -> bool:
+    """`system.wait_idle(timeout)`, seeing to a stop request (check_stop) meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not system.wait_idle(min(0.1, max(deadline - time.monotonic(), 0.0))):
+        check_stop()
+        if time.monotonic() >= deadline:
+            return False
+    return True
+
+
+def recovery_line(found: dict[str, int]) -> str:
+    return (
+        f"recovery: {plural(found['sagas_resumed'], 'saga')} resumed ({found['rolled_forward']} rolled "
+        f"forward, {found['rolled_back']} rolled back); orders whose saga never began: "
+        f"{found['orders_never_started']}"
+    )
+
+
+def recovered(system: OrderSystem) -> dict[str, int]:
+    """What the system's start found unfinished in the journal (`OrderSystem.recovery`)."""
+    report = system.recovery()
+    return {
+        "sagas_resumed": report.sagas_resumed,
+        "rolled_forward": report.rolled_forward,
+        "rolled_back": report.rolled_back,
+        "orders_never_started": report.orders_never_started,
+    }
+
+
+def resume(system: OrderSystem, args: argparse.Namespace, out: IO[str]) -> dict[str, int]:
+    """What the start found unfinished in the journal (the orders in flight when an earlier run
+    on it was stopped or killed): said, and finished before this run places its orders, so that
+    the stock this run starts from holds no reservation of theirs."""
+    found = recovered(system)
+    if (found["sagas_resumed"] or found["orders_never_started"]) and not args.child:
+        out.write(
+            _fit(
+                f"{recovery_line(found)}\n  an earlier run's orders, in flight when it stopped: "
+                "they finish before this run places its own\n"
+            )
+        )
+        out.flush()
+    settle(system, 60)
+    found["still_in_flight"] = system.metrics()["in_flight"]  # only if a resumed saga is stuck
+    return found
+
+
 def stock_levels(system: OrderSystem) -> dict[int, dict[str, int]]:
-    return {p: {"on_hand": v.on_hand, "reserved": v.reserved} for p, v in system.inventory().items()}
+    return {
+        p: {"on_hand": v.on_hand, "reserved": v.reserved, "received": v.received}
+        for p, v in system.inventory().items()
+    }
 
 
 def deliver(system: OrderSystem, args: argparse.Namespace, workload: Workload) -> dict[int, int]:
@@ -526,11 +595,12 @@ class Scope:
     stock_before: dict[int, dict[str, int]]  # when this run began, before any restock
     restocked: dict[int, int]
     result: RunResult | None
+    resumed: dict[str, int] | None  # what the start found unfinished in the journal (see `resume`)
     recovery: dict[str, Any] | None = None  # --kill-and-recover: what the kill left and recovery found
 
 
 def summarize(system: OrderSystem, scope: Scope) -> dict[str, Any]:
-    system.wait_idle(60)
+    settle(system, 60)
     in_flight = system.metrics()["in_flight"]
     all_orders = system.orders()
     inventory = system.inventory()
@@ -581,6 +651,13 @@ def summarize(system: OrderSystem, scope: Scope) -> dict[str, Any]:
             "cancelled": sum(1 for v in orders.values() if v.state == "cancelled"),
             "pending": sum(1 for v in orders.values() if v.state == "pending"),
             "cancelled_by_reason": dict(reasons.most_common()),
+            # on purpose: asking more of a product than there ever was, whatever the restock
+            "larger_than_all_stock": {
+                "distinct": len(workload.too_large),
+                "confirmed": sum(
+                    1 for o in workload.too_large if o in orders and orders[o].state == "confirmed"
+                ),
+            },
             "duplicates_answered_from_first_outcome": metrics["duplicates"] - resubmitted,
             "in_journal": len(all_orders),
             "in_flight": in_flight,
@@ -611,7 +688,7 @@ def summarize(system: OrderSystem, scope: Scope) -> dict[str, Any]:
         summary["performance"] = {
             "covers": "the placement after recovery" if recovery else "this run",
             "seconds": round(result.elapsed, 3),
-            "orders_per_second": round(len(result.latencies) / result.elapsed, 1),
+            "submissions_answered_per_second": round(len(result.latencies) / result.elapsed, 1),
             "latency_ms": {
                 q: round(1000 * percentile(result.latencies, v), 1)
                 for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
@@ -620,6 +697,9 @@ def summarize(system: OrderSystem, scope: Scope) -> dict[str, Any]:
         }
     if recovery is not None:
         summary["recovery"] = {k: v for k, v in recovery.items() if k != "reported"}
+        summary["recovery"]["at_start"] = scope.resumed
+    else:
+        summary["recovery"] = scope.resumed
     return summary
 
 
@@ -630,25 +710,34 @@ def _payment_totals(payments: Any) -> dict[str, Any]:
             captured.append(payment.amount)
         elif payment.state == "voided":
             voided.append(payment.amount)
+    cents = Decimal("0.01")
     return {
+        "currency": CURRENCY,
         "captured": len(captured),
-        "captured_total": str(sum(captured, Decimal(0))),
+        "captured_total": str(sum(captured, Decimal(0)).quantize(cents)),
         "voided": len(voided),
-        "voided_total": str(sum(voided, Decimal(0))),
+        "voided_total": str(sum(voided, Decimal(0)).quantize(cents)),
     }
+
+
+def money(currency: str, amount: str) -> str:
+    """`USD 55,763.04`: the currency, thousands separated, two decimals."""
+    return f"{currency} {Decimal(amount):,.2f}"
 
 
 def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
     o = summary["orders"]
-    r = summary.get("recovery")
+    r = summary["recovery"]
+    killed = r is not None and "answers_before_kill" in r
+    resumed = r.get("at_start") if killed else r
 
     def w(text: str) -> None:
         out.write(_fit(text))
 
     w(f"\n== Orders: {o['covers']} ==\n")
-    again = ", all placed again after recovery" if r else ""
+    again = ", all placed again after recovery" if killed else ""
     w(f"  {o['submitted']} submissions of {o['distinct']} distinct orders{again}\n")
-    answers, after = o["answers"], " after recovery" if r else ""
+    answers, after = o["answers"], " after recovery" if killed else ""
     w(
         f"  answers{after}, one per submission: confirmed {answers['confirmed']}, "
         f"cancelled {answers['cancelled']}\n"
@@ -656,11 +745,17 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
     w(f"  distinct orders: confirmed {o['confirmed']}, cancelled {o['cancelled']}, pending {o['pending']}\n")
     for reason, count in o["cancelled_by_reason"].items():
         w(f"    cancelled: {reason:<20} {count}\n")
-    if r:
+    large = o["larger_than_all_stock"]
+    if large["distinct"]:
+        w(
+            f"  larger than all stock ever, on purpose: {plural(large['distinct'], 'order')}, "
+            f"{large['confirmed'] or 'none'} confirmed\n"
+        )
+    if killed:
         w(
             f"  placed again after recovery and answered from the journal: "
-            f"{r['resubmissions_answered_from_journal']} submissions "
-            f"(of the {r['orders_in_journal_at_recovery']} orders placed before the kill)\n"
+            f"{plural(r['resubmissions_answered_from_journal'], 'submission')} "
+            f"(of the {plural(r['orders_in_journal_at_recovery'], 'order')} placed before the kill)\n"
         )
     repeats = o["duplicates_answered_from_first_outcome"]
     w(f"  repeat submissions answered from the first outcome: {repeats}\n")
@@ -671,21 +766,39 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
         f"  {a['covers']}: retries {a['retries']}, compensations {a['compensations']}, "
         f"actor restarts {a['restarts']}\n"
     )
-    if r:
+    if resumed and (resumed["sagas_resumed"] or resumed["orders_never_started"]):
+        w("\n== Recovery: an earlier run's unfinished orders, found at the start ==\n")
+        w(
+            f"  sagas resumed {resumed['sagas_resumed']}: rolled forward {resumed['rolled_forward']}, "
+            f"rolled back {resumed['rolled_back']}; orders whose saga never began "
+            f"{resumed['orders_never_started']} (cancelled)\n"
+        )
+        if resumed["still_in_flight"]:
+            w(f"  {plural(resumed['still_in_flight'], 'saga')} still in flight when this run began\n")
+        else:
+            w("  every one finished before this run's orders were placed\n")
+    if killed:
         w("\n== Recovery after SIGKILL ==\n")
         w(
-            f"  child killed after {r['answers_before_kill']} answered submissions "
-            f"({r['orders_reported_before_kill']} distinct orders)\n"
+            f"  child killed after {plural(r['answers_before_kill'], 'answered submission')} "
+            f"({plural(r['orders_reported_before_kill'], 'distinct order')})\n"
+        )
+        w(f"  orders of this run placed before the kill: {r['orders_in_journal_at_recovery']}\n")
+        w(f"    {r['orders_reported_before_kill']:6d}  their outcome reported before the kill\n")
+        w(
+            f"    {r['orders_finished_before_kill_unreported']:6d}  finished before the kill, "
+            f"but their outcome was not reported\n"
         )
         w(
-            f"  sagas resumed {r['sagas_resumed']}: rolled forward {r['rolled_forward']}, "
-            f"rolled back {r['rolled_back']}; orders whose saga never began {r['orders_never_started']}\n"
+            f"    {r['sagas_resumed']:6d}  unfinished, their sagas resumed: {r['rolled_forward']} rolled "
+            f"forward, {r['rolled_back']} rolled back\n"
         )
+        w(f"    {r['orders_never_started']:6d}  their saga never began: cancelled at recovery\n")
     if "performance" in summary:
         p = summary["performance"]
         lat = p["latency_ms"]
         w(f"\n== Performance: {p['covers']} ==\n")
-        w(f"  {p['orders_per_second']} submissions answered per second over {p['seconds']} s\n")
+        w(f"  {p['submissions_answered_per_second']} submissions answered per second over {p['seconds']} s\n")
         w(f"  latency of a submission: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms\n")
         if p["errors"]:
             w(f"  errors: {p['errors']}\n")
@@ -700,16 +813,22 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
             f"  product {product}: {s['before_on_hand']:5d} {s['before_reserved']:3d}{delivery}  ->  "
             f"{s['on_hand']:5d} {s['reserved']:3d}\n"
         )
+    if any(s["before_reserved"] for s in summary["stock"].values()):
+        w(
+            "  reserved before this run: units held by an earlier run's orders still in flight "
+            "(resumed at the start)\n"
+        )
     pay, every = summary["payments"], summary["payments"]["all_runs_in_memory"]
     w(f"\n== Payments: {pay['covers']} ==\n")
     w(
-        f"  captured {pay['captured']} ({pay['captured_total']}),"
-        f" voided {pay['voided']} ({pay['voided_total']})\n"
+        f"  captured {pay['captured']} ({money(pay['currency'], pay['captured_total'])}),"
+        f" voided {pay['voided']} ({money(pay['currency'], pay['voided_total'])})\n"
     )
     if (every["captured"], every["voided"]) != (pay["captured"], pay["voided"]):
         w(
             f"  every run's, still in memory (the retention window): captured {every['captured']} "
-            f"({every['captured_total']}), voided {every['voided']} ({every['voided_total']})\n"
+            f"({money(every['currency'], every['captured_total'])}), voided {every['voided']} "
+            f"({money(every['currency'], every['voided_total'])})\n"
         )
     w("\n== Consistency checks: every order in the journal ==\n")
     for check in summary["checks"]:
@@ -731,19 +850,21 @@ def simulate(
     args: argparse.Namespace, journal: str, out: IO[str], timeline: Timeline | None
 ) -> dict[str, Any]:
     """Run the workload on `journal` in this process."""
-    workload = make_workload(args, args.run or next_run(args, journal))
-    with open_system(args, journal, workload.stock) as system:
+    with open_system(args, journal, initial_stock(args)) as system:  # the stock of a new journal
         announce(args, journal, out)
+        run = args.run or run_number(system)
+        resumed = resume(system, args, out)
         before = stock_levels(system)
+        workload = make_workload(args, run, {p: s["received"] for p, s in before.items()})
         restocked = deliver(system, args, workload)
         if args.child:  # what the parent's summary starts from
-            stock = {str(p): [s["on_hand"], s["reserved"]] for p, s in before.items()}
+            stock = {str(p): [s["on_hand"], s["reserved"], s["received"]] for p, s in before.items()}
             sys.stdout.write(f"BEFORE {json.dumps({'stock': stock, 'restocked': args.restock})}\n")
             sys.stdout.flush()
         progress = Progress(len(workload.requests), out, quiet=args.child)
         report = sys.stdout if args.child else None
         result = place_all(system, workload.requests, args.concurrency, progress, report, timeline)
-        return summarize(system, Scope(workload, before, restocked, result))
+        return summarize(system, Scope(workload, before, restocked, result, resumed))
 
 
 class ChildFailed(Exception):
@@ -1064,8 +1185,17 @@ def kill_and_recover(
     args: argparse.Namespace, journal: str, out: IO[str], timeline: Timeline | None
 ) -> dict[str, Any]:
     """Run the workload in a child, SIGKILL it part-way, recover on the same journal."""
-    run = next_run(args, journal)
-    announce(args, journal, out)
+    resumed = None
+    if os.path.exists(journal):  # a kept journal: what an earlier run left is finished first
+        with open_system(args, journal, None) as system:
+            announce(args, journal, out)
+            run = run_number(system)
+            resumed = resume(system, args, out)
+    else:
+        announce(args, journal, out)
+        run = 1
+    # Its size for the progress line and the kill; the child says what it finds in the journal,
+    # which sizes the orders larger than all stock (see make_workload).
     workload = make_workload(args, run)
     check_stop()
     kill_after = max(1, int(len(workload.requests) * random.Random(args.seed).uniform(0.3, 0.6)))
@@ -1083,7 +1213,11 @@ def kill_and_recover(
         for line in lines_until_stopped(child.stdout):
             if line.startswith("BEFORE "):
                 found = json.loads(line[len("BEFORE ") :])
-                before = {int(p): {"on_hand": s[0], "reserved": s[1]} for p, s in found["stock"].items()}
+                before = {
+                    int(p): {"on_hand": s[0], "reserved": s[1], "received": s[2]}
+                    for p, s in found["stock"].items()
+                }
+                workload = make_workload(args, run, {p: s["received"] for p, s in before.items()})
                 restocked = dict.fromkeys(workload.stock, found["restocked"]) if found["restocked"] else {}
             elif line.startswith("OUTCOME "):
                 _, order_id, outcome, took, restarts = line.split()
@@ -1109,21 +1243,15 @@ def kill_and_recover(
         timeline.kill = timeline.now()
     out.write(
         _fit(
-            f"killed the child (SIGKILL) after {answers} answered submissions ({len(reported)} distinct "
-            f"orders); recovering from {journal}\n"
+            f"killed the child (SIGKILL) after {plural(answers, 'answered submission')} "
+            f"({plural(len(reported), 'distinct order')}); recovering from {journal}\n"
         )
     )
 
     with open_system(args, journal, workload.stock) as system:
-        report = system.recovery()
-        out.write(
-            _fit(
-                f"recovery: {report.sagas_resumed} sagas resumed ({report.rolled_forward} rolled forward, "
-                f"{report.rolled_back} rolled back); orders whose saga never began: "
-                f"{report.orders_never_started}\n"
-            )
-        )
-        system.wait_idle(60)
+        found = recovered(system)
+        out.write(_fit(recovery_line(found) + "\n"))
+        settle(system, 60)
         mine = {r["order_id"] for r in workload.requests}
         known = mine & set(system.orders())  # this run's orders the journal holds
         out.write(
@@ -1140,17 +1268,22 @@ def kill_and_recover(
         recovery = {
             "answers_before_kill": answers,
             "orders_reported_before_kill": len(reported),
-            "sagas_resumed": report.sagas_resumed,
-            "rolled_forward": report.rolled_forward,
-            "rolled_back": report.rolled_back,
-            "orders_never_started": report.orders_never_started,
+            **found,
             "orders_in_journal_at_recovery": len(known),
+            # The child finished what an earlier run left before it placed an order, so every
+            # saga resumed and every order cancelled at recovery is this run's: the rest of the
+            # orders placed before the kill had finished, and their outcome had not reached
+            # this process (the child was killed before it wrote them, or they were not read).
+            "orders_finished_before_kill_unreported": len(known)
+            - len(reported)
+            - found["sagas_resumed"]
+            - found["orders_never_started"],
             "resubmissions_answered_from_journal": sum(
                 1 for r in workload.requests if r["order_id"] in known
             ),
             "reported": reported,
         }
-        return summarize(system, Scope(workload, before, restocked, result, recovery))
+        return summarize(system, Scope(workload, before, restocked, result, resumed, recovery))
 
 
 # --- the picture (--plot) ---
@@ -1163,7 +1296,7 @@ def plot_problem(path: str) -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return "--plot needs matplotlib, which is not installed: pip install 'saga-actors[plot]'"
+        return f"--plot needs matplotlib, which is not installed: {PLOT_EXTRA}"
     if os.path.splitext(path)[1].lower() not in PLOT_FORMATS:
         return f"--plot {path}: the file name must end in {', '.join(PLOT_FORMATS)}"
     folder = os.path.dirname(os.path.abspath(path))
@@ -1202,13 +1335,14 @@ def make_figure(timeline: Timeline, title: str) -> Figure:
             label="one submission",
         )
         filled = [i for i in range(bins) if latencies[i]]
-        for q, style in ((0.5, "-"), (0.95, "--")):
+        interval = f"{1000 * width:.0f} ms" if width < 1 else f"{width:.2g} s"
+        for q, name, style in ((0.5, "median (p50)", "-"), (0.95, "95th percentile (p95)", "--")):
             latency_axes.plot(
                 [centers[i] for i in filled],
                 [1000 * percentile(latencies[i], q) for i in filled],
                 style,
                 color="black",
-                label=f"p{round(q * 100)} per {width:.2g} s",
+                label=f"{name} of each {interval} interval",
             )
         latency_axes.set_yscale("log")
     latency_axes.set_ylabel("latency (ms)")
@@ -1221,16 +1355,19 @@ def make_figure(timeline: Timeline, title: str) -> Figure:
             axes.axvline(timeline.kill, color="red", linewidth=2, label="SIGKILL")
         if timeline.recovered is not None:
             axes.axvline(timeline.recovered, color="green", linestyle="--", label="recovered; placed again")
-        axes.legend(loc="best", fontsize="small")
+        if axes.get_legend_handles_labels()[0]:  # something to name
+            axes.legend(loc="best", fontsize="small")
     figure.suptitle(title)
     return figure
 
 
-def run_title(args: argparse.Namespace) -> str:
+def run_title(args: argparse.Namespace, summary: dict[str, Any]) -> str:
+    orders = summary["orders"]
     mode = ", killed and recovered" if args.kill_and_recover else ""
     return (
-        f"demo.py: {args.orders} orders, {args.concurrency} customers, failure rate {args.failure_rate}, "
-        f"crash rate {args.crash_rate}, seed {args.seed}{mode}"
+        f"demo.py: {plural(orders['submitted'], 'submission')} of "
+        f"{plural(orders['distinct'], 'distinct order')}, {args.concurrency} customers, "
+        f"failure rate {args.failure_rate}, crash rate {args.crash_rate}, seed {args.seed}{mode}"
     )
 
 
@@ -1239,27 +1376,23 @@ def run_title(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    problem = journal_problem(args.journal) if args.journal is not None else None
+    problem = None
+    if args.journal is not None:
+        problem = journal_problem(args.journal, otherwise="leave --journal out for a temporary journal")
     if problem is None and args.plot is not None and not args.child:
         problem = plot_problem(args.plot)
     problem = problem or services_problem(args)
     if problem is not None:
-        sys.stderr.write(f"demo.py: {problem}\n")
-        return 2
+        return error(PROG, problem)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pykka").setLevel(logging.CRITICAL)  # simulated crashes are expected
     # SIGTERM stops the demo as Ctrl-C does: the system stops, the temporary journal is removed.
-    _signals.clear()
-    _stop.clear()
-    previous = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("\ndemo.py: interrupted\n")
-        return 128 + (_signals[0] if _signals else signal.SIGINT)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with STOP.handling():
+        try:
+            return _run(args)
+        except KeyboardInterrupt:
+            sys.stderr.write(f"\n{PROG}: interrupted\n")
+            return STOP.exit_status()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -1275,11 +1408,10 @@ def _run(args: argparse.Namespace) -> int:
             run = over_service_processes(run) if args.services == "processes" else run
             summary = run(args, journal, out, timeline)
             check_stop()
-    except (JournalInUse, BadJournal) as error:
-        sys.stderr.write(f"demo.py: {error}\n")
-        return 2
+    except BadJournal as bad:
+        return error(PROG, str(bad))
     except ChildFailed as failed:
-        sys.stderr.write(f"demo.py: {failed}\n")
+        sys.stderr.write(f"{PROG}: {failed}\n")
         return failed.status
     if args.child:
         return 0
@@ -1296,10 +1428,9 @@ def _run(args: argparse.Namespace) -> int:
         print_summary(summary, out)
     if timeline is not None:
         try:
-            make_figure(timeline, run_title(args)).savefig(args.plot, dpi=100)
-        except (OSError, ValueError) as error:
-            sys.stderr.write(f"demo.py: --plot {args.plot}: not written: {error}\n")
-            return 2
+            make_figure(timeline, run_title(args, summary)).savefig(args.plot, dpi=100)
+        except (OSError, ValueError) as failed:
+            return error(PROG, f"--plot {args.plot}: not written: {failed}")
         out.write(f"plot: {args.plot}\n")
     return 0 if summary["ok"] else 1
 
@@ -1319,24 +1450,15 @@ def _fit(text: str, width: int = 79) -> str:
 
 # Ctrl-C or SIGTERM asks the run to stop; it stops at the next point that checks (the
 # customers between two orders, the main thread while it waits for them or for the child).
-# The handler raises nothing: a KeyboardInterrupt raised wherever the main thread happens to
-# be can leave a lock half-taken (a thread pool's, a future's) and the demo hung on exit.
 # A second signal while stopping changes nothing: the journal is closed and the temporary
 # folder removed all the same.
-_stop = threading.Event()
-_signals: list[int] = []  # the signals received
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    _signals.append(signum)
-    _stop.set()
+STOP = StopRequest()
 
 
 def check_stop() -> None:
     """Stop here (KeyboardInterrupt, which main turns into exit status 128 + the signal)
     if a signal asked to."""
-    if _stop.is_set():
-        raise KeyboardInterrupt
+    STOP.check()
 
 
 if __name__ == "__main__":

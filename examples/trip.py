@@ -30,16 +30,19 @@ import argparse
 import logging
 import random
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural
+from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.sagas.definition import SagaDefinition, Step
 from saga_actors.sagas.participant import Answer, GetState, ParticipantActor
 from saga_actors.sagas.policy import RetryPolicy
 from saga_actors.sagas.retention import ExpireRetention, FinishedBatch, Retained, RetentionExpired
-from saga_actors.sagas.runtime import Participant, SagaOutcome, SagaRuntime
+from saga_actors.sagas.runtime import Participant, SagaFuture, SagaOutcome, SagaRuntime
 from saga_actors.sagas.simulation import FaultPlan
 
 __all__ = [
@@ -341,7 +344,7 @@ def trip_codec() -> EventCodec:
 
 def trip_runtime(
     *,
-    journal: str | None = None,
+    journal: str | JournalWithSnapshots | None = None,
     capacity: Mapping[str, Mapping[str, int]] = DEFAULT_CAPACITY,
     faults: Mapping[str, FaultPlan] | None = None,
     retry: RetryPolicy | None = None,
@@ -419,22 +422,45 @@ def _trips(count: int, seed: int) -> list[tuple[str, TripRequest]]:
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m saga_actors.examples.trip", description=(__doc__ or "").splitlines()[0]
-    )
+PROG = "python -m saga_actors.examples.trip"
+_STOP = StopRequest()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--trips", type=int, default=20, help="trips to book (default 20)")
-    parser.add_argument("--journal", help="a SQLite journal file (default: in memory)")
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="a SQLite journal file: running again on it resumes its unfinished trips (default: in memory)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seeds the workload and the faults (default 1)")
     parser.add_argument(
-        "--failure-rate", type=float, default=0.1, help="chance a call is refused as unavailable (0.1)"
+        "--failure-rate",
+        type=float,
+        default=0.1,
+        help="chance a call is refused as unavailable (default 0.1)",
     )
-    parser.add_argument("--crash-rate", type=float, default=0.02, help="chance a call crashes the service")
     parser.add_argument(
-        "--latency", default="0,0.005", help="MIN,MAX seconds on the wire to each service (0,0.005)"
+        "--crash-rate", type=float, default=0.02, help="chance a call crashes the service (default 0.02)"
+    )
+    parser.add_argument(
+        "--latency",
+        default="0,0.005",
+        metavar="MIN,MAX",
+        help="MIN,MAX seconds on the wire to each service (default 0,0.005)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the engine's warnings on stderr")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command: book `--trips` trips, print each verdict and a summary, check the invariants.
+
+    Exit status 0 if every trip is all booked or all undone, 1 if not, 2 for a bad option
+    (a bad --journal too: one line on stderr), 130 when stopped by Ctrl-C, 143 by SIGTERM.
+    """
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.verbose else logging.CRITICAL,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -456,36 +482,79 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for n, name in enumerate(SERVICES)
         }
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except ValueError as bad:
+        return error(PROG, str(bad))
+    if args.journal is not None:
+        problem = journal_problem(args.journal, otherwise="leave --journal out for an in-memory journal")
+        if problem is not None:
+            return error(PROG, problem)
+    # SIGTERM stops the command as Ctrl-C does: no more waiting, the runtime stops (a journal
+    # keeps the unfinished trips, resumed on its next run).
+    with _STOP.handling():
+        try:
+            return _book(args, plans)
+        except KeyboardInterrupt:
+            kept = f"; the unfinished trips resume on the next run on {args.journal}" if args.journal else ""
+            sys.stderr.write(f"{PROG}: interrupted{kept}\n")
+            return _STOP.exit_status()
+
+
+def _book(args: argparse.Namespace, plans: Mapping[str, FaultPlan]) -> int:
     trips = _trips(args.trips, args.seed)
-    with trip_runtime(journal=args.journal, faults=plans) as runtime:
+    runtime = trip_runtime(journal=args.journal, faults=plans)
+    try:
+        runtime.start()
+    except Exception as failed:
+        problem = open_problem(args.journal or "", failed) if args.journal else None
+        if problem is None:
+            raise
+        return error(PROG, problem)
+    with runtime:
+        _STOP.check()
         recovered = runtime.recovery()
         if recovered.sagas_resumed:
             print(
-                f"recovered {recovered.sagas_resumed} unfinished trip(s): "
+                f"recovered {plural(recovered.sagas_resumed, 'unfinished trip')}: "
                 f"{recovered.rolled_forward} rolled forward, {recovered.rolled_back} rolled back"
             )
-        print(f"booking {len(trips)} trips", flush=True)
+        print(f"booking {plural(len(trips), 'trip')}", flush=True)
         futures = {trip_id: runtime.submit(trip_id, request) for trip_id, request in trips}
-        outcomes = {trip_id: future.get(timeout=120) for trip_id, future in futures.items()}
-        runtime.wait_idle(60)
+        outcomes = {trip_id: _outcome(future, 120) for trip_id, future in futures.items()}
+        deadline = time.monotonic() + 60
+        while not runtime.wait_idle(0.1) and time.monotonic() < deadline:
+            _STOP.check()
         for trip_id, request in trips:
             outcome = outcomes[trip_id]
             verdict = "booked" if outcome.committed else f"rolled back: {outcome.reason}"
             print(f"  {trip_id:<14} {request.flight:<6} {request.hotel:<6} {request.car:<8} {verdict}")
-        booked = sum(1 for o in outcomes.values() if o.committed)
-        metrics = runtime.metrics()
-        print(
-            f"{booked} booked, {len(outcomes) - booked} rolled back; {metrics['retries']} retries, "
-            f"{metrics['compensations']} compensations, {metrics['restarts']} restarts"
-        )
+        print(summary_line(outcomes, runtime.metrics()))
         problems = check_trips(runtime, outcomes)
     for problem in problems:
         print(f"FAILED: {problem}")
-    print("every trip all booked or all undone" if not problems else f"{len(problems)} problem(s)")
+    print("every trip all booked or all undone" if not problems else plural(len(problems), "problem"))
     return 1 if problems else 0
+
+
+def _outcome(future: SagaFuture[SagaOutcome], timeout: float) -> SagaOutcome:
+    """`future.get(timeout)`, seeing to Ctrl-C and SIGTERM meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return future.get(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        except TimeoutError:
+            _STOP.check()
+            if time.monotonic() >= deadline:
+                raise
+
+
+def summary_line(outcomes: Mapping[str, SagaOutcome], metrics: Mapping[str, int]) -> str:
+    """`19 booked, 1 rolled back; 4 retries, 1 compensation, 1 restart`."""
+    booked = sum(1 for o in outcomes.values() if o.committed)
+    return (
+        f"{booked} booked, {len(outcomes) - booked} rolled back; "
+        f"{plural(metrics['retries'], 'retry', 'retries')}, "
+        f"{plural(metrics['compensations'], 'compensation')}, {plural(metrics['restarts'], 'restart')}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ events). Times are shown in UTC (`...Z`).
 For a saga that has not finished, the inspector says what it waits for: its
 phase (forward, committed, compensating), the steps of its current stage or
 the compensations still pending, what happens to it at the next start, and
-how long ago its last event was written. Attempt numbers, and which steps of
-a stage have already answered, are not journaled, so they cannot be shown.
+how long ago its last event was written. While a process has the journal
+open for writing (it holds the lock `<journal>.lock`), its unfinished sagas
+are in flight there, and the inspector names that process. Attempt numbers,
+and which steps of a stage have already answered, are not journaled, so
+they cannot be shown.
 
 The tool reads the stored JSON directly and never changes the file; it uses
 the application's saga definitions (those it knows: `saga:order:*`) only to
@@ -23,7 +26,9 @@ name the steps of a stage. It verifies each row's checksum (see
 `row_checksum`): the summary counts and names rows that changed after they
 were written (exit status 1 if there are any), the history marks them. A
 journal of a newer schema version than this library's is refused (exit
-status 2), as the library refuses it.
+status 2), as the library refuses it, and so is what is not a journal: a
+directory, an empty file, a file that is not a SQLite database, another
+program's database (one line on stderr).
 
 Output cut short by the reader (`... | head`) ends the tool quietly with
 exit status 141 (128 + SIGPIPE, what a tool killed by SIGPIPE reports): the
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import heapq
 import json
 import os
@@ -45,7 +51,14 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from saga_actors.persistence.sqlite import SCHEMA_VERSION, row_checksum
+from saga_actors._cli import EMPTY, error, head_problem
+from saga_actors.persistence.sqlite import (
+    LOCK_SUFFIX,
+    SCHEMA_VERSION,
+    NotAJournal,
+    _check_schema,
+    row_checksum,
+)
 
 if TYPE_CHECKING:
     from saga_actors.sagas.definition import SagaDefinition
@@ -62,38 +75,90 @@ EXIT_BROKEN_PIPE = 141
 _now: Callable[[], float] = time.time
 
 
+PROG = "python -m saga_actors.persistence"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m saga_actors.persistence", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("journal", help="path of the SQLite journal file")
     parser.add_argument("id", nargs="?", help="an order id (or any id): show every event about it")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout instead of text"
     )
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.journal):
-        print(f"error: no journal file at {args.journal}", file=sys.stderr)
-        return 2
+    problem = not_a_journal(args.journal)
+    if problem is not None:
+        return error(PROG, problem)
     db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(args.journal))}?mode=ro", uri=True)
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            print(
-                f"error: {args.journal} has schema version {version}; this library reads versions "
+            return error(
+                PROG,
+                f"{args.journal} has schema version {version}; this library reads versions "
                 f"0 to {SCHEMA_VERSION} (made by a newer saga-actors?)",
-                file=sys.stderr,
             )
-            return 2
+        _check_schema(args.journal)  # the journal's tables and columns, as the library checks them
         checked = version >= 1  # version 0 was written before checksums
+        writer = journal_writer(args.journal)
         if args.id:
-            return history(db, args.id, checked, as_json=args.json)
-        return summary(db, args.journal, checked, as_json=args.json)
-    except sqlite3.DatabaseError as error:
-        print(f"error: {args.journal} is not a readable journal: {error}", file=sys.stderr)
-        return 2
+            return history(db, args.id, checked, as_json=args.json, writer=writer)
+        return summary(db, args.journal, checked, as_json=args.json, writer=writer)
+    except NotAJournal as refused:
+        return error(PROG, str(refused))
+    except sqlite3.DatabaseError as failed:
+        return error(PROG, f"{args.journal} is not a readable journal: {failed}")
     finally:
         db.close()
+
+
+def not_a_journal(path: str) -> str | None:
+    """Why `path` is plainly not a journal file, said before SQLite opens it; None if it may be."""
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a journal file"
+    if not os.path.lexists(path):
+        return f"no journal file at {path}"
+    if not os.path.exists(path):
+        return f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    if not os.path.isfile(path):
+        return f"{path} is not a regular file (a journal is a SQLite file)"
+    problem = head_problem(path)
+    if problem == EMPTY:
+        return f"{path} is {EMPTY}, not a journal: perhaps truncated; restore it from a backup"
+    return None if problem is None else f"{path}: {problem}"
+
+
+def journal_writer(path: str) -> dict[str, int | None] | None:
+    """`{"pid": <id>}` of the process that has the journal open for writing now (the one that
+    drives its unfinished sagas; `None` if it has not recorded its id yet), or None if none has.
+
+    The library's writer holds an exclusive flock on `<realpath>.lock` (see
+    `persistence/sqlite.py`) and records its pid in it. This asks for a shared
+    lock without waiting and, if it is granted, gives it back at once: it is
+    held for no longer than two system calls take (a writer starting in that
+    instant is refused with JournalInUse, as it would be while any reader held
+    it). None too if the lock file cannot be read (another user's journal).
+    """
+    try:
+        fd = os.open(os.path.realpath(path) + LOCK_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file: never opened for writing, or not ours to read
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            recorded = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return {"pid": int(recorded) if recorded.isdigit() else None}
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _writer_name(writer: dict[str, int | None]) -> str:
+    return f"process {writer['pid']}" if writer["pid"] else "another process (its id is not recorded yet)"
 
 
 def run_command(argv: list[str] | None = None) -> int:
@@ -114,7 +179,14 @@ def run_command(argv: list[str] | None = None) -> int:
 # --- the summary -----------------------------------------------------------------
 
 
-def summary(db: sqlite3.Connection, path: str, checked: bool = True, *, as_json: bool = False) -> int:
+def summary(
+    db: sqlite3.Connection,
+    path: str,
+    checked: bool = True,
+    *,
+    as_json: bool = False,
+    writer: dict[str, int | None] | None = None,
+) -> int:
     streams = db.execute(
         "SELECT s.persistence_id, s.highest_sequence_nr, s.deleted_to, "
         "  (SELECT count(*) FROM events e WHERE e.persistence_id = s.persistence_id), "
@@ -138,6 +210,7 @@ def summary(db: sqlite3.Connection, path: str, checked: bool = True, *, as_json:
                 "journal": path,
                 "size_bytes": size,
                 "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
+                "in_use_by": writer,  # {"pid": ...} while a process has it open for writing
                 "now": _utc(now),
                 "streams": [
                     {
@@ -180,9 +253,13 @@ def summary(db: sqlite3.Connection, path: str, checked: bool = True, *, as_json:
             print(f"  {group + '*':<28} {count:>8} {'':>8} {'':>9}  ({len(members)} streams)")
     print()
     if unfinished:
-        print(f"unfinished sagas ({len(unfinished)}): resumed at the next start; now is {_utc(now)}")
+        if writer is not None:
+            driven = f"in flight in {_writer_name(writer)}, which has the journal open"
+        else:
+            driven = "resumed at the next start"
+        print(f"unfinished sagas ({len(unfinished)}): {driven}; now is {_utc(now)}")
         for pid in unfinished[:50]:
-            for line in _saga_lines(saga_status(db, pid, now)):
+            for line in _saga_lines(saga_status(db, pid, now), writer):
                 print("  " + line)
         if len(unfinished) > 50:
             print(f"  ... and {len(unfinished) - 50} more (--json lists them all)")
@@ -218,7 +295,14 @@ def _changed_rows(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
 # --- the history of one id -----------------------------------------------------------
 
 
-def history(db: sqlite3.Connection, wanted: str, checked: bool = True, *, as_json: bool = False) -> int:
+def history(
+    db: sqlite3.Connection,
+    wanted: str,
+    checked: bool = True,
+    *,
+    as_json: bool = False,
+    writer: dict[str, int | None] | None = None,
+) -> int:
     checksum = "checksum" if checked else "NULL"
     candidates = db.execute(
         f"SELECT persistence_id, sequence_nr, timestamp, type, version, data, {checksum} FROM events "
@@ -254,7 +338,7 @@ def history(db: sqlite3.Connection, wanted: str, checked: bool = True, *, as_jso
             if value is _UNREADABLE:
                 event["unreadable_data"] = data
             events.append(event)
-        _print_json({"id": wanted, "now": _utc(now), "events": events, "sagas": sagas})
+        _print_json({"id": wanted, "now": _utc(now), "in_use_by": writer, "events": events, "sagas": sagas})
         return 0 if rows else 1
 
     if not rows:
@@ -272,7 +356,9 @@ def history(db: sqlite3.Connection, wanted: str, checked: bool = True, *, as_jso
         print(f"  {_utc(timestamp)}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {shown}{mark}")
     for saga in sagas:
         print()
-        for line in _saga_lines(saga):
+        if writer is not None and saga["on_restart"]:
+            print(f"in flight in {_writer_name(writer)}, which has the journal open:")
+        for line in _saga_lines(saga, writer):
             print(line)
     return 0
 
@@ -400,8 +486,9 @@ def saga_status(db: sqlite3.Connection, persistence_id: str, now: float) -> dict
     }
 
 
-def _saga_lines(status: dict[str, Any]) -> list[str]:
-    """A saga status (from `saga_status`) for people: a head line, then indented details."""
+def _saga_lines(status: dict[str, Any], writer: dict[str, int | None] | None = None) -> list[str]:
+    """A saga status (from `saga_status`) for people: a head line, then indented details;
+    `writer` is the process that has the journal open (see `journal_writer`), if one has."""
     last = status["last_event"]
     if last is None:
         head = f"{status['persistence_id']}  no events left"
@@ -432,7 +519,9 @@ def _saga_lines(status: dict[str, Any]) -> list[str]:
         details[0] += f": waiting for {names}"
     elif waiting is not None and not status["finished"] and phase in ("forward", "committed", "compensating"):
         details[0] += ": nothing pending is journaled"
-    if status["on_restart"]:
+    if status["on_restart"] and writer is not None:
+        details.append(f"if {_writer_name(writer)} stops, at the next start: {status['on_restart']}")
+    elif status["on_restart"]:
         details.append(f"at the next start: {status['on_restart']}")
     details += status["notes"]
     return [head] + ["    " + line for line in details]

@@ -10,7 +10,7 @@ pivot on are retried until they succeed and are never compensated.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from saga_actors.sagas.protocol import StepKind
@@ -30,7 +30,7 @@ class SagaContext:
 
     saga_id: str
     data: Any
-    ephemeral: Any = None
+    ephemeral: Any = field(default=None, repr=False)  # secrets: never in a repr or a log
     reason: str | None = None
 
 

@@ -555,6 +555,14 @@ class SagaHost(Monitored, pykka.ThreadingActor):
     restarted. `resume()` gives the sagas to resume when this host (re)starts
     (each host keeps those of its own shard). More than `intensity` saga
     restarts make the host fail (escalation to its own supervisor).
+
+    A saga that fails `max_consecutive_failures` times in a row (each within
+    the backoff's `reset_after` of its restart: it never gets going) is not
+    restarted again: it is *suspended* - a bug or data it cannot handle, not
+    a transient fault - so that one poisoned saga cannot make its host, and
+    the sagas it hosts, fail. `on_suspend(saga_id, error)` is called then (in
+    this actor's thread); the saga stays unfinished in the journal and is
+    resumed at the next start.
     """
 
     def __init__(
@@ -572,6 +580,8 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         shards: int = 1,
         resume: Callable[[], Iterable[SagaSpec]] | None = None,
         on_restart: Callable[[str], None] | None = None,
+        on_suspend: Callable[[str, BaseException], None] | None = None,
+        max_consecutive_failures: int = 50,
         intensity: Intensity | None = None,
         backoff: Backoff | None = None,
         seed: int | str | None = None,
@@ -595,6 +605,8 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         self._shard, self._shards = shard, shards
         self._resume = resume
         self._on_restart = on_restart
+        self._on_suspend = on_suspend
+        self._max_consecutive_failures = max_consecutive_failures
         self._intensity = intensity or Intensity(max_restarts=1000, within_seconds=10.0)
         self._backoff = backoff or Backoff(min_backoff=0.001, max_backoff=0.005, random_factor=0.2)
         self._sagas: dict[str, _Saga] = {}
@@ -706,6 +718,12 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         if self._sagas.get(saga.saga_id) is saga:
             del self._sagas[saga.saga_id]
         now = time.monotonic()
+        entry = self._restarting.get(saga.saga_id)
+        if entry is not None and entry.started_at and now - entry.started_at >= self._backoff.reset_after:
+            entry.consecutive = 0
+        if entry is not None and entry.consecutive >= self._max_consecutive_failures:
+            self._suspend(saga.saga_id, entry, error)
+            return
         if self._restarts.exceeded(now):
             self.exit_reason = Escalated(
                 f"{self}: more than {self._intensity.max_restarts} saga restarts within "
@@ -714,7 +732,6 @@ class SagaHost(Monitored, pykka.ThreadingActor):
             logger.error("%s", self.exit_reason)
             self.stop()
             return
-        entry = self._restarting.get(saga.saga_id)
         # A restarted saga reads its journal; it keeps what this process holds (its data, e.g. the card).
         spec = SagaSpec(
             saga.saga_id,
@@ -728,11 +745,23 @@ class SagaHost(Monitored, pykka.ThreadingActor):
             entry = self._restarting[saga.saga_id] = _Restarting(spec)
         else:
             entry.spec = spec
-        if entry.started_at and now - entry.started_at >= self._backoff.reset_after:
-            entry.consecutive = 0
         delay = self._backoff.delay(entry.consecutive, self._random.random())
         entry.consecutive += 1
         entry.due = self.timer.schedule(delay, self.address, _RestartDue(saga.saga_id))
+
+    def _suspend(self, saga_id: str, entry: _Restarting, error: BaseException) -> None:
+        logger.error(
+            "[%s] saga failed %d times in a row (last: %r): suspended until the next start",
+            saga_id,
+            entry.consecutive,
+            error,
+        )
+        self._restarting.pop(saga_id, None)
+        for message in entry.mailbox:
+            logger.debug("[%s] %s dropped with the suspended saga", saga_id, type(message).__name__)
+        self.metrics.increment("sagas_suspended")
+        if self._on_suspend is not None:
+            self._on_suspend(saga_id, error)
 
     def _restart(self, saga_id: str) -> None:
         entry = self._restarting.get(saga_id)

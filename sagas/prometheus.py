@@ -70,7 +70,7 @@ def import_prometheus_client() -> ModuleType:
     except ImportError as missing:
         raise ImportError(
             "the metrics endpoint needs the prometheus_client library, which is not installed; "
-            f"install the optional extra `metrics`: {EXTRA}"
+            f"install the optional extra `metrics`: {EXTRA} (from a checkout: pip install -e '.[metrics]')"
         ) from missing
 
 

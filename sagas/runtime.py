@@ -46,7 +46,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import pykka
@@ -90,6 +90,7 @@ __all__ = [
     "Resource",
     "RuntimeRecovery",
     "SagaConflict",
+    "SagaFailed",
     "SagaFuture",
     "SagaOutcome",
     "SagaRegistry",
@@ -120,7 +121,7 @@ ROOT_INTENSITY = Intensity(max_restarts=2, within_seconds=30.0)
 ROOT_BACKOFF = Backoff(min_backoff=0.05, max_backoff=0.5, random_factor=0.2, reset_after=30.0)
 
 # Counters every runtime keeps (the hosts count retries, compensations, stuck steps).
-RUNTIME_METRICS = ("retries", "compensations", "restarts", "sagas_stuck")
+RUNTIME_METRICS = ("retries", "compensations", "restarts", "sagas_stuck", "sagas_suspended")
 
 _ROOT_CHILDREN = ("journal", "timer", "participants", "sagas")  # the root supervisor's own children
 FOREVER = 10**9  # seconds (~32 years): any timeout this long waits as long as it takes
@@ -143,6 +144,19 @@ def _stop_running_runtimes() -> None:
 
 class SystemNotRunning(RuntimeError):
     """The runtime is not started, or stopped (or failed) before the outcome was known."""
+
+
+class SagaFailed(RuntimeError):
+    """A saga failed again and again as soon as it was restarted (a bug, or data it cannot
+    handle), and was suspended: it stays unfinished in the journal, and the next `start()`
+    resumes it. `error` is its last failure."""
+
+    def __init__(self, saga_id: str, error: BaseException) -> None:
+        self.saga_id, self.error = saga_id, error
+        super().__init__(
+            f"saga {saga_id!r} failed repeatedly ({type(error).__name__}: {error}"[:300]
+            + "); suspended until the next start, unfinished in the journal"
+        )
 
 
 class SagaConflict(Exception):
@@ -284,9 +298,8 @@ class SagaRegistry:
             return "new"
 
     def _add_waiter(self, saga_id: str, reply: pykka.Future[Any] | None) -> None:
-        waiting = self._waiters.setdefault(saga_id, [])
-        if reply is not None and not any(f is reply for f in waiting):
-            waiting.append(reply)
+        if reply is not None:  # each caller's own future: never listed twice, no scan needed
+            self._waiters.setdefault(saga_id, []).append(reply)
 
     def finished(self, saga_id: str, outcome: Any, error: BaseException | None = None) -> bool:
         """The saga is over (its end is durable, or it was refused with `error`): answer its
@@ -408,7 +421,7 @@ class _Submitted:
     """A saga started by `submit`: what restarts it while this process runs."""
 
     data: Any
-    ephemeral: Any
+    ephemeral: Any = field(repr=False)  # secrets: never in a repr
 
 
 class SagaRuntime:
@@ -544,14 +557,16 @@ class SagaRuntime:
             self._failure = None
             self._registry.reset({}, None)
             try:
+                if self._metrics_endpoint is not None:  # first: a busy port must leave nothing written
+                    self._metrics_endpoint.start()
                 journal = self._journal = self._open_journal()
                 self._root = self._start_tree(journal)
                 if self._prepare is not None:
                     self._prepare(journal)
                 self._recovery = self._recover(journal)
-                if self._metrics_endpoint is not None:
-                    self._metrics_endpoint.start()
             except BaseException:
+                if self._metrics_endpoint is not None:
+                    self._metrics_endpoint.stop()
                 self._stop_tree()
                 raise
             self._running = True
@@ -615,8 +630,9 @@ class SagaRuntime:
         journal's codec cannot store (register its types: `codec=`), and
         `SystemNotRunning` if the runtime is not running; nothing starts then.
         """
-        if not isinstance(saga_id, str) or not saga_id:
-            raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r:.60}")
+        check_saga_id(saga_id)
+        if data is None:
+            raise ValueError(f"saga {saga_id!r:.80}: data must not be None (a saga is started with its data)")
         self._check_running()
         codec = getattr(self._journal, "codec", None)
         if codec is not None:
@@ -673,8 +689,7 @@ class SagaRuntime:
         Asks the saga while it runs; reads its journal stream once it has
         finished. Raises ValueError if `saga_id` is not a string.
         """
-        if not isinstance(saga_id, str):
-            raise ValueError(f"saga_id must be a string, got {type(saga_id).__name__}")
+        check_saga_id(saga_id)
         self._check_running()
         if self._registry.is_running(saga_id):
             try:
@@ -689,7 +704,9 @@ class SagaRuntime:
         return view(state) if state.phase != "new" else None
 
     def outcome(self, saga_id: str) -> SagaOutcome | None:
-        """A finished saga's outcome from its journal stream; None if it never began or still runs."""
+        """A finished saga's outcome from its journal stream; None if it never began or still runs.
+        Raises ValueError for an id that is not a saga id."""
+        check_saga_id(saga_id)
         self._check_running()
         state = self._replay(saga_id)
         if state.phase != "done":
@@ -821,7 +838,7 @@ class SagaRuntime:
             self._links[participant.name] = SimulatedLink(address, dice, timer) if dice else address
             children.append(
                 ChildSpec(
-                    participant.name, address=address, start=functools.partial(participant.start, context)
+                    participant.name, address=address, start=functools.partial(_start, participant, context)
                 )
             )
         restarted = self._count_restart
@@ -897,6 +914,7 @@ class SagaRuntime:
             shards=len(self._hosts),
             resume=self._in_flight_specs,
             on_restart=self._count_restart,
+            on_suspend=self._suspended,
             intensity=SAGAS_INTENSITY,
             backoff=SAGAS_BACKOFF,
             seed=self._seed,
@@ -966,6 +984,11 @@ class SagaRuntime:
         if registry.finished(finished.saga_id, registry.outcome_of(finished)) and self._on_finish is not None:
             self._on_finish(finished)
 
+    def _suspended(self, saga_id: str, error: BaseException) -> None:
+        """A saga host gave up restarting a saga (its thread): its callers get `SagaFailed`, and it
+        no longer counts as in flight here (the journal still has it: the next start resumes it)."""
+        self._registry.finished(saga_id, None, SagaFailed(saga_id, error))
+
     def _replay(self, saga_id: str) -> SagaState:
         """The saga's state from its journal stream (one indexed read)."""
         journal = self._journal
@@ -1026,12 +1049,38 @@ def _start_resource(resource: Resource) -> pykka.ActorRef[Any]:
     return ResourceActor.start(resource.name, resource.open, resource.close, watch=resource.watch)
 
 
+def _start(participant: Participant, context: ParticipantContext) -> pykka.ActorRef[Any]:
+    """Start one incarnation of a participant; a `start` that returns no actor is a clear error."""
+    ref = participant.start(context)
+    if not isinstance(ref, pykka.ActorRef):
+        raise TypeError(
+            f"participant {participant.name!r}: start(context) must return a pykka.ActorRef "
+            f"(e.g. MyActor.start_recovered(...)), got {type(ref).__name__}"
+        )
+    return ref
+
+
 def _spec_for_submitted(saga_id: str, value: Any, fresh: bool) -> SagaSpec:
     """A submitted saga restarts with its data (and secrets) while this process holds them and
     carries on; one recovered from the journal has neither: presumed abort before the commit."""
     if isinstance(value, _Submitted):
         return SagaSpec(saga_id, value.data, value.ephemeral, fresh=fresh, resume_forward=True)
     return SagaSpec(saga_id)
+
+
+MAX_SAGA_ID = 1000  # characters: an id is a key in every stream name and log line
+
+
+def check_saga_id(saga_id: object) -> None:
+    """Raise ValueError unless `saga_id` is a non-empty string of at most 1000 characters that
+    can be stored (no lone surrogates)."""
+    if not isinstance(saga_id, str) or not 0 < len(saga_id) <= MAX_SAGA_ID:
+        shown = saga_id[:60] if isinstance(saga_id, str) else type(saga_id).__name__
+        raise ValueError(f"saga_id must be a string of 1 to {MAX_SAGA_ID} characters, got {shown!r}")
+    try:
+        saga_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"saga_id must be valid Unicode text, got {saga_id[:60]!r}") from None
 
 
 def check_timeout(timeout: object) -> float | None:
@@ -1091,10 +1140,15 @@ def _check_arguments(
         missing = sorted({s.participant for s in definition.all_steps()} - set(names))
         if missing:
             problems.append(f"saga {definition.name!r} names participants that are not registered: {missing}")
+    journal_methods = ("open", "close", "append", "append_async", "replay", "flush", "load_snapshot")
     if journal is not None and not (
-        (isinstance(journal, (str, os.PathLike)) and os.fspath(journal)) or hasattr(journal, "append_async")
+        (isinstance(journal, (str, os.PathLike)) and os.fspath(journal))
+        or all(callable(getattr(journal, m, None)) for m in journal_methods)
     ):
-        problems.append(f"journal must be a non-empty path, a journal or None, got {journal!r:.60}")
+        problems.append(
+            "journal must be a non-empty path, None, or a journal with snapshots "
+            f"({', '.join(journal_methods)}, ...), got {journal!r:.60}"
+        )
     if codec is not None and not isinstance(codec, EventCodec):
         problems.append(f"codec must be an EventCodec, got {type(codec).__name__}")
     if retry is not None and not isinstance(retry, RetryPolicy):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import demo
+from saga_actors._cli import open_problem
 from saga_actors.actors import OrderSystem
 from saga_actors.actors.consistency import Check
 
@@ -58,8 +60,21 @@ def test_json_summary_with_every_check_passing():
     payments = summary["payments"]
     assert payments["captured"] == orders["confirmed"]
     assert payments["all_runs_in_memory"] == {
-        k: v for k, v in payments.items() if k.startswith(("capt", "void"))
+        k: v for k, v in payments.items() if k.startswith(("capt", "void", "curr"))
     }
+    # Amounts in the orders' currency, always with their two decimals (none voided too: 0.00).
+    assert payments["currency"] == "USD"
+    for total in ("captured_total", "voided_total"):
+        assert re.fullmatch(r"\d+\.\d\d", payments[total]), payments[total]
+    # A fresh journal: nothing to resume.
+    assert summary["recovery"] == {
+        "sagas_resumed": 0,
+        "rolled_forward": 0,
+        "rolled_back": 0,
+        "orders_never_started": 0,
+        "still_in_flight": 0,
+    }
+    assert "recovery:" not in result.stderr
     assert {c["name"] for c in summary["checks"]} >= {
         "no order pending",
         "nothing reserved",
@@ -70,6 +85,9 @@ def test_json_summary_with_every_check_passing():
     }
     assert all(c["ok"] for c in summary["checks"]) and summary["ok"]
     assert set(summary["performance"]["latency_ms"]) == {"p50", "p95", "p99"}
+    # The key says what the text says: submissions answered per second (not distinct orders).
+    assert summary["performance"]["submissions_answered_per_second"] > 0
+    assert "orders_per_second" not in summary["performance"]
     assert summary["activity"]["restarts"] > 0  # crashes really happened
 
 
@@ -94,6 +112,9 @@ def test_human_summary_and_plain_progress_lines_when_not_a_terminal():
     distinct = re.search(r"80 submissions of (\d+) distinct orders", out)
     confirmed, cancelled = re.search(r"distinct orders: confirmed (\d+), cancelled (\d+)", out).groups()
     assert int(confirmed) + int(cancelled) == int(distinct.group(1))
+    assert re.search(r"[\d.]+ submissions answered per second over", out)
+    # Amounts with their currency, thousands separated, two decimals.
+    assert re.search(r"captured \d+ \(USD [\d,]+\.\d\d\), voided \d+ \(USD [\d,]+\.\d\d\)", out), out
 
 
 def test_kill_and_recover_labels_the_placement_after_recovery_and_plots_the_run(tmp_path):
@@ -129,6 +150,29 @@ def test_kill_and_recover_labels_the_placement_after_recovery_and_plots_the_run(
     assert int(last_progress) == recovery["answers_before_kill"]
     assert picture.read_bytes().startswith(PNG_SIGNATURE)
     assert summary["run"]["options"]["plot"] == str(picture)
+    # Every order placed before the kill is accounted for: its outcome reported, or finished
+    # but not reported (the child died first), or resumed at recovery, or never begun.
+    unreported = recovery["orders_finished_before_kill_unreported"]
+    assert unreported >= 0
+    assert (
+        recovery["orders_reported_before_kill"]
+        + unreported
+        + recovery["sagas_resumed"]
+        + recovery["orders_never_started"]
+        == recovery["orders_in_journal_at_recovery"]
+    )
+    assert recovery["at_start"] is None  # a new journal: nothing was left to resume before the run
+    text = io.StringIO()
+    demo.print_summary(summary, text)
+    shown = text.getvalue()
+    for count, what in (
+        (recovery["orders_in_journal_at_recovery"], "orders of this run placed before the kill:"),
+        (recovery["orders_reported_before_kill"], "their outcome reported before the kill"),
+        (unreported, "finished before the kill, but their outcome was not reported"),
+        (recovery["sagas_resumed"], "unfinished, their sagas resumed"),
+        (recovery["orders_never_started"], "their saga never began"),
+    ):
+        assert re.search(rf"{count}\s+{re.escape(what)}|{re.escape(what)} {count}\b", shown), (what, shown)
 
 
 def test_a_kept_journal_continues_from_its_state(tmp_path):
@@ -157,7 +201,10 @@ def test_restock_before_a_run_on_a_kept_journal(tmp_path):
     for product, stock in second["stock"].items():
         assert stock["before_on_hand"] == first["stock"][product]["on_hand"]
         assert stock["restocked"] == 1000
-    assert "insufficient_stock" not in second["orders"]["cancelled_by_reason"]
+    # Enough for every order but those that ask more than there ever was, on purpose.
+    large = second["orders"]["larger_than_all_stock"]
+    assert 0 < second["orders"]["cancelled_by_reason"].get("insufficient_stock", 0) <= large["distinct"]
+    assert large["confirmed"] == 0
     assert second["ok"]
 
 
@@ -230,6 +277,8 @@ def test_the_live_progress_line_fits_the_terminal(columns, extra):
     progress = [seg for seg in segments if "/300 answered" in seg]
     assert len(progress) >= 2, screen[:500]  # it was redrawn
     assert max(len(seg) for seg in progress) < columns
+    bars = {len(m.group()) for seg in progress if (m := re.match(r"\[[#.]*\]", seg))}
+    assert len(bars) <= 1, progress  # the bar keeps its width while the counts grow
     if columns == 80:  # and on a standard terminal, nothing else wraps either
         assert max(len(seg) for seg in segments) <= columns, max(segments, key=len)
 
@@ -550,4 +599,188 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, capsys, tmp_path):
     assert demo.main([*SMALL, "--plot", str(tmp_path / "run.png")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'saga-actors[plot]'" in err
+    assert err.startswith("demo.py: error: --plot needs matplotlib")
     assert not (tmp_path / "run.png").exists()
+
+
+# --- the faults a new user found (issue 12): each input, with its right value ---
+
+
+def test_a_restock_on_a_fresh_run_confirms_more_orders_never_fewer():
+    """`--restock 50` on a fresh run lowered the confirmed orders (619 -> 438): the orders meant
+    to be too large were sized just above the initial stock, so the restock let them fit and
+    each took a whole product. Now they ask for more than all the stock there ever was."""
+    plain = json.loads(run_demo(*SMALL, "--json").stdout)
+    restocked = json.loads(run_demo(*SMALL, "--json", "--restock", "50").stdout)
+    for summary in (plain, restocked):
+        assert summary["ok"]
+        assert summary["orders"]["larger_than_all_stock"]["distinct"] >= 1
+        assert summary["orders"]["larger_than_all_stock"]["confirmed"] == 0
+    assert restocked["orders"]["confirmed"] > plain["orders"]["confirmed"]
+    for product, stock in restocked["stock"].items():
+        assert (
+            stock["restocked"] == 50 and stock["before_on_hand"] == plain["stock"][product]["before_on_hand"]
+        )
+
+
+@pytest.mark.parametrize("restock", [0, 50, 1000])
+def test_the_too_large_orders_ask_more_than_was_ever_received_whatever_the_restock(restock):
+    args = demo.parse_args(["--orders", "400", "--restock", str(restock)])
+    fresh = demo.make_workload(args, 1)
+    kept = demo.make_workload(args, 2, received={p: 10 * n for p, n in fresh.stock.items()})
+    for workload, ever in ((fresh, fresh.stock), (kept, {p: 10 * n for p, n in fresh.stock.items()})):
+        large = [r for r in workload.requests if r["order_id"] in workload.too_large]
+        assert len({r["order_id"] for r in large}) >= 5
+        for request in large:
+            item = request["items"][0]
+            assert item["quantity"] > ever[item["product_id"]] + restock
+    # The same seed gives the same orders; only the size of the too-large ones follows the stock.
+    shape = demo.make_workload(args, 1, received={p: 10 * n for p, n in fresh.stock.items()})
+    assert [r["order_id"] for r in shape.requests] == [r["order_id"] for r in fresh.requests]
+    assert shape.too_large == fresh.too_large
+
+
+def test_the_readme_states_what_a_run_asks_for():
+    """The README said "about 4.4 x --orders / --products units ... 550 with the defaults"; a run
+    asked for about 1,900 units per product, most of them in the deliberately too-large orders."""
+    args = demo.parse_args([])
+    workload = demo.make_workload(args, 1)
+    distinct = {r["order_id"]: r for r in workload.requests}
+    ordinary = sum(
+        item["quantity"]
+        for order_id, request in distinct.items()
+        if order_id not in workload.too_large
+        for item in request["items"]
+    )
+    per_product = round(ordinary / args.products)
+    readme = (ROOT / "README.md").read_text()
+    assert f"{per_product} with the defaults" in readme, per_product
+    assert 3.9 <= ordinary / args.orders <= 4.1 and "about 4 x `--orders` / `--products`" in readme
+    share = len(workload.too_large) / len(distinct)
+    assert 0.02 <= share <= 0.04 and "about 3% of the orders" in readme
+
+
+def test_a_run_on_a_journal_left_by_an_interrupted_run_says_what_it_resumed(tmp_path):
+    """Ctrl-C a run on --journal J, run again on J: the orders in flight at the stop are resumed,
+    said in a recovery line and in --json, and finished before the new run places its own, so
+    that the stock it starts from holds no reservation of theirs."""
+    journal = str(tmp_path / "kept.db")
+    status, err = _start_and_stop(["--journal", journal], signal.SIGINT)
+    assert status == 130 and "Traceback" not in err
+    result = run_demo(*SMALL, "--journal", journal, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    found = summary["recovery"]
+    assert found["sagas_resumed"] + found["orders_never_started"] >= 1  # 64 customers were ordering
+    assert found["rolled_forward"] + found["rolled_back"] == found["sagas_resumed"]
+    assert found["still_in_flight"] == 0
+    assert (
+        f"recovery: {demo.plural(found['sagas_resumed'], 'saga')} resumed ({found['rolled_forward']} "
+        f"rolled forward, {found['rolled_back']} rolled back)"
+    ) in " ".join(result.stderr.split())
+    assert all(stock["before_reserved"] == 0 for stock in summary["stock"].values())
+    assert summary["orders"]["covers"] == "this run's orders (ids r2-*)" and summary["ok"]
+    text = io.StringIO()
+    demo.print_summary(summary, text)
+    assert "== Recovery: an earlier run's unfinished orders, found at the start ==" in text.getvalue()
+    assert "every one finished before this run's orders were placed" in text.getvalue()
+
+
+def test_the_stock_note_says_whose_reservations_a_run_started_with():
+    """Units reserved before the run can only be an earlier run's orders still in flight."""
+    summary = json.loads(run_demo(*SMALL, "--orders", "20", "--json").stdout)
+    text = io.StringIO()
+    demo.print_summary(summary, text)
+    assert "reserved before this run" not in text.getvalue()
+    first = next(iter(summary["stock"].values()))
+    first["before_reserved"] = 3
+    summary["recovery"].update(sagas_resumed=1, rolled_forward=1, still_in_flight=1)  # one is stuck
+    text = io.StringIO()
+    demo.print_summary(summary, text)
+    shown = " ".join(text.getvalue().split())  # as a reader reads it, lines wrapped at 80 columns
+    assert "reserved before this run: units held by an earlier run's orders still in flight" in shown
+    assert "1 saga still in flight when this run began" in shown
+
+
+def test_a_file_the_demo_cannot_use_is_named_truly():
+    """`--journal /proc/version`: an existing file it cannot write said "No such file or directory"."""
+    if not os.path.exists("/proc/version"):
+        pytest.skip("no /proc/version here")
+    _refused(run_demo("--orders", "5", "--journal", "/proc/version"), "/proc/version", "not a journal")
+    result = run_demo("--orders", "5", "--journal", "/proc/version")
+    assert "No such file" not in result.stderr
+    # Where a folder or a lock file on the way cannot be made, the message names it.
+    _refused(run_demo("--orders", "5", "--journal", "/proc/x/y.db"), "cannot create /proc/x")
+
+
+def test_an_open_error_names_the_file_the_system_refused(tmp_path):
+    journal = str(tmp_path / "j.db")
+    lock = FileNotFoundError(2, "No such file or directory", journal + ".lock")
+    assert open_problem(journal, lock) == (
+        f"journal {journal} cannot be created: cannot create {journal}.lock (No such file or directory)"
+    )
+    (tmp_path / "j.db").write_bytes(b"")
+    denied = PermissionError(13, "Permission denied", journal)
+    assert open_problem(journal, denied) == f"journal {journal} cannot be opened: Permission denied"
+    assert open_problem(journal, RuntimeError("other")) is None
+
+
+def test_the_progress_bar_keeps_its_width_while_the_counts_grow():
+    """[.................] -> [#########]: the bar gave way to the growing counts."""
+    stream = io.StringIO()
+    progress = demo.Progress(1000, stream)
+    progress.started -= 10  # answered at a rate a run has (this loop is faster than any)
+    for n in range(1000):
+        progress.record(n % 3 != 0)
+    progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[.") and lines[-1].startswith("[#")
+    widths = {len(re.match(r"\[[#.]*\]", line).group()) for line in lines}
+    assert len(widths) == 1, lines
+    assert max(len(line) for line in lines) < 80
+    for total in (1, 9, 10, 150, 999, 1000, 123456):  # the widest counts fit beside the bar
+        bar = demo.Progress(total, io.StringIO()).bar_width(80)
+        for c in range(0, total + 1, max(1, total // 1000)):
+            counts = f"{total}/{total} answered: confirmed {c}, cancelled {total - c}, 9999/s"
+            shown = (f"[{'#' * bar}]" if bar else "") + f" submissions {counts}"
+            assert len(shown) <= 79, (total, c)
+
+
+def test_money_has_its_currency_thousands_and_two_decimals():
+    assert demo.money("USD", "55763.04") == "USD 55,763.04"
+    assert demo.money("USD", "0") == "USD 0.00"
+    assert demo.money("USD", "0.5") == "USD 0.50"
+
+
+def test_the_plot_title_counts_submissions_and_orders_and_the_legend_says_what_a_line_is():
+    args = demo.parse_args(["--orders", "1000"])
+    summary = {"orders": {"submitted": 1000, "distinct": 940}}
+    title = demo.run_title(args, summary)
+    assert title.startswith("demo.py: 1000 submissions of 940 distinct orders, 64 customers")
+    timeline = demo.Timeline()
+    for n in range(200):
+        timeline.answers.append((n * 0.02, 0.01 + n / 10000))
+    figure = demo.make_figure(timeline, title)
+    labels = [text.get_text() for text in figure.axes[1].get_legend().get_texts()]
+    assert any(re.fullmatch(r"median \(p50\) of each \d+ ms interval", label) for label in labels), labels
+    assert any(re.fullmatch(r"95th percentile \(p95\) of each \d+ ms interval", label) for label in labels)
+    assert figure.get_suptitle() == title
+
+
+def test_install_hints_say_both_forms(monkeypatch, capsys, tmp_path):
+    """The package is not on the index yet: each hint gives the checkout's form too."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert demo.main([*SMALL, "--plot", str(tmp_path / "run.png")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'saga-actors[plot]' (from a checkout: pip install -e '.[plot]')" in err
+    from saga_actors.sagas import prometheus
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ImportError) as missing:
+        prometheus.import_prometheus_client()
+    assert "pip install 'saga-actors[metrics]' (from a checkout: pip install -e '.[metrics]')" in str(
+        missing.value
+    )
+    readme = (ROOT / "README.md").read_text()
+    for extra in ("plot", "metrics"):
+        assert f"pip install 'saga-actors[{extra}]'" in readme and f"pip install -e '.[{extra}]'" in readme

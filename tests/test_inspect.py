@@ -298,7 +298,13 @@ def test_json_history(tmp_path, capsys):
     assert "#2 StageStarted: unreadable JSON, its fields are not known" in saga["notes"]
     assert saga["phase"] == "aborted" and saga["reason"] == "card_declined" and saga["finished"]
     assert main(["--json", str(path), "nobody"]) == 1
-    assert json.loads(capsys.readouterr().out) == {"id": "nobody", "now": ANY_TIME, "events": [], "sagas": []}
+    assert json.loads(capsys.readouterr().out) == {
+        "id": "nobody",
+        "now": ANY_TIME,
+        "in_use_by": None,
+        "events": [],
+        "sagas": [],
+    }
 
 
 class _AnyTime:
@@ -347,3 +353,104 @@ def test_piped_into_head(tmp_path):
     assert head.stdout == "{\n"
     assert stderr == b""
     assert tool.returncode == 141
+
+
+# --- what is not a journal, and a journal in use (issue 12) ---
+
+
+def _refused(capsys, *expected):
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("python -m saga_actors.persistence: error: ")
+    for text in expected:
+        assert text in err, err
+
+
+def test_a_directory_is_said_to_be_one(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    _refused(capsys, f"{tmp_path} is a directory, not a journal file")
+
+
+def test_an_empty_file_is_said_to_be_one(tmp_path, capsys):
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert main([str(empty)]) == 2
+    _refused(capsys, "is an empty file (0 bytes), not a journal")
+    assert empty.read_bytes() == b""
+
+
+def test_other_files_are_said_not_to_be_journals(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a journal\n")
+    assert main([str(notes)]) == 2
+    _refused(capsys, f"{notes}: not a journal: not a SQLite database")
+    other = tmp_path / "other.db"
+    execute_sql(other, "CREATE TABLE x (a)")
+    assert main([str(other)]) == 2
+    _refused(capsys, "without the journal's tables", "it holds x")
+
+
+def test_a_journal_in_use_says_its_sagas_are_in_flight_in_that_process(tmp_path, capsys):
+    """Its unfinished sagas are driven by the process that has it open, not "resumed at the next
+    start"; the probe of its lock leaves the lock to the writer."""
+    path = tmp_path / "o.db"
+    journal = SQLiteJournal(path, order_codec())  # this process is the writer
+    try:
+        order = validate_order(make_request("busy"))
+        journal.append("saga:order:busy", [SagaStarted("busy", OrderSagaData.from_order(order))], 0)
+        journal.append("saga:order:busy", [StageStarted(0)], 1)
+        assert main([str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"unfinished sagas (1): in flight in process {os.getpid()}, which has the journal open" in out
+        assert "resumed at the next start" not in out
+        assert f"if process {os.getpid()} stops, at the next start: rolled back" in out
+        assert main([str(path), "busy"]) == 0
+        assert f"in flight in process {os.getpid()}" in capsys.readouterr().out
+        assert main(["--json", str(path)]) == 0
+        assert json.loads(capsys.readouterr().out)["in_use_by"] == {"pid": os.getpid()}
+        journal.append("saga:order:busy", [StageStarted(0)], 2)  # the writer still writes
+    finally:
+        journal.close()
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "unfinished sagas (1): resumed at the next start" in out and "in flight in" not in out
+    assert main(["--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["in_use_by"] is None
+    SQLiteJournal(path, order_codec()).close()  # the probe left the lock free
+
+
+def test_a_journal_in_use_by_another_process_names_it(tmp_path):
+    path = tmp_path / "o.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_JOURNAL, str(path)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "open\n"
+        result = subprocess.run(
+            [sys.executable, "-m", "saga_actors.persistence", str(path)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert f"in flight in process {holder.pid}, which has the journal open" in result.stdout
+
+
+HOLD_JOURNAL = """
+import sys
+from saga_actors.actors.codec import order_codec
+from saga_actors.actors.order_saga import OrderSagaData
+from saga_actors.actors.validation import validate_order
+from saga_actors.persistence import SQLiteJournal
+from saga_actors.sagas.engine import SagaStarted, StageStarted
+from tests.conftest import make_request
+
+journal = SQLiteJournal(sys.argv[1], order_codec())
+order = validate_order(make_request("held"))
+journal.append("saga:order:held", [SagaStarted("held", OrderSagaData.from_order(order)), StageStarted(0)], 0)
+print("open", flush=True)
+sys.stdin.read()  # until the test closes it
+journal.close()
+"""

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from saga_actors import Participant, SagaConflict, SagaDefinition, SagaRuntime, Step, SystemNotRunning
+from saga_actors import (
+    Participant,
+    SagaConflict,
+    SagaContext,
+    SagaDefinition,
+    SagaRuntime,
+    Step,
+    SystemNotRunning,
+)
 from saga_actors.examples.trip import TRIP_SAGA, TripRequest, trip_runtime
+from saga_actors.persistence import InMemoryJournal
 from saga_actors.sagas.runtime import SagaOutcome
 from saga_actors.sagas.simulation import FaultPlan
 
@@ -251,3 +260,52 @@ def test_ask_names_the_participants_and_the_library_prints_nothing_unasked():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stderr == ""
+
+
+class PoisonedJournal(InMemoryJournal):
+    """Every write to one saga's stream fails (a disk that refuses that row, say)."""
+
+    def append_async(self, persistence_id, events, expected_sequence_nr, on_done):  # type: ignore[no-untyped-def]
+        if persistence_id == "saga:trip:poison":
+            on_done(None, OSError("this row cannot be written"))
+            return
+        super().append_async(persistence_id, events, expected_sequence_nr, on_done)
+
+
+def test_a_saga_that_fails_every_time_it_restarts_is_suspended_and_the_others_go_on():
+    from saga_actors.sagas.runtime import SagaFailed
+
+    with trip_runtime(journal=PoisonedJournal()) as runtime:
+        poisoned = runtime.submit("poison", TRIP)
+        others = [runtime.submit(f"ok-{n}", TRIP) for n in range(5)]
+        with pytest.raises(SagaFailed, match="OSError") as failed:
+            poisoned.get(timeout=20)
+        assert failed.value.saga_id == "poison"
+        assert all(f.get(timeout=20).committed for f in others)
+        assert runtime.wait_idle(20) and runtime.running
+        metrics = runtime.metrics()
+        assert metrics["sagas_suspended"] == 1 and metrics["in_flight"] == 0
+
+
+def test_saga_ids_and_data_are_checked_before_anything_starts():
+    with trip_runtime() as runtime:
+        for bad in ("", "x" * 1001, "\ud800", None, 5):
+            with pytest.raises(ValueError, match="saga_id"):
+                runtime.submit(bad, TRIP)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="saga_id"):
+                runtime.outcome(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="must not be None"):
+            runtime.submit("x", None)
+        assert runtime.in_flight() == 0
+        context = SagaContext("s", TRIP, ephemeral="4242424242424242")
+        assert "4242" not in repr(context)
+
+
+def test_a_participant_start_that_returns_no_actor_fails_start_clearly_and_leaves_nothing_running():
+    one_step = SagaDefinition("x", ((Step("a", "alpha", action=lambda c: c.saga_id),),), pivot=1)
+    runtime = SagaRuntime(one_step, participants=[Participant("alpha", lambda c: None)])  # type: ignore[arg-type,return-value]
+    with pytest.raises(Exception, match=r"alpha.*must return a pykka.ActorRef"):
+        runtime.start()
+    assert not runtime.running
+    with pytest.raises(ValueError, match="journal must be"):
+        SagaRuntime(one_step, participants=[Participant("alpha", lambda c: None)], journal=object())  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ process killed with SIGKILL mid-saga, recovered on the same journal.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sqlite3
@@ -248,3 +249,97 @@ def test_bad_options_exit_2_with_one_line(args, message, capsys):
     assert trip.main(args) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"{trip.PROG}: error: ")
+
+
+# --- the command line as a new user met it (issue 12) ---
+
+
+def _journals(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a journal\n")
+    return {
+        "a directory": (str(tmp_path), "a directory, not a journal file"),
+        "a file that is not a journal": (str(notes), "not a journal: not a SQLite database"),
+        "an empty path": ("", "--journal '': an empty path"),
+        "a folder that cannot be made": ("/proc/x/y.db", "cannot create /proc/x"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["a directory", "a file that is not a journal", "an empty path", "a folder that cannot be made"],
+)
+def test_a_bad_journal_is_one_line_and_exit_status_2(case, tmp_path, capsys):
+    """Each printed a traceback and exited 1 (NotAJournal, ValueError, FileNotFoundError)."""
+    if case == "a folder that cannot be made" and not os.path.isdir("/proc"):
+        pytest.skip("no /proc here")
+    path, message = _journals(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert trip.main(["--trips", "2", "--journal", path]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith("python -m saga_actors.examples.trip: error: ")
+    assert message in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing made, nothing changed
+
+
+def test_a_journal_in_use_is_one_line_too(tmp_path, capsys):
+    path = str(tmp_path / "trips.db")
+    with trip_runtime(journal=path):
+        assert trip.main(["--trips", "2", "--journal", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{trip.PROG}: error: journal {path} is in use by process {os.getpid()}")
+    assert len(err.splitlines()) == 1
+
+
+def _stop_mid_run(tmp_path, signum):
+    """Start a run whose trips take seconds, send `signum` once it is booking; its result."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "saga_actors.examples.trip", "--trips", "12", "--latency", "1,2",
+         "--failure-rate", "0", "--crash-rate", "0", "--journal", str(tmp_path / "trips.db")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout.readline() == "booking 12 trips\n"  # each trip takes 2 s at least
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    return child.returncode, out, err
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_it_without_a_traceback(tmp_path, signum, status):
+    code, out, err = _stop_mid_run(tmp_path, signum)
+    assert code == status, err
+    assert "Traceback" not in err
+    assert err == (
+        f"{trip.PROG}: interrupted; the unfinished trips resume on the next run on {tmp_path / 'trips.db'}\n"
+    )
+    assert "booked" not in out  # it stopped before any verdict
+
+
+def test_help_shows_every_default():
+    parser = trip._parser()
+    for action in parser._actions:
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            continue
+        assert f"(default {action.default})" in action.help, action.option_strings
+    journal = next(a for a in parser._actions if "--journal" in a.option_strings)
+    assert "(default: in memory)" in journal.help
+
+
+def test_counts_take_their_plural():
+    one = {"t1": SagaOutcome("t1", True, None), "t2": SagaOutcome("t2", False, "sold_out")}
+    assert trip.summary_line(one, {"retries": 1, "compensations": 1, "restarts": 1}) == (
+        "1 booked, 1 rolled back; 1 retry, 1 compensation, 1 restart"
+    )
+    assert trip.summary_line(one, {"retries": 2, "compensations": 0, "restarts": 3}) == (
+        "1 booked, 1 rolled back; 2 retries, 0 compensations, 3 restarts"
+    )
+    assert trip.plural(1, "unfinished trip") == "1 unfinished trip"
+    assert trip.plural(2, "problem") == "2 problems"

@@ -1,0 +1,157 @@
+"""Command-line plumbing that `demo.py` and `python -m saga_actors.examples.trip` share.
+
+Not part of the public API. A bad journal path is one line on stderr and exit
+status 2, found before anything runs where it can be (`journal_problem`), and
+said truly when only opening it finds it out (`open_problem`); Ctrl-C and
+SIGTERM stop the command where it checks, without a traceback (`StopRequest`),
+with exit status 128 + the signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator
+
+from saga_actors.persistence import JournalCorrupted, JournalInUse
+
+__all__ = ["EMPTY", "StopRequest", "error", "head_problem", "journal_problem", "open_problem", "plural"]
+
+# The first bytes of every SQLite database file (and so of every journal).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def error(prog: str, message: str) -> int:
+    """Say `message` on stderr as one line, as argparse says its errors; return exit status 2."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    return 2
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 restart`, `2 restarts`; `nouns` for an irregular plural (`1 entry`, `2 entries`)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def journal_problem(path: str, *, option: str = "--journal", otherwise: str = "leave it out") -> str | None:
+    """Why `path` cannot be a journal, found before anything runs; None if it may be.
+
+    One line that starts with `option` and the path. `otherwise` says what
+    leaving the option out gives (e.g. "leave --journal out for an in-memory
+    journal"). Looks only: nothing is created, opened for writing or locked.
+    Whether a SQLite file is a journal is for the library to say when it opens
+    it (`NotAJournal`); a file that is not a SQLite database at all is said here.
+    """
+    if not path:
+        return f"{option} '': an empty path; give a file path, or {otherwise}"
+    if os.path.isdir(path):
+        return f"{option} {path}: a directory, not a journal file"
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            return f"{option} {path}: not a regular file (a journal is a SQLite file)"
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{option} {path}: no permission to read and write it"
+        problem = head_problem(path)
+        if problem is not None and problem != EMPTY:  # an empty one is refused when it is opened
+            return f"{option} {path}: {problem}"
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):  # missing folders are created: look at the nearest existing one
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{option} {path}: cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{option} {path}: cannot be created: no permission to write in {parent}"
+    return None
+
+
+EMPTY = "an empty file (0 bytes)"
+
+
+def head_problem(path: str) -> str | None:
+    """What the first bytes of the regular file `path` say against its being a journal: it
+    `cannot be read: ...`, is `EMPTY`, or is `not a journal: not a SQLite database`; None if it
+    may be one (a SQLite database: whether it is a journal is for the library to say)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError as failed:
+        return f"cannot be read: {failed.strerror or failed}"
+    if not head:
+        return EMPTY
+    if head != SQLITE_HEADER:
+        return "not a journal: not a SQLite database (a journal is a SQLite file)"
+    return None
+
+
+def open_problem(journal: str, failed: BaseException) -> str | None:
+    """One true line for an error that opening `journal` raised; None if it is not such an error.
+
+    An OSError names the file the system refused, which may not be the journal
+    itself: its lock file beside it, or a folder on the way to it.
+    """
+    if isinstance(failed, (JournalCorrupted, JournalInUse)):  # NotAJournal included
+        return str(failed)
+    done = "opened" if os.path.lexists(journal) else "created"
+    if isinstance(failed, OSError):
+        reason = failed.strerror or str(failed)
+        where = os.fsdecode(failed.filename) if failed.filename is not None else None
+        if where is None or os.path.abspath(where) == os.path.abspath(journal):
+            return f"journal {journal} cannot be {done}: {reason}"
+        if not os.path.lexists(where):
+            return f"journal {journal} cannot be {done}: cannot create {where} ({reason})"
+        return f"journal {journal} cannot be {done}: {where}: {reason}"
+    if isinstance(failed, sqlite3.Error):
+        return f"journal {journal} cannot be {done}: {failed}"
+    return None
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM asks the command to stop; it stops at the next point that checks.
+
+    The handler raises nothing: a KeyboardInterrupt raised wherever the main
+    thread happens to be can leave a lock half-taken (a thread pool's, a
+    future's) and the program hung on exit. So the main thread waits in short
+    slices and calls `check()` between them, which raises KeyboardInterrupt;
+    the command turns that into `exit_status()`, 128 + the first signal
+    received (130 for Ctrl-C, 143 for SIGTERM). A second signal while stopping
+    changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signals: list[int] = []  # the signals received, in order
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[StopRequest]:
+        """Catch SIGINT and SIGTERM within the block (main thread only); the handlers before it after."""
+        self._event.clear()
+        self.signals.clear()
+        previous = {s: signal.signal(s, self._received) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _received(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a stop request; True if one came."""
+        return self._event.wait(timeout)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a signal asked to stop."""
+        if self._event.is_set():
+            raise KeyboardInterrupt
+
+    def exit_status(self) -> int:
+        return 128 + (self.signals[0] if self.signals else signal.SIGINT)
