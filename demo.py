@@ -977,9 +977,9 @@ class ServiceProcesses:
         # The engine abandons a call after twice its attempt timeout (0.5 s): a service need not
         # wait longer for an actor that crashed while handling it (and a SIGTERM drains at once).
         faults += ["--request-timeout", "1"]
-        workload = make_workload(args, 1)  # the run's number changes the order ids only
-        self._distinct = len({r["order_id"] for r in workload.requests})
-        stock = ",".join(f"{p}={n}" for p, n in workload.stock.items())
+        # For --kill-service: the run's number changes the order ids only, not how many there are.
+        self._distinct = len({r["order_id"] for r in make_workload(args, 1).requests})
+        stock = ",".join(f"{p}={n}" for p, n in initial_stock(args).items())  # if its journal is new
         own = {
             "inventory": ("--stock", stock, "--seed", str(args.seed)),
             "payment": ("--seed", str(args.seed + 1)),
