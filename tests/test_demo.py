@@ -553,6 +553,7 @@ def test_services_as_processes_without_aiohttp_name_the_extra(monkeypatch, capsy
     assert demo.main([*SMALL, "--services", "processes"]) == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "pip install 'saga-actors[http]'" in captured.err
+    assert "pip install -e '.[http]'" in captured.err  # the form for a checkout too
     assert captured.out == ""
 
 
