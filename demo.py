@@ -1055,7 +1055,10 @@ class ServiceProcesses:
             system = self._system
             if system is None or not system.running:
                 continue
-            counts = system.metrics()
+            try:
+                counts = system.metrics()
+            except Exception:  # stopped meanwhile: look again, or stop with the run
+                continue
             finished = counts["orders_confirmed"] + counts["orders_cancelled"]
             if finished >= threshold and counts["in_flight"]:
                 self._kill_and_restart(self.args.kill_service, finished)
