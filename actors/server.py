@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import functools
 import hmac
+import http
 import json
 import logging
 import signal
@@ -41,6 +42,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from saga_actors.actors.inventory import StockProducts
 from saga_actors.actors.service import VIEWS, ServiceNode
+from saga_actors.actors.validation import bounded
 from saga_actors.actors.wire import (
     MAX_BODY,
     OPERATIONS,
@@ -126,6 +128,33 @@ class _LoopReply:
             self._future.set_result(message)
 
 
+def _no_echo_of_bad_requests() -> None:
+    """aiohttp answers a request it cannot parse with the parser's message, which quotes the
+    request's bytes (a card number, say): answer it with a fixed text instead. Process-wide,
+    in the service's own process; done once."""
+    from aiohttp import web_protocol
+
+    handler = web_protocol.RequestHandler
+    if getattr(handler.handle_error, "_saga_actors", False):
+        return
+    original = handler.handle_error
+
+    def handle_error(
+        self: Any,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> Any:
+        if status < 500:  # a parser's message may quote the request; its status phrase does not
+            phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
+            message = f"{status} {phrase}\n\nnot a valid HTTP request"
+        return original(self, request, status, exc, message)
+
+    handle_error._saga_actors = True  # type: ignore[attr-defined]
+    handler.handle_error = handle_error  # type: ignore[method-assign]
+
+
 def make_app(
     node: ServiceNode,
     token: str,
@@ -194,8 +223,12 @@ def make_app(
         if isinstance(message, StockProducts):
             await ask(message, 504)
             return web.json_response({"ok": True})
-        if request.headers.get("Idempotency-Key") != f"{message.order_id}:{operation}":
-            raise _Refused(400, "malformed", ["the Idempotency-Key header must be <order_id>:<operation>"])
+        expected = f"{message.order_id}:{operation}"
+        if request.headers.get("Idempotency-Key") != expected:
+            given = request.headers.get("Idempotency-Key")
+            why = "is missing" if given is None else "does not match the body's order_id and the operation"
+            problem = f"the Idempotency-Key header {why}: it must be {expected!r} here"
+            raise _Refused(400, "malformed", bounded([problem]))  # long digit runs masked
         delay = node.latency()
         if delay > 0:
             await asyncio.sleep(delay)  # the simulated wire: a timer in the loop, no thread waits
@@ -326,6 +359,7 @@ async def run_server(
     node.on_failure = on_failure
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    _no_echo_of_bad_requests()
     server_log = logging.getLogger("aiohttp.server")
     server_log.addFilter(_without_the_request)
     app = make_app(node, token, request_timeout=request_timeout, metrics=metrics)

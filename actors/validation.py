@@ -70,7 +70,12 @@ __all__ = [
     "OrderItem",
     "OrderRequest",
     "PaymentCard",
+    "bounded",
+    "check_items",
+    "check_order_id",
+    "check_payment",
     "luhn_valid",
+    "show_field",
     "validate_order",
 ]
 
@@ -260,6 +265,39 @@ def _check_fields(
         plus = "+" if type(mapping) is not dict and scanned == _MAX_FIELDS_SCANNED else ""
         where = prefix.rstrip(".") or "request"
         problems.append(f"{where}: {more}{plus} more unexpected fields")
+
+
+# --- the rules, for other front doors (the services' wire protocol) ---
+
+
+def check_order_id(raw: Any) -> tuple[str | None, str | None]:
+    """(the order id, None), or (None, the problem): the rules `validate_order` applies."""
+    return _order_id(raw)
+
+
+def check_items(raw: Any, problems: list[str], name: str = "items") -> tuple[OrderItem, ...]:
+    """The items of a request's list `name`, appending each problem to `problems`."""
+    found: list[str] = []
+    items = _validate_items(raw, found)
+    problems += [name + p[len("items") :] if p.startswith("items") else p for p in found]
+    return items
+
+
+def check_payment(payment: Mapping[Any, Any], problems: list[str]) -> tuple[PaymentCard | None, Decimal, str]:
+    """(card, amount, currency) of a `payment_info`-shaped mapping, appending each problem to
+    `problems` (named `payment_info.<field>`; a card number is never quoted)."""
+    payment = {k: v for k, v in payment.items() if v is not None or k not in ("cvv", "currency")}
+    return _validate_payment(payment, problems)
+
+
+def show_field(name: object) -> str:
+    """A field name safe to quote in an error message."""
+    return _field_name(name)
+
+
+def bounded(problems: list[str]) -> list[str]:
+    """At most 100 problems, with every run of 12 or more digits masked."""
+    return _bounded(problems)
 
 
 def _order_id(raw: Any) -> tuple[str | None, str | None]:

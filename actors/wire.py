@@ -52,11 +52,11 @@ that answers it can take part.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from saga_actors.actors import validation
 from saga_actors.actors.inventory import CommitStock, ReleaseStock, ReserveStock, StockProducts, StockView
 from saga_actors.actors.payment import (
     AuthorizePayment,
@@ -65,7 +65,7 @@ from saga_actors.actors.payment import (
     PaymentView,
     VoidPayment,
 )
-from saga_actors.actors.validation import OrderItem, PaymentCard
+from saga_actors.actors.validation import OrderItem
 from saga_actors.sagas.protocol import Reply
 
 __all__ = [
@@ -85,8 +85,6 @@ __all__ = [
 ]
 
 MAX_BODY = 64 * 1024  # bytes: a larger body is refused with 413
-MAX_ID_LENGTH = 200
-MAX_ITEMS = 100
 
 # (service, operation) -> the command class it carries
 OPERATIONS: dict[tuple[str, str], type] = {
@@ -99,7 +97,6 @@ OPERATIONS: dict[tuple[str, str], type] = {
     ("payment", "capture"): CapturePayment,
 }
 _BY_CLASS = {cls: key for key, cls in OPERATIONS.items()}
-_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 class WireError(ValueError):
@@ -135,33 +132,74 @@ def encode_command(command: Any) -> tuple[str, str, dict[str, Any], str]:
     return service, f"/{service}/{operation}", body, f"{body['order_id']}:{operation}"
 
 
+# The fields each command's body holds; any other is refused (a typo must not pass unseen).
+_FIELDS: dict[type, tuple[str, ...]] = {
+    ReserveStock: ("order_id", "items"),
+    ReleaseStock: ("order_id",),
+    CommitStock: ("order_id",),
+    StockProducts: ("stock",),
+    AuthorizePayment: ("order_id", "amount", "currency", "card"),
+    VoidPayment: ("order_id",),
+    CapturePayment: ("order_id",),
+}
+_CARD_FIELDS = ("number", "expiry", "cvv")
+# The engine's validator names a payment's fields as a request does; on the wire they are these.
+_PAYMENT_NAMES = (
+    ("payment_info.card_number", "card.number"),
+    ("payment_info.expiry", "card.expiry"),
+    ("payment_info.cvv", "card.cvv"),
+    ("payment_info.amount", "amount"),
+    ("payment_info.currency", "currency"),
+)
+
+
 def decode_command(service: str, operation: str, body: object) -> Any:
-    """The command a request carries. Raises KeyError for an unknown operation and `WireError`
-    naming each problem of a malformed body (the card number is never quoted)."""
+    """The command a request carries, checked by the same rules as an order placed in process
+    (`actors.validation`: order id, items, amount, currency, card with its Luhn check and
+    expiry month). Raises KeyError for an unknown operation and `WireError` naming each
+    problem of a malformed body (a card number is never quoted)."""
     cls = OPERATIONS[(service, operation)]
     if not isinstance(body, dict):
         raise WireError([f"the body must be a JSON object, got {type(body).__name__}"])
     problems: list[str] = []
+    allowed = _FIELDS[cls]
+    unexpected = [k for k in body if k not in allowed]
+    problems += [f"{validation.show_field(k)}: not a field of {operation}" for k in unexpected[:10]]
     if cls is StockProducts:
-        stock = _items(body, "stock", problems)
+        stock = validation.check_items(body.get("stock"), problems, "stock")
         _no_problems(problems)
         return StockProducts(tuple(sorted((i.product_id, i.quantity) for i in stock)))
-    order_id = body.get("order_id")
-    if not isinstance(order_id, str) or not 0 < len(order_id) <= MAX_ID_LENGTH:
-        problems.append(f"order_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+    order_id, problem = validation.check_order_id(body.get("order_id"))
+    if problem:
+        problems.append(problem)
     if cls is ReserveStock:
-        items = _items(body, "items", problems)
+        items = validation.check_items(body.get("items"), problems, "items")
         _no_problems(problems)
-        return ReserveStock(str(order_id), tuple(items))
+        return ReserveStock(str(order_id), items)
     if cls is AuthorizePayment:
-        amount = _amount(body.get("amount"), problems)
-        currency = body.get("currency")
-        if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
-            problems.append("currency must be three capital letters")
-        card = _card(body.get("card"), problems)
+        card = body.get("card")
+        if not isinstance(card, dict):
+            problems.append("card: must be an object {number, expiry, cvv}")
+            card = {}
+        problems += [
+            f"card.{validation.show_field(k)}: not a field of card" for k in card if k not in _CARD_FIELDS
+        ][:10]
+        payment = {
+            "card_number": card.get("number"),
+            "expiry": card.get("expiry"),
+            "cvv": card.get("cvv"),
+            "amount": body.get("amount"),
+            "currency": body.get("currency"),
+        }
+        found: list[str] = []
+        checked, amount, currency = validation.check_payment(payment, found)
+        for problem in found:
+            for engine_name, wire_name in _PAYMENT_NAMES:
+                problem = problem.replace(engine_name, wire_name)
+            problems.append(problem)
         _no_problems(problems)
-        assert amount is not None and card is not None
-        return AuthorizePayment(str(order_id), amount, str(currency), card)
+        assert checked is not None
+        return AuthorizePayment(str(order_id), amount, currency, checked)
     _no_problems(problems)
     return cls(str(order_id))
 
@@ -170,61 +208,9 @@ def _item(item: OrderItem) -> dict[str, int]:
     return {"product_id": item.product_id, "quantity": item.quantity}
 
 
-def _items(body: dict[str, Any], name: str, problems: list[str]) -> list[OrderItem]:
-    raw = body.get(name)
-    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ITEMS:
-        problems.append(f"{name} must be a list of 1 to {MAX_ITEMS} items")
-        return []
-    items = []
-    for n, entry in enumerate(raw):
-        product = entry.get("product_id") if isinstance(entry, dict) else None
-        quantity = entry.get("quantity") if isinstance(entry, dict) else None
-        if not (
-            isinstance(product, int)
-            and _whole(product, 0)
-            and isinstance(quantity, int)
-            and _whole(quantity, 1)
-        ):
-            problems.append(f"{name}[{n}] must be {{product_id: int >= 0, quantity: int >= 1}}")
-            continue
-        items.append(OrderItem(product, quantity))
-    return items
-
-
-def _whole(value: object, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and least <= value < 2**63
-
-
-def _amount(value: object, problems: list[str]) -> Decimal | None:
-    try:
-        amount = Decimal(value) if isinstance(value, str) and len(value) <= 32 else None
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite() or amount <= 0:
-        problems.append('amount must be a positive decimal string, e.g. "19.98"')
-        return None
-    return amount
-
-
-def _card(value: object, problems: list[str]) -> PaymentCard | None:
-    if not isinstance(value, dict):
-        problems.append("card must be an object {number, expiry, cvv}")
-        return None
-    number, expiry, cvv = value.get("number"), value.get("expiry"), value.get("cvv")
-    if not isinstance(number, str) or not number.isdigit() or not 12 <= len(number) <= 19:
-        problems.append("card.number must be 12 to 19 digits")  # never quoted
-    if not isinstance(expiry, str) or not re.fullmatch(r"\d\d/\d\d", expiry):
-        problems.append("card.expiry must be MM/YY")
-    if cvv is not None and (not isinstance(cvv, str) or not re.fullmatch(r"\d{3,4}", cvv)):
-        problems.append("card.cvv must be 3 or 4 digits or null")
-    if problems:
-        return None
-    return PaymentCard(str(number), str(expiry), cvv if isinstance(cvv, str) else None)
-
-
 def _no_problems(problems: list[str]) -> None:
     if problems:
-        raise WireError(problems)
+        raise WireError(validation.bounded(problems))
 
 
 # --- replies ---

@@ -242,6 +242,10 @@ def _check_journal_path(path: str) -> None:
         raise _Unusable("--journal: an empty path; give the journal's file path")
     if os.path.isdir(path):
         raise _Unusable(f"--journal {path}: a directory, not a journal file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        # A mistyped path must not quietly become a new, empty journal in a new folder.
+        raise _Unusable(f"--journal {path}: its folder {folder} does not exist")
 
 
 def _token(token_file: str | None) -> str:

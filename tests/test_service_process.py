@@ -147,7 +147,9 @@ def test_no_token_or_a_wrong_token_is_401_and_changes_nothing(inventory: Service
         (b"\xff\xfe\x00", 400, "not JSON"),
         (b"[" * 5000 + b"]" * 5000, 400, "not JSON"),
         (b'["order_id"]', 400, "JSON object"),
-        (b'{"order_id": "m1", "items": []}', 400, "items must be a list"),
+        (b'{"order_id": "m1", "items": []}', 400, "items: must not be empty"),
+        (b'{"order_id": "m1", "items": [{"product_id": 101, "quantity": 1}], "extra": 1}', 400, "extra"),
+        (b'{"order_id": "' + b"m" * 65 + b'", "items": [{"product_id": 1, "quantity": 1}]}', 400, "order_id"),
         (b'{"order_id": "m1", "items": [{"product_id": -1, "quantity": 0}]}', 400, "items[0]"),
         (b'{"items": [{"product_id": 101, "quantity": 1}]}', 400, "order_id"),
         (b'{"order_id": "m1", "items": [{"product_id": 101, "quantity": 1}], "pad": "'
@@ -163,6 +165,55 @@ def test_a_malformed_or_oversized_body_is_refused_and_changes_nothing(
     assert answer["ok"] is False and any(problem in p for p in answer["problems"]), answer
     assert stock(inventory) == before
     assert command(inventory, "release", {"order_id": "m1"})[0] == 200  # a tombstone: no reservation
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("amount", "1e999999", "amount: at most"),
+        ("amount", "1.005", "amount: at most two decimal places"),
+        ("amount", "0", "amount: must be positive"),
+        (
+            "card",
+            {"number": "4242424242424241", "expiry": "12/30", "cvv": "123"},
+            "card.number: fails the Luhn",
+        ),
+        (
+            "card",
+            {"number": "4242424242424242", "expiry": "13/30", "cvv": "123"},
+            "card.expiry: must be MM/YY",
+        ),
+        ("card", {"number": "4242424242424242", "expiry": "12/30", "pin": "1"}, "card.pin: not a field"),
+        ("currency", "usd", "currency: must be a three-letter code"),
+    ],
+)
+def test_an_authorize_is_checked_by_the_rules_of_an_order_and_a_bad_one_changes_nothing(
+    payment: ServiceProcess, field: str, value: object, problem: str
+) -> None:
+    body = {
+        "order_id": "bad-pay",
+        "amount": "19.98",
+        "currency": "USD",
+        "card": {"number": "4242424242424242", "expiry": "12/30", "cvv": "123"},
+        field: value,
+    }
+    status, answer = command(payment, "authorize", body)
+    assert status == 400 and any(problem in p for p in answer["problems"]), answer
+    assert "4242424242424241" not in str(answer)
+    assert "bad-pay" not in payment.view("payments")["payments"]
+
+
+def test_a_request_that_is_not_http_is_not_echoed(payment: ServiceProcess) -> None:
+    from urllib.parse import urlsplit
+
+    where = urlsplit(payment.url)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as conn:
+        conn.sendall(b"GARBAGE 4242424242424242\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]
+    assert b"4242" not in answer
 
 
 def test_a_wrong_idempotency_key_an_unknown_path_or_method_change_nothing(inventory: ServiceProcess) -> None:
@@ -219,6 +270,7 @@ def test_the_token_may_come_from_a_file(tmp_path: Path) -> None:
         (["serve", "inventory", "--port", "0", "--journal", "j.db", "--latency", "0.1"], "--latency"),
         (["serve", "inventory", "--port", "70000", "--journal", "j.db"], "--port"),
         (["serve", "inventory", "--port", "0", "--journal", "."], "directory"),
+        (["serve", "inventory", "--port", "0", "--journal", "no/such/folder/j.db"], "does not exist"),
         (["serve", "shipping", "--port", "0", "--journal", "j.db"], "invalid choice"),
         (["serve", "inventory", "--journal", "j.db"], "--port"),
     ],
