@@ -9,7 +9,8 @@ order twice, some ask for more than is left, some pay with a declined card.
 The services fail transiently, answer slowly and crash. At the end the demo
 prints what happened and checks that nothing is half-done. Exit status: 0 if
 every check passes, 1 if a check fails, 2 for a bad option (a bad --journal
-too), 130 when stopped by Ctrl-C (SIGINT), 143 by SIGTERM.
+too), 130 when stopped by Ctrl-C (SIGINT), 143 by SIGTERM, 141 when the reader
+of its output goes away (`| head`), quietly.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
 
-from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural
+from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural, run_stoppable
 from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
 from saga_actors.actors.consistency import Check
 from saga_actors.actors.validation import MAX_QUANTITY
@@ -359,12 +360,13 @@ class Progress:
         width = self.bar_width(columns)
         filled = int(width * self.done / self.total)
         text = (f"[{'#' * filled}{'.' * (width - filled)}]" if width else "") + stats
-        if self.tty:
-            text = text[: max(columns - 1, 1)]  # a redrawn line must never wrap
-            self.stream.write("\r" + text + "\x1b[K")  # clear what a longer line left
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        with STOP.writing():  # a closed pipe (`| head`) stops the run; the customer lives on
+            if self.tty:
+                text = text[: max(columns - 1, 1)]  # a redrawn line must never wrap
+                self.stream.write("\r" + text + "\x1b[K")  # clear what a longer line left
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
 
 
 # --- running ---
@@ -440,8 +442,9 @@ def place_all(
                 result.outcomes[request["order_id"]] = outcome
                 result.answers["confirmed" if outcome else "cancelled"] += 1
                 if report is not None:
-                    report.write(f"OUTCOME {request['order_id']} {int(outcome)} {took:.6f} {restarts}\n")
-                    report.flush()
+                    with STOP.writing():
+                        report.write(f"OUTCOME {request['order_id']} {int(outcome)} {took:.6f} {restarts}\n")
+                        report.flush()
         if timeline is not None:
             timeline.record(took, restarts)
         progress.record(outcome)
@@ -1100,13 +1103,9 @@ def main(argv: list[str] | None = None) -> int:
         return error(PROG, problem)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pykka").setLevel(logging.CRITICAL)  # simulated crashes are expected
-    # SIGTERM stops the demo as Ctrl-C does: the system stops, the temporary journal is removed.
-    with STOP.handling():
-        try:
-            return _run(args)
-        except KeyboardInterrupt:
-            sys.stderr.write(f"\n{PROG}: interrupted\n")
-            return STOP.exit_status()
+    # SIGTERM stops the demo as Ctrl-C does, and so does a closed pipe (`| head`, quietly,
+    # status 141): the system stops, the temporary journal is removed, the child is killed.
+    return run_stoppable(STOP, lambda: _run(args), f"\n{PROG}: interrupted\n")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural
+from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural, run_stoppable
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.sagas.definition import SagaDefinition, Step
@@ -458,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command: book `--trips` trips, print each verdict and a summary, check the invariants.
 
     Exit status 0 if every trip is all booked or all undone, 1 if not, 2 for a bad option
-    (a bad --journal too: one line on stderr), 130 when stopped by Ctrl-C, 143 by SIGTERM.
+    (a bad --journal too: one line on stderr), 130 when stopped by Ctrl-C, 143 by SIGTERM,
+    141 when the reader of its output goes away (`| head`), quietly.
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -489,14 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             return error(PROG, problem)
     # SIGTERM stops the command as Ctrl-C does: no more waiting, the runtime stops (a journal
-    # keeps the unfinished trips, resumed on its next run).
-    with _STOP.handling():
-        try:
-            return _book(args, plans)
-        except KeyboardInterrupt:
-            kept = f"; the unfinished trips resume on the next run on {args.journal}" if args.journal else ""
-            sys.stderr.write(f"{PROG}: interrupted{kept}\n")
-            return _STOP.exit_status()
+    # keeps the unfinished trips, resumed on its next run); so does a closed pipe (`| head`),
+    # quietly, with exit status 141.
+    kept = f"; the unfinished trips resume on the next run on {args.journal}" if args.journal else ""
+    return run_stoppable(_STOP, lambda: _book(args, plans), f"{PROG}: interrupted{kept}\n")
 
 
 def _book(args: argparse.Namespace, plans: Mapping[str, FaultPlan]) -> int:

@@ -51,7 +51,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from saga_actors._cli import EMPTY, error, head_problem
+from saga_actors._cli import EMPTY, error, flushed, head_problem, output_closed
 from saga_actors.persistence.sqlite import (
     LOCK_SUFFIX,
     SCHEMA_VERSION,
@@ -67,9 +67,6 @@ if TYPE_CHECKING:
 # finished once their last event is one of these.
 SAGA_PREFIX = "saga:"
 SAGA_FINAL_TYPES = ("SagaCompleted", "SagaAborted")
-
-# Exit status when the reader of stdout went away (`| head`): 128 + SIGPIPE.
-EXIT_BROKEN_PIPE = 141
 
 # The clock "how long ago" is measured against (tests replace it).
 _now: Callable[[], float] = time.time
@@ -162,18 +159,12 @@ def _writer_name(writer: dict[str, int | None]) -> str:
 
 
 def run_command(argv: list[str] | None = None) -> int:
-    """`main` as a command: a reader that stops reading (`| head`) ends it quietly."""
+    """`main` as a command: a reader that stops reading (`| head`) ends it quietly with
+    EXIT_BROKEN_PIPE (141)."""
     try:
-        status = main(argv)
-        sys.stdout.flush()  # inside the try: the last buffered output may meet the closed pipe
-        return status
+        return flushed(main(argv))  # the last buffered output may meet the closed pipe
     except BrokenPipeError:
-        # Python's own flush at exit would fail again and print a traceback:
-        # point stdout at /dev/null so nothing more is written anywhere.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return EXIT_BROKEN_PIPE
+        return output_closed()
 
 
 # --- the summary -----------------------------------------------------------------

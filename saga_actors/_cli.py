@@ -4,22 +4,37 @@ Not part of the public API. A bad journal path is one line on stderr and exit
 status 2, found before anything runs where it can be (`journal_problem`), and
 said truly when only opening it finds it out (`open_problem`); Ctrl-C and
 SIGTERM stop the command where it checks, without a traceback (`StopRequest`),
-with exit status 128 + the signal.
+with exit status 128 + the signal. Output cut short by its reader (`... | head`)
+stops the command the same way, quietly, with exit status 141 (128 + SIGPIPE):
+`output_closed`, `StopRequest.pipe_closed`, `run_stoppable`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from saga_actors.persistence import JournalCorrupted, JournalInUse
 
-__all__ = ["EMPTY", "StopRequest", "error", "head_problem", "journal_problem", "open_problem", "plural"]
+__all__ = [
+    "EMPTY",
+    "EXIT_BROKEN_PIPE",
+    "StopRequest",
+    "error",
+    "flushed",
+    "head_problem",
+    "journal_problem",
+    "open_problem",
+    "output_closed",
+    "plural",
+    "run_stoppable",
+]
 
 # The first bytes of every SQLite database file (and so of every journal).
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -109,6 +124,77 @@ def open_problem(journal: str, failed: BaseException) -> str | None:
     return None
 
 
+# --- output cut short by its reader ---
+
+# Exit status when the reader of the output went away (`| head`): 128 + SIGPIPE, what a
+# command killed by SIGPIPE reports. The output is incomplete: no other verdict is claimed.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def output_closed() -> int:
+    """After a write met a closed pipe (BrokenPipeError): return EXIT_BROKEN_PIPE, with stdout
+    and stderr, whichever has lost its reader, pointed at /dev/null.
+
+    What is still buffered for them, and whatever is written to them later (Python's own
+    flush at exit too), then goes nowhere instead of failing again with a traceback. A
+    stream still read (stderr on the terminal, say) is left as it is; stdout is discarded
+    if no stream can be told to have lost its reader.
+    """
+    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
+    gone = [s for s in streams if _reader_gone(s)]
+    for stream in gone or streams[:1]:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, stream.fileno())
+            finally:
+                os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _reader_gone(stream: object) -> bool:
+    """Whether `stream` is a pipe or socket whose reader has gone (poll says POLLERR or POLLHUP)."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a test's capture)
+        return False
+
+
+def flushed(status: int) -> int:
+    """`status`, once what is buffered for stdout and stderr is written: a closed pipe is met
+    here, where the command handles it, rather than in Python's flush at exit."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    return status
+
+
+def run_stoppable(stop: StopRequest, work: Callable[[], int], interrupted: str) -> int:
+    """Run a command's `work` with `stop` handling Ctrl-C and SIGTERM; its exit status.
+
+    Stopped by a signal (`work` raised KeyboardInterrupt at a `stop.check()`): says
+    `interrupted` (one line) on stderr, returns 128 + the signal. A write that met a closed
+    pipe, in `work` itself or in a thread (`stop.pipe_closed`): quietly EXIT_BROKEN_PIPE.
+    Whatever `work` opened it closes on the way out (its `with` and `finally` blocks).
+    """
+    with stop.handling():
+        try:
+            try:
+                return flushed(work())
+            except BrokenPipeError:
+                stop.pipe_closed()
+            except KeyboardInterrupt:
+                if not stop.output_lost():
+                    sys.stderr.write(interrupted)
+                    sys.stderr.flush()
+        except BrokenPipeError:  # saying it met a closed stderr
+            stop.pipe_closed()
+        return stop.exit_status()
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM asks the command to stop; it stops at the next point that checks.
 
@@ -118,7 +204,7 @@ class StopRequest:
     slices and calls `check()` between them, which raises KeyboardInterrupt;
     the command turns that into `exit_status()`, 128 + the first signal
     received (130 for Ctrl-C, 143 for SIGTERM). A second signal while stopping
-    changes nothing.
+    changes nothing. A closed pipe asks the same, as SIGPIPE (`pipe_closed`): 141.
     """
 
     def __init__(self) -> None:
@@ -153,5 +239,26 @@ class StopRequest:
         if self._event.is_set():
             raise KeyboardInterrupt
 
+    def pipe_closed(self) -> None:
+        """A write met a closed pipe (BrokenPipeError), in any thread: stop as SIGPIPE would
+        stop a command, quietly (`output_lost`), with the streams that lost their reader
+        discarded (`output_closed`). Call it where the error is caught."""
+        output_closed()
+        self._received(signal.SIGPIPE, None)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around writes in a thread that must not die of a closed pipe: a BrokenPipeError
+        in the block is a stop request (`pipe_closed`), not an exception."""
+        try:
+            yield
+        except BrokenPipeError:
+            self.pipe_closed()
+
+    def output_lost(self) -> bool:
+        """Whether the stop came first from a closed pipe: nothing is said about it."""
+        return bool(self.signals) and self.signals[0] == signal.SIGPIPE
+
     def exit_status(self) -> int:
+        """128 + the first signal (SIGPIPE for a closed pipe: 141); 130 if none was recorded."""
         return 128 + (self.signals[0] if self.signals else signal.SIGINT)

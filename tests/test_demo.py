@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import demo
 from saga_actors._cli import open_problem
 from saga_actors.actors import OrderSystem
 from saga_actors.actors.consistency import Check
+from tests.helpers.cli import piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--orders", "80", "--concurrency", "8", "--products", "4", "--latency", "0,0.003"]
@@ -630,3 +632,52 @@ def test_install_hints_say_both_forms(monkeypatch, capsys, tmp_path):
     readme = (ROOT / "README.md").read_text()
     for extra in ("plot", "metrics"):
         assert f"pip install 'saga-actors[{extra}]'" in readme and f"pip install -e '.[{extra}]'" in readme
+
+
+# --- the reader of the output goes away (`| head`): quietly, status 141, nothing left ---
+
+
+def test_piped_into_head_the_demo_stops_quietly_with_status_141(temp_dir_left_empty):
+    """`demo.py --orders 1000 | head -1` exited 1 with BrokenPipeError tracebacks: customer threads
+    died in the progress line (their orders never placed), the main thread in the summary.
+    The summary of 300 products is larger than the pipe (tests/helpers/pipes.py)."""
+    for extra in ([], ["--kill-and-recover"], ["--json"]):
+        status, first, err = piped_into_head(
+            [sys.executable, str(ROOT / "demo.py"), *SMALL, "--orders", "1000", "--products", "300", *extra],
+            cwd=str(ROOT),
+        )
+        assert status == 141, extra
+        if extra == ["--json"]:  # the progress lines are on stderr, the summary on stdout
+            assert first == "{\n" and "Traceback" not in err and "interrupted" not in err
+        else:
+            assert err == "", extra
+            assert first.startswith("journal: ")
+        left = _processes_mentioning(str(temp_dir_left_empty))  # a child's --journal is in there
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert left == [], extra
+        # and the autouse fixture checks that the temporary folder is gone
+
+
+class _ReaderGone(io.StringIO):
+    """A stdout whose reader went away after the first line."""
+
+    def write(self, text):
+        if "\n" in self.getvalue():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_closed_pipe_kills_no_customer_and_stops_the_run(monkeypatch, capsys):
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    monkeypatch.setattr(sys, "stdout", _ReaderGone())
+    placed = []
+    original = OrderSystem.place_order
+    monkeypatch.setattr(
+        OrderSystem, "place_order", lambda self, *a, **k: placed.append(1) or original(self, *a, **k)
+    )
+    assert demo.main([*SMALL, "--orders", "1000"]) == 141
+    assert died == []  # every customer ended as asked, none of a BrokenPipeError
+    assert len(placed) < 1000  # the run stopped at the first line it could not write
+    assert capsys.readouterr().err == ""

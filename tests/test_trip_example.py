@@ -39,6 +39,7 @@ from saga_actors.examples.trip import (
 )
 from saga_actors.sagas.runtime import SagaConflict, SagaOutcome
 from saga_actors.sagas.simulation import FaultPlan
+from tests.helpers.cli import piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIP = TripRequest("Ada", "LH123", "Adlon", "compact")
@@ -321,6 +322,16 @@ def test_ctrl_c_and_sigterm_stop_it_without_a_traceback(tmp_path, signum, status
         f"{trip.PROG}: interrupted; the unfinished trips resume on the next run on {tmp_path / 'trips.db'}\n"
     )
     assert "booked" not in out  # it stopped before any verdict
+
+
+def test_piped_into_head_it_stops_quietly_with_status_141():
+    """`... | head -1` exited 1 with a BrokenPipeError traceback. 200 trips' lines are more than
+    the pipe holds (tests/helpers/pipes.py)."""
+    status, first, err = piped_into_head(
+        [sys.executable, "-m", "saga_actors.examples.trip", "--trips", "200", "--latency", "0,0.001"],
+        cwd=str(ROOT),
+    )
+    assert (status, first, err) == (141, "booking 200 trips\n", "")
 
 
 def test_help_shows_every_default():

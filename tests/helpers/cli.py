@@ -1,0 +1,39 @@
+"""For the tests of the commands (demo.py, the trip example): what a hostile user does to them."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+
+import pytest
+
+# What the pipe holds: a page. The command under test writes more than twice as much
+# (what `head` reads at once, and then a full pipe), so it is still writing when
+# `head` exits, and meets the closed pipe whatever the timing.
+PIPE_BYTES = 4096
+
+
+def piped_into_head(command: list[str], cwd: str, timeout: float = 120) -> tuple[int, str, str]:
+    """Run `command | head -1` through a pipe of PIPE_BYTES; (the command's exit status,
+    what head printed, the command's stderr)."""
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        pytest.skip("the pipe's size cannot be set here (F_SETPIPE_SZ is Linux's)")
+    read, write = os.pipe()
+    try:
+        fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        assert fcntl.fcntl(write, fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+        tool = subprocess.Popen(command, cwd=cwd, stdout=write, stderr=subprocess.PIPE, text=True)
+        head = subprocess.Popen(["head", "-1"], stdin=read, stdout=subprocess.PIPE, text=True)
+    finally:
+        os.close(read)  # theirs now: head is the only reader, the command the only writer
+        os.close(write)
+    try:
+        first, _ = head.communicate(timeout=timeout)
+        _, err = tool.communicate(timeout=timeout)
+    finally:
+        for process in (tool, head):
+            if process.poll() is None:  # the test failed: stop it all the same
+                process.kill()
+                process.communicate()
+    return tool.returncode, first, err
