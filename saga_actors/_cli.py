@@ -33,6 +33,7 @@ __all__ = [
     "open_problem",
     "output_closed",
     "plural",
+    "printable",
     "run_stoppable",
 ]
 
@@ -41,9 +42,22 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def error(prog: str, message: str) -> int:
-    """Say `message` on stderr as one line, as argparse says its errors; return exit status 2."""
-    sys.stderr.write(f"{prog}: error: {message}\n")
+    """Say `message` on stderr as one line, as argparse says its errors; return exit status 2.
+
+    What is not printable in it is escaped (`printable`): a path or a name read from a file
+    (another program's table names, say) cannot break the line or drive the terminal.
+    """
+    sys.stderr.write(f"{prog}: error: {printable(message)}\n")
     return 2
+
+
+def printable(text: str) -> str:
+    """`text` with each character that is not printable (controls, line and paragraph
+    separators, bidirectional overrides, ...) escaped as Python writes it: `\\x1b`, `\\n`,
+    `\\u202e`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
