@@ -37,7 +37,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
 
-from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural, run_stoppable
+from saga_actors._cli import (
+    StopRequest,
+    error,
+    file_problem,
+    journal_problem,
+    new_lock_file,
+    open_problem,
+    plural,
+    remove_stray_lock,
+    run_stoppable,
+)
 from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
 from saga_actors.actors.consistency import Check
 from saga_actors.actors.validation import MAX_QUANTITY
@@ -281,12 +291,14 @@ class BadJournal(Exception):
 def open_system(args: argparse.Namespace, journal: str, stock: dict[int, int] | None) -> OrderSystem:
     """A started system on `journal`; BadJournal if the file cannot serve as one."""
     system = build_system(args, journal, stock)
+    lock = new_lock_file(journal)
     try:
         system.start()
     except Exception as failed:
         problem = open_problem(journal, failed)
         if problem is None:
             raise
+        remove_stray_lock(lock)  # the library makes it before it refuses the file, and leaves it
         raise BadJournal(problem) from None
     return system
 
@@ -1017,10 +1029,8 @@ def plot_problem(path: str) -> str | None:
         return f"--plot needs matplotlib, which is not installed: {PLOT_EXTRA}"
     if os.path.splitext(path)[1].lower() not in PLOT_FORMATS:
         return f"--plot {path}: the file name must end in {', '.join(PLOT_FORMATS)}"
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"--plot {path}: no folder {folder}"
-    return None
+    problem = file_problem(path, "picture file")
+    return None if problem is None else f"--plot {path}: {problem}"
 
 
 def make_figure(timeline: Timeline, title: str) -> Figure:

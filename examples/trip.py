@@ -35,7 +35,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural, run_stoppable
+from saga_actors._cli import (
+    StopRequest,
+    error,
+    journal_problem,
+    new_lock_file,
+    open_problem,
+    plural,
+    remove_stray_lock,
+    run_stoppable,
+)
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.sagas.definition import SagaDefinition, Step
@@ -493,7 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # keeps the unfinished trips, resumed on its next run); so does a closed pipe (`| head`),
     # quietly, with exit status 141.
     kept = f"; the unfinished trips resume on the next run on {args.journal}" if args.journal else ""
-    return run_stoppable(_STOP, lambda: _book(args, plans), f"{PROG}: interrupted{kept}\n")
+    lock = new_lock_file(args.journal) if args.journal is not None else None
+    status = run_stoppable(_STOP, lambda: _book(args, plans), f"{PROG}: interrupted{kept}\n")
+    if status == 2:  # the journal was refused (the options were checked above)
+        remove_stray_lock(lock)  # the library makes it before it refuses the file, and leaves it
+    return status
 
 
 def _book(args: argparse.Namespace, plans: Mapping[str, FaultPlan]) -> int:

@@ -12,28 +12,35 @@ stops the command the same way, quietly, with exit status 141 (128 + SIGPIPE):
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import select
 import signal
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator
 
 from saga_actors.persistence import JournalCorrupted, JournalInUse
+from saga_actors.persistence.sqlite import LOCK_SUFFIX
 
 __all__ = [
     "EMPTY",
     "EXIT_BROKEN_PIPE",
     "StopRequest",
     "error",
+    "file_problem",
     "flushed",
     "head_problem",
     "journal_problem",
+    "new_lock_file",
     "open_problem",
     "output_closed",
     "plural",
     "printable",
+    "remove_stray_lock",
     "run_stoppable",
 ]
 
@@ -71,29 +78,53 @@ def journal_problem(path: str, *, option: str = "--journal", otherwise: str = "l
     One line that starts with `option` and the path. `otherwise` says what
     leaving the option out gives (e.g. "leave --journal out for an in-memory
     journal"). Looks only: nothing is created, opened for writing or locked.
+    A new journal goes into a folder that exists: none is created for it.
     Whether a SQLite file is a journal is for the library to say when it opens
     it (`NotAJournal`); a file that is not a SQLite database at all is said here.
     """
     if not path:
         return f"{option} '': an empty path; give a file path, or {otherwise}"
-    if os.path.isdir(path):
-        return f"{option} {path}: a directory, not a journal file"
-    if os.path.exists(path):
-        if not os.path.isfile(path):
-            return f"{option} {path}: not a regular file (a journal is a SQLite file)"
-        if not os.access(path, os.R_OK | os.W_OK):
-            return f"{option} {path}: no permission to read and write it"
+    problem = file_problem(path, "journal file", read=True)
+    if problem is None and os.path.exists(path):
         problem = head_problem(path)
-        if problem is not None and problem != EMPTY:  # an empty one is refused when it is opened
-            return f"{option} {path}: {problem}"
+        if problem == EMPTY:  # refused when it is opened, with what to do about it
+            problem = None
+    return None if problem is None else f"{option} {path}: {problem}"
+
+
+def file_problem(path: str, kind: str, *, read: bool = False) -> str | None:
+    """Why the file `path` (a `kind`, e.g. "journal file") cannot be written (and read, if
+    `read`), or created if it does not exist; None if it may be. Looks only: nothing is created.
+
+    Refused: a directory, what is not a regular file (a FIFO, a device), a symbolic
+    link to nothing or in a loop, a name too long, a file or folder without the
+    permission, a folder that does not exist (none is created).
+    """
+    try:
+        found = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        found = None
+    except OSError as failed:
+        if failed.errno == errno.ELOOP and os.path.islink(path):
+            return "a symbolic link in a loop (it leads back to itself)"
+        return f"cannot be opened: {failed.strerror or failed}"
+    if found is not None:
+        if stat.S_ISDIR(found.st_mode):
+            return f"a directory, not a {kind}"
+        if not stat.S_ISREG(found.st_mode):
+            return f"not a regular file (a {kind} is one)"
+        if not os.access(path, (os.R_OK if read else 0) | os.W_OK):
+            return f"no permission to {'read and write' if read else 'write'} it"
         return None
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.lexists(parent):  # missing folders are created: look at the nearest existing one
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"{option} {path}: cannot be created: {parent} is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{option} {path}: cannot be created: no permission to write in {parent}"
+    if os.path.islink(path):
+        return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.lexists(folder):
+        return f"cannot be created: no folder {folder} (create it first)"
+    if not os.path.isdir(folder):
+        return f"cannot be created: {folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be created: no permission to write in {folder}"
     return None
 
 
@@ -114,6 +145,38 @@ def head_problem(path: str) -> str | None:
     if head != SQLITE_HEADER:
         return "not a journal: not a SQLite database (a journal is a SQLite file)"
     return None
+
+
+def new_lock_file(journal: str) -> str | None:
+    """The path of `journal`'s lock file if there is none yet, else None: give it to
+    `remove_stray_lock` when opening the journal is refused."""
+    lock = os.path.realpath(journal) + LOCK_SUFFIX  # where the library puts it
+    return None if os.path.lexists(lock) else lock
+
+
+def remove_stray_lock(lock: str | None) -> None:
+    """Remove the lock file a refused open of a journal left (`new_lock_file`), unless a process
+    holds it now (it is that process's, made meanwhile).
+
+    The library takes its writer lock, creating `<journal>.lock`, before it looks at the
+    journal, and leaves the file when it then refuses the journal (another program's
+    database, a newer schema). A writer that opened the file just before it is removed
+    still cannot share the journal: the library locks the journal file itself too.
+    """
+    if lock is None:
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # not made after all, or not a plain file
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.path.samestat(os.fstat(fd), os.lstat(lock)):
+            os.unlink(lock)
+    except OSError:  # held (BlockingIOError), or gone meanwhile
+        pass
+    finally:
+        os.close(fd)
 
 
 def open_problem(journal: str, failed: BaseException) -> str | None:

@@ -19,7 +19,7 @@ import demo
 from saga_actors._cli import open_problem
 from saga_actors.actors import OrderSystem
 from saga_actors.actors.consistency import Check
-from tests.helpers.cli import piped_into_head
+from tests.helpers.cli import bad_journal_files, piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--orders", "80", "--concurrency", "8", "--products", "4", "--latency", "0,0.003"]
@@ -557,8 +557,8 @@ def test_a_file_the_demo_cannot_use_is_named_truly():
     _refused(run_demo("--orders", "5", "--journal", "/proc/version"), "/proc/version", "not a journal")
     result = run_demo("--orders", "5", "--journal", "/proc/version")
     assert "No such file" not in result.stderr
-    # Where a folder or a lock file on the way cannot be made, the message names it.
-    _refused(run_demo("--orders", "5", "--journal", "/proc/x/y.db"), "cannot create /proc/x")
+    # A folder that does not exist is refused before anything runs: none is made for a journal.
+    _refused(run_demo("--orders", "5", "--journal", "/proc/x/y.db"), "no folder /proc/x")
 
 
 def test_an_open_error_names_the_file_the_system_refused(tmp_path):
@@ -681,3 +681,87 @@ def test_a_closed_pipe_kills_no_customer_and_stops_the_run(monkeypatch, capsys):
     assert died == []  # every customer ended as asked, none of a BrokenPipeError
     assert len(placed) < 1000  # the run stopped at the first line it could not write
     assert capsys.readouterr().err == ""
+
+
+# --- what a refused journal leaves: nothing ---
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _bad_journals(tmp_path):
+    bad_journal_files(tmp_path)
+    return {
+        "a dangling symlink": ("dangling", "a symbolic link to 'nowhere.db', which does not exist"),
+        "a symlink loop": ("loop1", "a symbolic link in a loop"),
+        "another program's database": ("other.db", "not a journal: a SQLite database without"),
+        "a folder that does not exist, 2,001 deep": ("/".join(["d"] * 2001) + "/j.db", "no folder"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "a dangling symlink",
+        "a symlink loop",
+        "another program's database",
+        "a folder that does not exist, 2,001 deep",
+    ],
+)
+def test_a_refused_journal_leaves_nothing_behind(case, tmp_path):
+    """A dangling symlink or a loop left `nowhere.db.lock` / `loop1.lock` (the library's lock
+    file, made before it refuses the file; with --kill-and-recover the child said it, in three
+    lines); a deep path that could not be opened left the 2,001 folders made for it."""
+    path, message = _bad_journals(tmp_path)[case]
+    before = _tree(tmp_path)
+    for extra in ([], ["--kill-and-recover"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "demo.py"), "--orders", "5", "--journal", path, *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        _refused(result, message)
+        assert _tree(tmp_path) == before, extra
+
+
+def test_a_lock_file_that_was_there_before_is_left_there(tmp_path):
+    _bad_journals(tmp_path)
+    (tmp_path / "other.db.lock").write_text("")
+    _refused(run_demo("--orders", "5", "--journal", str(tmp_path / "other.db")), "not a journal")
+    assert (tmp_path / "other.db.lock").exists()
+
+
+# --- --plot: a file that cannot be written is found before the run ---
+
+
+def _bad_plots(tmp_path):
+    (tmp_path / "x.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
+    return {
+        "a directory": (str(tmp_path / "x.png"), "a directory, not a picture file"),
+        "a FIFO": (str(tmp_path / "fifo.png"), "not a regular file"),
+        "a name too long": (str(tmp_path / ("p" * 300 + ".png")), "File name too long"),
+        "a folder that does not exist": (str(tmp_path / "none" / "p.png"), "no folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["a directory", "a FIFO", "a name too long", "a folder that does not exist"])
+def test_a_plot_that_cannot_be_written_is_refused_before_the_run(case, tmp_path):
+    path, message = _bad_plots(tmp_path)[case]
+    result = run_demo("--orders", "100000", "--plot", path)  # a run would take minutes
+    _refused(result, f"--plot {path}: ", message)  # and nothing ran: nothing on stdout
+
+
+def test_a_plot_in_a_folder_it_cannot_write_in_is_refused_before_the_run(tmp_path, monkeypatch):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    if os.access(folder, os.W_OK):  # root may write anywhere: say what os.access says to others
+        access = os.access
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode: access(path, mode) and not (path == str(folder) and mode & os.W_OK),
+        )
+    assert demo.plot_problem(str(folder / "p.png")) == (
+        f"--plot {folder / 'p.png'}: cannot be created: no permission to write in {folder}"
+    )

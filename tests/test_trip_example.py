@@ -39,7 +39,7 @@ from saga_actors.examples.trip import (
 )
 from saga_actors.sagas.runtime import SagaConflict, SagaOutcome
 from saga_actors.sagas.simulation import FaultPlan
-from tests.helpers.cli import piped_into_head
+from tests.helpers.cli import bad_journal_files, piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIP = TripRequest("Ada", "LH123", "Adlon", "compact")
@@ -259,17 +259,31 @@ def test_bad_options_exit_2_with_one_line(args, message, capsys):
 def _journals(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a journal\n")
+    bad_journal_files(tmp_path)
     return {
         "a directory": (str(tmp_path), "a directory, not a journal file"),
         "a file that is not a journal": (str(notes), "not a journal: not a SQLite database"),
         "an empty path": ("", "--journal '': an empty path"),
-        "a folder that cannot be made": ("/proc/x/y.db", "cannot create /proc/x"),
+        # none is made for a journal (one 2,001 folders deep was left behind)
+        "a folder that does not exist": (str(tmp_path / "no" / "such" / "y.db"), "no folder"),
+        # these left the library's lock file, `nowhere.db.lock`, `loop1.lock`, `other.db.lock`
+        "a dangling symlink": (str(tmp_path / "dangling"), "a symbolic link to 'nowhere.db', which does not"),
+        "a symlink loop": (str(tmp_path / "loop1"), "a symbolic link in a loop"),
+        "another program's database": (str(tmp_path / "other.db"), "a SQLite database without the journal's"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["a directory", "a file that is not a journal", "an empty path", "a folder that cannot be made"],
+    [
+        "a directory",
+        "a file that is not a journal",
+        "an empty path",
+        "a folder that does not exist",
+        "a dangling symlink",
+        "a symlink loop",
+        "another program's database",
+    ],
 )
 def test_a_bad_journal_is_one_line_and_exit_status_2(case, tmp_path, capsys):
     """Each printed a traceback and exited 1 (NotAJournal, ValueError, FileNotFoundError)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +39,14 @@ def piped_into_head(command: list[str], cwd: str, timeout: float = 120) -> tuple
                 process.kill()
                 process.communicate()
     return tool.returncode, first, err
+
+
+def bad_journal_files(folder: Path) -> None:
+    """In `folder`: `dangling` (a symbolic link to `nowhere.db`, which does not exist), `loop1`
+    and `loop2` (links to each other), `other.db` (another program's SQLite database)."""
+    (folder / "dangling").symlink_to("nowhere.db")
+    (folder / "loop1").symlink_to("loop2")
+    (folder / "loop2").symlink_to("loop1")
+    with sqlite3.connect(folder / "other.db") as db:
+        db.execute("CREATE TABLE t (x)")
+    db.close()
