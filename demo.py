@@ -37,6 +37,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
 
+if __name__ == "__main__":
+    # Ctrl-C or SIGTERM while the library loads (a few tenths of a second, before main()
+    # handles them): exit at once, quietly, with 128 + the signal; nothing is open yet.
+    def _stopped_while_loading(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, _stopped_while_loading)
+    signal.signal(signal.SIGTERM, _stopped_while_loading)
+
 from saga_actors._cli import (
     StopRequest,
     error,

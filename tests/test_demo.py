@@ -683,6 +683,33 @@ def test_a_closed_pipe_kills_no_customer_and_stops_the_run(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+# --- Ctrl-C while the demo loads ---
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_while_the_library_loads_exits_quietly(signum, status):
+    """Ctrl-C in the first ~0.15 s (the imports) printed a KeyboardInterrupt traceback. The signal
+    is sent once the library is being imported: `-X importtime` says when one of its modules is."""
+    child = subprocess.Popen(
+        [sys.executable, "-X", "importtime", str(ROOT / "demo.py"), *SMALL],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if "saga_actors." in line:  # a module of it loaded: the package itself is still loading
+                break
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == status
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert out == ""  # stopped before it began
+
+
 # --- what a refused journal leaves: nothing ---
 
 
