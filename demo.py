@@ -52,10 +52,12 @@ from saga_actors._cli import (
     file_problem,
     journal_problem,
     new_lock_file,
+    number,
     open_problem,
     plural,
     remove_stray_lock,
     run_stoppable,
+    whole_number,
 )
 from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
 from saga_actors.actors.consistency import Check
@@ -81,10 +83,7 @@ MAX_RESTOCK = 1_000_000_000
 
 
 def _whole_number(text: str, low: int, high: float, expected: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)  # ASCII digits only
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
     return value
@@ -103,10 +102,7 @@ def _restock(text: str) -> int:
 
 
 def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = number(text)  # ASCII digits only
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
@@ -115,7 +111,7 @@ def _rate(text: str) -> float:
 def _latency(text: str) -> tuple[float, float]:
     parts = text.split(",")
     try:
-        low, high = (float(p) for p in parts) if len(parts) == 2 else (None, None)
+        low, high = (number(p) for p in parts) if len(parts) == 2 else (None, None)
     except ValueError:
         low = high = None
     if low is None or high is None:
@@ -188,7 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the simulation in a child process, SIGKILL it part-way, then recover",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--run", type=whole_number, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.failure_rate + args.crash_rate > 1.0:
         parser.error("--failure-rate plus --crash-rate must not exceed 1")

@@ -40,10 +40,12 @@ from saga_actors._cli import (
     error,
     journal_problem,
     new_lock_file,
+    number,
     open_problem,
     plural,
     remove_stray_lock,
     run_stoppable,
+    whole_number,
 )
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.persistence.serialization import EventCodec
@@ -437,21 +439,23 @@ _STOP = StopRequest()
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--trips", type=int, default=20, help="trips to book (default 20)")
+    parser.add_argument("--trips", type=whole_number, default=20, help="trips to book (default 20)")
     parser.add_argument(
         "--journal",
         metavar="PATH",
         help="a SQLite journal file: running again on it resumes its unfinished trips (default: in memory)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="seeds the workload and the faults (default 1)")
+    parser.add_argument(
+        "--seed", type=whole_number, default=1, help="seeds the workload and the faults (default 1)"
+    )
     parser.add_argument(
         "--failure-rate",
-        type=float,
+        type=number,
         default=0.1,
         help="chance a call is refused as unavailable (default 0.1)",
     )
     parser.add_argument(
-        "--crash-rate", type=float, default=0.02, help="chance a call crashes the service (default 0.02)"
+        "--crash-rate", type=number, default=0.02, help="chance a call crashes the service (default 0.02)"
     )
     parser.add_argument(
         "--latency",
@@ -479,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.trips < 1:
             raise ValueError(f"--trips must be at least 1, got {args.trips}")
         try:
-            low, high = (float(x) for x in args.latency.split(","))
+            low, high = (number(x) for x in args.latency.split(","))
         except ValueError:
             raise ValueError(f"--latency must be MIN,MAX seconds, got {args.latency!r:.40}") from None
         plans = {

@@ -6,15 +6,18 @@ said truly when only opening it finds it out (`open_problem`); Ctrl-C and
 SIGTERM stop the command where it checks, without a traceback (`StopRequest`),
 with exit status 128 + the signal. Output cut short by its reader (`... | head`)
 stops the command the same way, quietly, with exit status 141 (128 + SIGPIPE):
-`output_closed`, `StopRequest.pipe_closed`, `run_stoppable`.
+`output_closed`, `StopRequest.pipe_closed`, `run_stoppable`. Numbers on the
+command line are written in ASCII digits (`whole_number`, `number`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import fcntl
 import os
+import re
 import select
 import signal
 import sqlite3
@@ -29,6 +32,7 @@ from saga_actors.persistence.sqlite import LOCK_SUFFIX
 __all__ = [
     "EMPTY",
     "EXIT_BROKEN_PIPE",
+    "NotANumber",
     "StopRequest",
     "error",
     "file_problem",
@@ -36,12 +40,14 @@ __all__ = [
     "head_problem",
     "journal_problem",
     "new_lock_file",
+    "number",
     "open_problem",
     "output_closed",
     "plural",
     "printable",
     "remove_stray_lock",
     "run_stoppable",
+    "whole_number",
 ]
 
 # The first bytes of every SQLite database file (and so of every journal).
@@ -70,6 +76,36 @@ def printable(text: str) -> str:
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """`1 restart`, `2 restarts`; `nouns` for an irregular plural (`1 entry`, `2 entries`)."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+# --- numbers on the command line ---
+
+
+class NotANumber(ValueError, argparse.ArgumentTypeError):
+    """Not a number written in ASCII digits; argparse shows the message as it is."""
+
+
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def whole_number(text: str) -> int:
+    """`text` as an int: ASCII digits, a sign at most; else NotANumber.
+
+    int() also takes digits of other scripts (Arabic-Indic `\\u0661\\u0660` is 10),
+    underscores and surrounding spaces, which a count typed on a command line is not.
+    """
+    if _WHOLE.fullmatch(text) is None:
+        raise NotANumber(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
+def number(text: str) -> float:
+    """`text` as a float: ASCII digits with a decimal point and an exponent at most (`0.5`,
+    `1e-3`); else NotANumber. float() also takes other scripts' digits, `nan` and `inf`."""
+    if _NUMBER.fullmatch(text) is None:
+        raise NotANumber(f"expected a number, got {text!r}")
+    return float(text)
 
 
 def journal_problem(path: str, *, option: str = "--journal", otherwise: str = "leave it out") -> str | None:

@@ -19,7 +19,7 @@ import demo
 from saga_actors._cli import open_problem
 from saga_actors.actors import OrderSystem
 from saga_actors.actors.consistency import Check
-from tests.helpers.cli import bad_journal_files, piped_into_head
+from tests.helpers.cli import NOT_ASCII_NUMBERS, assert_number_refused, bad_journal_files, piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--orders", "80", "--concurrency", "8", "--products", "4", "--latency", "0,0.003"]
@@ -792,3 +792,21 @@ def test_a_plot_in_a_folder_it_cannot_write_in_is_refused_before_the_run(tmp_pat
     assert demo.plot_problem(str(folder / "p.png")) == (
         f"--plot {folder / 'p.png'}: cannot be created: no permission to write in {folder}"
     )
+
+
+# --- numbers in ASCII digits ---
+
+
+@pytest.mark.parametrize(
+    "option", ["--orders", "--seed", "--restock", "--concurrency", "--products", "--failure-rate"]
+)
+@pytest.mark.parametrize(("text", "taken_as"), NOT_ASCII_NUMBERS)
+def test_numbers_are_written_in_ascii_digits(option, text, taken_as, capsys):
+    assert_number_refused(demo.parse_args, option, text, capsys)
+
+
+@pytest.mark.parametrize("latency", ["0,\u0661", "\u0660.1,1", "nan,1", "0,inf"])
+def test_a_latency_is_written_in_ascii_digits(latency, capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--latency", latency])
+    assert "expected MIN,MAX in seconds" in capsys.readouterr().err

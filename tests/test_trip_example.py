@@ -39,7 +39,7 @@ from saga_actors.examples.trip import (
 )
 from saga_actors.sagas.runtime import SagaConflict, SagaOutcome
 from saga_actors.sagas.simulation import FaultPlan
-from tests.helpers.cli import bad_journal_files, piped_into_head
+from tests.helpers.cli import NOT_ASCII_NUMBERS, assert_number_refused, bad_journal_files, piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIP = TripRequest("Ada", "LH123", "Adlon", "compact")
@@ -344,6 +344,18 @@ def test_piped_into_head_it_stops_quietly_with_status_141():
         cwd=str(ROOT),
     )
     assert (status, first, err) == (141, "booking 200 trips\n", "")
+
+
+@pytest.mark.parametrize("option", ["--trips", "--seed", "--failure-rate", "--crash-rate"])
+@pytest.mark.parametrize(("text", "taken_as"), NOT_ASCII_NUMBERS)
+def test_numbers_are_written_in_ascii_digits(option, text, taken_as, capsys):
+    assert_number_refused(trip.main, option, text, capsys)
+
+
+@pytest.mark.parametrize("latency", ["0,\u0661", "\u0660.1,1", "nan,1", "0,inf"])
+def test_a_latency_is_written_in_ascii_digits(latency, capsys):
+    assert trip.main(["--latency", latency]) == 2
+    assert "--latency must be MIN,MAX seconds" in capsys.readouterr().err
 
 
 def test_help_shows_every_default():

@@ -6,7 +6,9 @@ import fcntl
 import os
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,22 @@ def bad_journal_files(folder: Path) -> None:
     with sqlite3.connect(folder / "other.db") as db:
         db.execute("CREATE TABLE t (x)")
     db.close()
+
+
+# Numbers not in ASCII digits, which int() and float() take: (the text, what it was taken as).
+NOT_ASCII_NUMBERS = [
+    ("\u0661\u0660", "10 in Arabic-Indic digits"),
+    ("\u0967", "1 in Devanagari"),
+    ("\uff15", "a fullwidth 5"),
+    ("1_0", "10"),
+    (" 10", "10"),
+]
+
+
+def assert_number_refused(parse: Callable[[list[str]], Any], option: str, text: str, capsys: Any) -> None:
+    """`parse([option, text])` exits 2, saying which option wanted a number and what it got."""
+    with pytest.raises(SystemExit) as stopped:
+        parse([option, text])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: expected a" in err and repr(text) in err, err
