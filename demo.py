@@ -23,6 +23,7 @@ import math
 import os
 import queue
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,7 +33,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
@@ -183,6 +184,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the simulation in a child process, SIGKILL it part-way, then recover",
     )
+    parser.add_argument(
+        "--services",
+        choices=("in-process", "processes"),
+        help="where the inventory and payment services run: in this process (in-process, the "
+        "default), or as two child processes over HTTP (processes; needs aiohttp: "
+        f"{HTTP_EXTRA})",
+    )
+    parser.add_argument(
+        "--kill-service",
+        choices=SERVICES,
+        help="SIGKILL this service part-way and restart it on the same port and journal "
+        "(implies --services processes)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run", type=whole_number, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -192,6 +206,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--products and --concurrency are limited to 1000")
     if args.orders > MAX_ORDERS:
         parser.error(f"--orders is limited to {MAX_ORDERS:,}")
+    if args.kill_service and args.services == "in-process":
+        parser.error("--kill-service needs --services processes")
+    args.services = args.services or ("processes" if args.kill_service else "in-process")
+    if args.services == "processes" and args.kill_and_recover:
+        parser.error("--kill-and-recover runs the in-process services; with --services processes, "
+                     "--kill-service kills one of them")  # fmt: skip
     return args
 
 
@@ -275,14 +295,15 @@ def build_system(args: argparse.Namespace, journal: str, stock: dict[int, int] |
         "min_latency": low,
         "max_latency": high,
     }
+    retry = RetryPolicy(initial_interval=0.01, maximum_interval=0.25, maximum_attempts=6, attempt_timeout=0.5)
+    if _services is not None:  # --services processes: the stock and the faults are the services'
+        return _services.system(journal, retry)
     return OrderSystem(
         journal_path=journal,
         stock=stock,
         inventory_faults=FaultPlan(**faults, seed=args.seed),
         payment_faults=FaultPlan(**faults, seed=args.seed + 1),
-        retry=RetryPolicy(
-            initial_interval=0.01, maximum_interval=0.25, maximum_attempts=6, attempt_timeout=0.5
-        ),
+        retry=retry,
     )
 
 
@@ -801,6 +822,8 @@ def print_summary(summary: dict[str, Any], out: IO[str]) -> None:
         w(f"  latency of a submission: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms\n")
         if p["errors"]:
             w(f"  errors: {p['errors']}\n")
+    if "services" in summary:
+        print_services(summary["services"], w)
     restocked = any(s["restocked"] for s in summary["stock"].values())
     head = "before this run" + (", +restocked" if restocked else "")
     w(f"\n== Stock ==   on hand and reserved: {head} -> after\n")
@@ -914,6 +937,271 @@ def lines_until_stopped(stream: IO[str]) -> Iterator[str]:
         if line is None:
             return
         yield line
+
+
+# --- the services as processes (--services processes, --kill-service) ---
+
+if TYPE_CHECKING:
+    from saga_actors.actors.processes import ServiceProcess
+
+SERVICES = ("inventory", "payment")
+HTTP_EXTRA = "pip install 'saga-actors[http]' (from a checkout: pip install -e '.[http]')"
+RunMode = Callable[[argparse.Namespace, str, IO[str], "Timeline | None"], dict[str, Any]]
+
+
+def service_journals(journal: str) -> dict[str, str]:
+    """Each service's journal, next to the demo's: `orders.db` -> `orders-inventory.db`, ..."""
+    stem, extension = os.path.splitext(journal)
+    return {service: f"{stem}-{service}{extension or '.db'}" for service in SERVICES}
+
+
+def services_problem(args: argparse.Namespace) -> str | None:
+    """Why the services cannot run where asked, found before anything runs; None if they can."""
+    if args.services == "processes":
+        try:
+            import aiohttp  # noqa: F401
+        except ImportError:
+            return f"--services processes needs aiohttp, which is not installed: {HTTP_EXTRA}"
+    if args.journal and os.path.exists(args.journal):  # a kept journal keeps where its stock is
+        theirs = [path for path in service_journals(args.journal).values() if os.path.exists(path)]
+        if args.services == "processes" and not theirs:
+            return (
+                f"--journal {args.journal}: its runs had the services in-process (the stock is in "
+                "it); run it without --services processes, or give a new journal"
+            )
+        if args.services == "in-process" and theirs:
+            return (
+                f"--journal {args.journal}: its runs had the services as processes (the stock is in "
+                f"{theirs[0]}); run it with --services processes, or give a new journal"
+            )
+    return None
+
+
+class ServiceProcesses:
+    """`--services processes`: the inventory and the payment as `saga-actors serve` children on
+    free ports of 127.0.0.1, each with a journal next to the demo's (in its temporary folder
+    unless --journal), a token made for this run (in their environment), the demo's faults (they
+    strike in the services now: the same seeds as in-process) and its initial stock. With
+    --kill-service, one of them is SIGKILLed part-way and restarted on the same port and journal.
+    Stopped (SIGTERM, then SIGKILL) whatever happens: a normal end, an error, Ctrl-C or SIGTERM."""
+
+    def __init__(self, args: argparse.Namespace, journal: str, out: IO[str]) -> None:
+        from saga_actors.actors.processes import ServiceProcess
+
+        self.args, self.out = args, out
+        self.token = secrets.token_urlsafe(32)
+        self.journals = service_journals(journal)
+        low, high = args.latency
+        faults = ["--failure-rate", str(args.failure_rate), "--crash-rate", str(args.crash_rate)]
+        faults += ["--latency", f"{low!r},{high!r}"]
+        # The engine abandons a call after twice its attempt timeout (0.5 s): a service need not
+        # wait longer for an actor that crashed while handling it (and a SIGTERM drains at once).
+        faults += ["--request-timeout", "1"]
+        # For --kill-service: the run's number changes the order ids only, not how many there are.
+        self._distinct = len({r["order_id"] for r in make_workload(args, 1).requests})
+        stock = ",".join(f"{p}={n}" for p, n in initial_stock(args).items())  # if its journal is new
+        own = {
+            "inventory": ("--stock", stock, "--seed", str(args.seed)),
+            "payment": ("--seed", str(args.seed + 1)),
+        }
+        self.restarts: Counter[str] = Counter()  # the services' actor restarts, from their logs
+        self.processes: dict[str, ServiceProcess] = {
+            name: ServiceProcess(
+                name, self.journals[name], *faults, *own[name], token=self.token, keep=1 << 16,
+                on_stderr_line=lambda line, name=name: self._logged(name, line),
+            )
+            for name in SERVICES
+        }  # fmt: skip
+        self.pids: dict[str, list[int]] = {name: [] for name in SERVICES}
+        self.gate = threading.RLock()  # held while a service is down on purpose (--kill-service)
+        self.killed: dict[str, Any] | None = None
+        self._failed: str | None = None  # why a killed service did not come back
+        self._system: OrderSystem | None = None
+        self._system_started = time.perf_counter()
+        self._done = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _logged(self, service: str, line: str) -> None:
+        if f"restarted {service} (restart" in line:  # its supervisor restarted the actor
+            self.restarts[service] += 1
+
+    def __enter__(self) -> ServiceProcesses:
+        from saga_actors.actors.processes import ServiceFailed
+
+        try:
+            for name, service in self.processes.items():
+                service.start(check=check_stop)
+                self.pids[name].append(service.pid or 0)
+        except ServiceFailed as failed:
+            self.__exit__()
+            raise ChildFailed(2 if failed.status == 2 else 1, str(failed)) from None
+        except BaseException:
+            self.__exit__()
+            raise
+        for n, (name, service) in enumerate(self.processes.items()):
+            self.out.write(
+                f"{'services:' if n == 0 else '':<10}{name:<10}{service.url} (pid {service.pid})\n"
+            )
+        self.out.flush()
+        if self.args.kill_service:
+            self._watcher = threading.Thread(target=self._watch, name="kill-service", daemon=True)
+            self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        for service in self.processes.values():
+            service.stop()
+
+    def system(self, journal: str, retry: RetryPolicy) -> OrderSystem:
+        """An order system on `journal` over the two services (see `build_system`)."""
+        urls = {name: service.url for name, service in self.processes.items()}
+        system = ServiceOrderSystem(self, journal_path=journal, **urls, service_token=self.token, retry=retry)
+        self._system, self._system_started = system, time.perf_counter()
+        return system
+
+    def check_up(self) -> None:
+        """ChildFailed if a service killed on purpose could not be restarted."""
+        if self._failed is not None:
+            raise ChildFailed(1, self._failed)
+
+    def _watch(self) -> None:
+        """--kill-service: once a seeded share (30-60 %) of this run's distinct orders has
+        finished, SIGKILL the service and restart it on the same port and journal."""
+        threshold = max(1, int(self._distinct * random.Random(self.args.seed).uniform(0.3, 0.6)))
+        while not self._done.wait(0.02):
+            system = self._system
+            if system is None or not system.running:
+                continue
+            try:
+                counts = system.metrics()
+            except Exception:  # stopped meanwhile: look again, or stop with the run
+                continue
+            finished = counts["orders_confirmed"] + counts["orders_cancelled"]
+            if finished >= threshold and counts["in_flight"]:
+                self._kill_and_restart(self.args.kill_service, finished)
+                return
+
+    def _kill_and_restart(self, name: str, finished: int) -> None:
+        from saga_actors.actors.processes import ServiceFailed
+
+        def abandoned() -> None:
+            if self._done.is_set():  # the demo is stopping: give the restart up
+                raise ServiceFailed(f"the {name} service was not restarted: the demo stopped", None)
+
+        service = self.processes[name]
+        with self.gate:
+            killed = time.perf_counter()
+            service.kill()  # SIGKILL: its requests in flight die with it
+            try:
+                service.restart(check=abandoned)
+            except ServiceFailed as failed:
+                self._failed = f"the {name} service, killed on purpose, could not be restarted: {failed}"
+                return
+            finally:
+                self.killed = {
+                    "service": name,
+                    "killed": True,
+                    "seconds_after_the_engine_started": round(killed - self._system_started, 3),
+                    "orders_finished_before": finished,
+                    "restarted": self._failed is None,
+                    "seconds_down": round(time.perf_counter() - killed, 3),
+                    "port": service.bound_port,
+                }
+            self.pids[name].append(service.pid or 0)
+
+    def report(self) -> dict[str, Any]:
+        """What the summary says of the services."""
+        return {
+            "mode": "processes",
+            **{
+                name: {
+                    "url": service.url,
+                    "pids": self.pids[name],
+                    "journal": self.journals[name],
+                    "actor_restarts": self.restarts[name],
+                }
+                for name, service in self.processes.items()
+            },
+            "kill": (self.killed or {"service": self.args.kill_service, "killed": False})
+            if self.args.kill_service
+            else None,
+        }
+
+
+class ServiceOrderSystem(OrderSystem):
+    """An order system over the service processes whose views (the stock, the payments, the
+    checks, a restock) wait while --kill-service has a service down on purpose: the summary
+    reads the services once they are back, and a service is never killed in the middle of it."""
+
+    def __init__(self, services: ServiceProcesses, **options: Any) -> None:
+        super().__init__(**options)
+        self._services = services
+
+    def _viewing(self, view: Callable[[], Any]) -> Any:
+        with self._services.gate:
+            self._services.check_up()
+            return view()
+
+    def inventory(self) -> Any:
+        return self._viewing(super().inventory)
+
+    def payments(self) -> Any:
+        return self._viewing(super().payments)
+
+    def restock(self, stock: Any) -> None:
+        restock = super().restock
+        self._viewing(lambda: restock(stock))
+
+    def check_consistency(self, initial_stock: Any = None) -> list[Check]:
+        check = super().check_consistency
+        return self._viewing(lambda: check(initial_stock))  # type: ignore[no-any-return]
+
+
+_services: ServiceProcesses | None = None  # while the services run: build_system uses them
+
+
+def over_service_processes(run: RunMode) -> RunMode:
+    """`run` with the services as processes around it; the summary says what they did."""
+
+    def running(
+        args: argparse.Namespace, journal: str, out: IO[str], timeline: Timeline | None
+    ) -> dict[str, Any]:
+        global _services
+        with ServiceProcesses(args, journal, out) as services:
+            _services = services
+            try:
+                summary = run(args, journal, out, timeline)
+            finally:
+                _services = None
+        summary["services"] = services.report()
+        return summary
+
+    return running
+
+
+def print_services(services: dict[str, Any], w: Callable[[str], None]) -> None:
+    w("\n== Services: two processes over HTTP ==\n")
+    for name in SERVICES:
+        s = services[name]
+        pids = " -> ".join(str(pid) for pid in s["pids"])
+        w(f"  {name:<9}  {s['url']}  pid {pids:<16}  actor restarts {s['actor_restarts']}\n")
+    w("  (actor restarts: the simulated crashes, from the services' logs)\n")
+    kill = services["kill"]
+    if kill is not None and not kill["killed"]:
+        w(f"  {kill['service']}: not killed, the run ended first\n")
+    elif kill is not None:
+        w(
+            f"  {kill['service']}: SIGKILL {kill['seconds_after_the_engine_started']:.2f} s after the engine "
+            f"started, {kill['orders_finished_before']} orders finished;\n"
+        )
+        if kill["restarted"]:
+            down = kill["seconds_down"]
+            w(f"    restarted on the same port and journal, listening again {down:.2f} s later\n")
+        else:
+            w("    not restarted\n")
 
 
 def kill_and_recover(
@@ -1114,6 +1402,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = journal_problem(args.journal, otherwise="leave --journal out for a temporary journal")
     if problem is None and args.plot is not None and not args.child:
         problem = plot_problem(args.plot)
+    problem = problem or services_problem(args)
     if problem is not None:
         return error(PROG, problem)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -1133,6 +1422,7 @@ def _run(args: argparse.Namespace) -> int:
         with folder_or_none or contextlib.nullcontext():
             journal = args.journal or os.path.join(folder_or_none.name, "journal.db")  # type: ignore[union-attr]
             run = kill_and_recover if args.kill_and_recover else simulate
+            run = over_service_processes(run) if args.services == "processes" else run
             summary = run(args, journal, out, timeline)
             check_stop()
     except BadJournal as bad:

@@ -27,6 +27,8 @@ the application's saga definitions (those it knows: `saga:order:*`) only to
 name the steps of a stage. It verifies each row's checksum (see
 `row_checksum`): the summary counts and names rows that changed after they
 were written (exit status 1 if there are any), the history marks them. A
+stored text that is not valid UTF-8 (which the library never writes) is shown
+with its invalid bytes escaped (`\\xff`) and counted and marked the same way. A
 journal of a newer schema version than this library's is refused (exit
 status 2), as the library refuses it, and so is what is not a journal: a
 directory, an empty file, a file that is not a SQLite database, another
@@ -51,14 +53,16 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from saga_actors._cli import EMPTY, error, flushed, head_problem, output_closed, printable
 from saga_actors.persistence.sqlite import (
     LOCK_SUFFIX,
     SCHEMA_VERSION,
     NotAJournal,
+    NotUTF8,
     _check_schema,
+    read_tolerating_not_utf8,
     row_checksum,
 )
 
@@ -69,6 +73,8 @@ if TYPE_CHECKING:
 # finished once their last event is one of these.
 SAGA_PREFIX = "saga:"
 SAGA_FINAL_TYPES = ("SagaCompleted", "SagaAborted")
+
+_T = TypeVar("_T")
 
 # The clock "how long ago" is measured against (tests replace it).
 _now: Callable[[], float] = time.time
@@ -193,15 +199,16 @@ def summary(
     as_json: bool = False,
     writer: dict[str, int | None] | None = None,
 ) -> int:
-    streams = db.execute(
+    streams = _rows(
+        db,
         "SELECT s.persistence_id, s.highest_sequence_nr, s.deleted_to, "
         "  (SELECT count(*) FROM events e WHERE e.persistence_id = s.persistence_id), "
         "  (SELECT type FROM events e WHERE e.persistence_id = s.persistence_id "
         "     ORDER BY sequence_nr DESC LIMIT 1) "
-        "FROM streams s ORDER BY s.persistence_id"
-    ).fetchall()
+        "FROM streams s ORDER BY s.persistence_id",
+    )
     snapshots = dict(
-        db.execute("SELECT persistence_id, max(sequence_nr) FROM snapshots GROUP BY persistence_id")
+        _rows(db, "SELECT persistence_id, max(sequence_nr) FROM snapshots GROUP BY persistence_id")
     )
     total = sum(s[3] for s in streams)
     size = os.path.getsize(path)
@@ -236,7 +243,8 @@ def summary(
                     "all_match": not changed if checked else None,
                     "mismatched": [
                         {"table": what, "persistence_id": pid, "sequence_nr": sequence_nr}
-                        for what, pid, sequence_nr in changed
+                        | ({} if problem == _MISMATCH else {"not_valid_utf8": problem})
+                        for what, pid, sequence_nr, problem in changed
                     ],
                 },
             }
@@ -279,23 +287,79 @@ def summary(
         _say("checksums: every event and snapshot matches")
         return 0
     _say(f"checksums: {len(changed)} rows do NOT match: changed after they were written")
-    for what, pid, sequence_nr in changed[:50]:
-        _say(f"  {what[:-1]} {pid} #{sequence_nr}")
+    for what, pid, sequence_nr, problem in changed[:50]:
+        _say(f"  {what[:-1]} {pid} #{sequence_nr}" + ("" if problem == _MISMATCH else f": {problem}"))
     if len(changed) > 50:
         _say(f"  ... and {len(changed) - 50} more")
     return status
 
 
-def _changed_rows(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
-    return [
-        (what, pid, sequence_nr)
-        for what in ("events", "snapshots")
+_MISMATCH = "checksum does not match"
+
+
+def _changed_rows(db: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
+    """(table, persistence id, sequence number, problem) of each row that changed after it was written.
+
+    A stream whose stored id is not valid UTF-8 is listed as ("streams", its
+    id escaped, its highest sequence number, the problem).
+    """
+    return _tolerant(db, lambda: _find_changed_rows(db))  # rows read one by one, not all held
+
+
+def _find_changed_rows(db: sqlite3.Connection) -> list[tuple[str, str, int, str]]:
+    changed: list[tuple[str, str, int, str]] = [
+        ("streams", pid, highest, _problem("persistence id", pid))
+        for pid, highest in db.execute(
+            "SELECT persistence_id, highest_sequence_nr FROM streams ORDER BY persistence_id"
+        )
+        if isinstance(pid, NotUTF8)
+    ]
+    for what in ("events", "snapshots"):
         for pid, sequence_nr, type_name, version, data, checksum in db.execute(
             f"SELECT persistence_id, sequence_nr, type, version, data, checksum FROM {what} "
             "ORDER BY persistence_id, sequence_nr"
-        )
-        if checksum != row_checksum(pid, sequence_nr, type_name, version, data)
-    ]
+        ):
+            if (
+                checksum != row_checksum(pid, sequence_nr, type_name, version, data)
+                or isinstance(pid, NotUTF8)
+                or isinstance(type_name, NotUTF8)
+                or isinstance(data, NotUTF8)
+            ):
+                changed.append(
+                    (
+                        what,
+                        pid,
+                        sequence_nr,
+                        _row_problem(pid, sequence_nr, type_name, version, data, checksum) or _MISMATCH,
+                    )
+                )
+    return changed
+
+
+def _row_problem(
+    pid: str, sequence_nr: int, type_name: str, version: int, data: str, checksum: object
+) -> str | None:
+    """Why an event or snapshot row cannot be trusted, or None: a stored text that is not valid
+    UTF-8 (its text here shows the bytes escaped, and might even match the checksum), or its checksum."""
+    not_utf8 = _not_utf8(persistence_id=pid, type=type_name, data=data, checksum=checksum)
+    if not_utf8 is not None:
+        return _problem(*not_utf8)
+    if checksum != row_checksum(pid, sequence_nr, type_name, version, data):
+        return _MISMATCH
+    return None
+
+
+def _not_utf8(**columns: object) -> tuple[str, NotUTF8] | None:
+    """The first of `columns` (name=value) whose stored text is not valid UTF-8, or None."""
+    for column, value in columns.items():
+        if isinstance(value, NotUTF8):
+            return column.replace("_", " "), value
+    return None
+
+
+def _problem(column: str, value: NotUTF8) -> str:
+    """E.g. "stored data is not valid UTF-8 (byte 0xff at offset 39)"."""
+    return f"stored {column} is {value.problem()}"
 
 
 # --- the history of one id -----------------------------------------------------------
@@ -310,16 +374,21 @@ def history(
     writer: dict[str, int | None] | None = None,
 ) -> int:
     checksum = "checksum" if checked else "NULL"
-    candidates = db.execute(
+    candidates = _rows(
+        db,
         f"SELECT persistence_id, sequence_nr, timestamp, type, version, data, {checksum} FROM events "
         # substr, not LIKE: a pattern has a length limit (50,000 bytes), an id has none
         "WHERE persistence_id = ? OR substr(persistence_id, -?) = ? OR instr(data, ?) > 0",
         (wanted, len(wanted) + 1, ":" + wanted, json.dumps(wanted)),
-    ).fetchall()
+    )
+    # A row whose JSON cannot be read (damaged) but holds the id's JSON string is shown, not hidden.
     rows = _in_order(
         row
         for row in candidates
-        if row[0] == wanted or row[0].endswith(":" + wanted) or _mentions(_loads(row[5]), wanted)
+        if row[0] == wanted
+        or row[0].endswith(":" + wanted)
+        or (value := _loads(row[5])) is _UNREADABLE
+        or _mentions(value, wanted)
     )
     now = _now()
     sagas = [
@@ -330,6 +399,8 @@ def history(
         events = []
         for pid, sequence_nr, timestamp, type_name, version, data, stored in rows:
             value = _loads(data)
+            problem = _row_problem(pid, sequence_nr, type_name, version, data, stored) if checked else None
+            not_utf8 = _not_utf8(persistence_id=pid, type=type_name, data=data)
             event: dict[str, Any] = {
                 "persistence_id": pid,
                 "sequence_nr": sequence_nr,
@@ -338,12 +409,12 @@ def history(
                 "type": type_name,
                 "version": version,
                 "data": None if value is _UNREADABLE else value,
-                "checksum_matches": (
-                    stored == row_checksum(pid, sequence_nr, type_name, version, data) if checked else None
-                ),
+                "checksum_matches": problem is None if checked else None,
             }
             if value is _UNREADABLE:
                 event["unreadable_data"] = data
+            if not_utf8 is not None:
+                event["not_valid_utf8"] = _problem(*not_utf8)
             events.append(event)
         _print_json({"id": wanted, "now": _utc(now), "in_use_by": writer, "events": events, "sagas": sagas})
         return 0 if rows else 1
@@ -355,11 +426,17 @@ def history(
     for pid, sequence_nr, timestamp, type_name, version, data, stored in rows:
         value = _loads(data)
         shown = _plain(value) if value is not _UNREADABLE else f"{data[:200]!r} (unreadable JSON)"
-        mark = (
-            "  [CHECKSUM DOES NOT MATCH: changed after it was written]"
-            if checked and stored != row_checksum(pid, sequence_nr, type_name, version, data)
-            else ""
-        )
+        not_utf8 = _not_utf8(persistence_id=pid, type=type_name, data=data)
+        if not_utf8 is not None:
+            column, text = not_utf8
+            mark = (
+                f"  [STORED {column.upper()} IS NOT VALID UTF-8 ({text.where()}): "
+                "changed after it was written]"
+            )
+        elif checked and _row_problem(pid, sequence_nr, type_name, version, data, stored):
+            mark = "  [CHECKSUM DOES NOT MATCH: changed after it was written]"
+        else:
+            mark = ""
         _say(f"  {_utc(timestamp)}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {shown}{mark}")
     for saga in sagas:
         _say()
@@ -395,10 +472,14 @@ def saga_status(db: sqlite3.Connection, persistence_id: str, now: float) -> dict
     ({"step", "kind": "do" | "undo"}) it still sends, or None when the saga's
     definition is not known to this tool.
     """
-    rows = db.execute(
-        "SELECT sequence_nr, timestamp, type, data FROM events WHERE persistence_id = ? ORDER BY sequence_nr",
-        (persistence_id,),
-    ).fetchall()
+    # A stored id that is not valid UTF-8 (from the streams table) is looked up by its bytes.
+    stored_id = persistence_id.raw if isinstance(persistence_id, NotUTF8) else persistence_id
+    rows = _rows(
+        db,
+        "SELECT sequence_nr, timestamp, type, data FROM events WHERE persistence_id = CAST(? AS TEXT) "
+        "ORDER BY sequence_nr",
+        (stored_id,),
+    )
     parts = persistence_id.split(":", 2)
     name, saga_id = (parts[1], parts[2]) if len(parts) == 3 else ("", persistence_id[len(SAGA_PREFIX) :])
     definition = _definition(name)
@@ -409,9 +490,15 @@ def saga_status(db: sqlite3.Connection, persistence_id: str, now: float) -> dict
     reason: str | None = None
     failed_step: str | None = None
     compensate: list[str] = []
+    if isinstance(persistence_id, NotUTF8):
+        notes.append(f"its stored persistence id is {persistence_id.problem()}")
     for sequence_nr, _, type_name, data in rows:
         value = _loads(data)
-        if value is _UNREADABLE:
+        if isinstance(data, NotUTF8):
+            notes.append(
+                f"#{sequence_nr} {type_name}: stored data is {data.problem()}, its fields are not known"
+            )
+        elif value is _UNREADABLE:
             notes.append(f"#{sequence_nr} {type_name}: unreadable JSON, its fields are not known")
         fields = value if isinstance(value, dict) else {}
         if type_name == "SagaStarted":
@@ -611,6 +698,16 @@ def _print_json(document: dict[str, Any]) -> None:
 # --- reading the stored JSON -------------------------------------------------------------
 
 _UNREADABLE = object()
+
+
+def _rows(db: sqlite3.Connection, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+    """The rows of a query; a stored text that is not valid UTF-8 (damaged) comes back as a
+    `NotUTF8` showing its invalid bytes as `\\xff`, instead of failing the whole read."""
+    return _tolerant(db, lambda: db.execute(sql, parameters).fetchall())
+
+
+def _tolerant(db: sqlite3.Connection, read: Callable[[], _T]) -> _T:
+    return read_tolerating_not_utf8(db, read, errors="backslashreplace")
 
 
 def _loads(data: str) -> Any:

@@ -20,15 +20,19 @@ whatever mode an existing file had; directories it creates are 0700.
 
 Stored data cannot change silently: every event and snapshot row carries a
 checksum of what it stores (see `row_checksum`), written with the row and
-verified whenever the row is read. The file records its schema version
-(`PRAGMA user_version`, `SCHEMA_VERSION`); a journal from a newer version is
-refused, and one from before checksums (version 0) is migrated on open.
+verified whenever the row is read. A stored text that is not valid UTF-8
+(which this library never writes) is reported the same way, naming its row,
+instead of failing the whole read (see `read_tolerating_not_utf8`). The file
+records its schema version (`PRAGMA user_version`, `SCHEMA_VERSION`); a
+journal from a newer version is refused, and one from before checksums
+(version 0) is migrated on open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -40,7 +44,7 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from saga_actors.persistence.journal import (
     MAX_SEQUENCE_NR,
@@ -53,9 +57,20 @@ from saga_actors.persistence.journal import (
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 
-__all__ = ["DEFAULT_CACHED_STREAMS", "SCHEMA_VERSION", "NotAJournal", "SQLiteJournal", "row_checksum"]
+__all__ = [
+    "DEFAULT_CACHED_STREAMS",
+    "SCHEMA_VERSION",
+    "NotAJournal",
+    "NotUTF8",
+    "SQLiteJournal",
+    "read_tolerating_not_utf8",
+    "row_checksum",
+    "text_or_not_utf8",
+]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -109,8 +124,12 @@ COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
 _MIGRATION_TO_1 = (
     "ALTER TABLE events ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE snapshots ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0",
-    "UPDATE events SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data)",
-    "UPDATE snapshots SET checksum = journal_row_checksum(persistence_id, sequence_nr, type, version, data)",
+    # The text columns as bytes: one that is not valid UTF-8 reaches the function (which stores no
+    # checksum for its row) instead of failing the whole migration.
+    "UPDATE events SET checksum = journal_row_checksum(CAST(persistence_id AS BLOB), sequence_nr, "
+    "CAST(type AS BLOB), version, CAST(data AS BLOB))",
+    "UPDATE snapshots SET checksum = journal_row_checksum(CAST(persistence_id AS BLOB), sequence_nr, "
+    "CAST(type AS BLOB), version, CAST(data AS BLOB))",
     "PRAGMA user_version = 1",
 )
 
@@ -184,6 +203,93 @@ def row_checksum(persistence_id: str, sequence_nr: int, type_name: str, version:
     )
     digest = hashlib.sha256(framed.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class NotUTF8(str):
+    """A stored text value that is not valid UTF-8, read so that it can be reported, naming its row.
+
+    Made by `text_or_not_utf8`. Its text is the stored bytes decoded with the
+    `errors` handler given there; `raw` holds the bytes, `offset` the place of
+    the first invalid byte in them. This library never writes such a value:
+    Python's sqlite3 binds only valid UTF-8 (a lone surrogate raises
+    UnicodeEncodeError), so one found in the file was changed after it was written.
+    """
+
+    raw: bytes
+    offset: int
+
+    def problem(self) -> str:
+        """What is wrong with it, e.g. "not valid UTF-8 (byte 0xff at offset 39)"."""
+        return f"not valid UTF-8 ({self.where()})"
+
+    def where(self) -> str:
+        """Its first invalid byte and its offset, e.g. "byte 0xff at offset 39"."""
+        return f"byte 0x{self.raw[self.offset]:02x} at offset {self.offset}"
+
+    def shown(self) -> str:
+        """Its text printable: the invalid bytes as backslash escapes (\\xff)."""
+        return self.raw.decode("utf-8", "backslashreplace")
+
+
+def text_or_not_utf8(raw: bytes, errors: str = "surrogateescape") -> str:
+    """A stored text value: decoded as UTF-8, or a `NotUTF8` if it is not valid UTF-8.
+
+    A connection's `text_factory` in `read_tolerating_not_utf8`. With
+    "surrogateescape" (what the journal reads with) each invalid byte becomes
+    a lone surrogate, which no stored checksum was computed over (no stored
+    text can hold one), so such a row never matches its checksum and is
+    reported, never used; with "backslashreplace" (the inspector's) it is
+    shown as `\\xff`. Raises LookupError for an unknown `errors`.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        value = NotUTF8(raw.decode("utf-8", errors))
+        value.raw, value.offset = raw, error.start
+        return value
+
+
+def read_tolerating_not_utf8(
+    db: sqlite3.Connection, read: Callable[[], _T], errors: str = "surrogateescape"
+) -> _T:
+    """`read()`, a read on `db`; if sqlite3 refuses its result because a stored text is not valid UTF-8,
+    `read()` again with each text value decoded by `text_or_not_utf8`.
+
+    sqlite3 refuses a whole result if one text value in it is not valid
+    UTF-8 ("Could not decode to UTF-8 column 'data' with text ...", an
+    OperationalError naming no row). The second read returns such a value as
+    a `NotUTF8`, for the caller to report, naming its row. It costs a Python
+    call per text value, so it is made only then: the usual read pays nothing.
+    `read` must have no effect but reading (it may run twice). Raises what
+    `read` raises otherwise; `db` decodes text as before when it returns.
+    """
+    try:
+        return read()
+    except sqlite3.OperationalError as error:
+        if "UTF-8" not in str(error):
+            raise
+        db.text_factory = functools.partial(text_or_not_utf8, errors=errors)
+        try:
+            return read()
+        finally:
+            db.text_factory = str
+
+
+def _stored_row_checksum(
+    persistence_id: bytes, sequence_nr: int, type_name: bytes, version: int, data: bytes
+) -> int:
+    """`row_checksum` of a row as stored, its text columns as bytes (the migration's); 0, no
+    checksum, for a row whose text is not valid UTF-8: it is reported as such when read."""
+    try:
+        return row_checksum(
+            persistence_id.decode("utf-8"),
+            sequence_nr,
+            type_name.decode("utf-8"),
+            version,
+            data.decode("utf-8"),
+        )
+    except UnicodeDecodeError:
+        return 0
 
 
 class _Operation:
@@ -271,8 +377,9 @@ class SQLiteJournal:
         version 0 (made before checksums) is migrated in one transaction: the
         `checksum` columns are added, every stored row's checksum is computed
         from what it holds now (the migration cannot know what was written
-        before; rows that do not decode still fail when read), and the version
-        is set to 1. An interrupted migration leaves the file at version 0.
+        before; rows that do not decode still fail when read, and a row whose
+        text is not valid UTF-8 gets none), and the version is set to 1. An
+        interrupted migration leaves the file at version 0.
 
         Raises `JournalInUse` if another journal object, in this process or
         another, has the file open; `NotAJournal` (a `JournalCorrupted`) if the
@@ -382,9 +489,9 @@ class SQLiteJournal:
         Every row read is checked: raises `JournalCorrupted` naming the
         persistence id and sequence number if an event is missing (a gap, or
         fewer rows than the stream's highest promises), if its checksum does
-        not match what it stores (changed after it was written), or if it does
-        not decode (unknown type, unreadable JSON, a malformed value, fields
-        that do not fit).
+        not match what it stores (changed after it was written), if its stored
+        text is not valid UTF-8, or if it does not decode (unknown type,
+        unreadable JSON, a malformed value, fields that do not fit).
         """
         with self._reader_lock:
             self._reader.execute("BEGIN")
@@ -401,12 +508,12 @@ class SQLiteJournal:
                 if start > end or max_count <= 0:
                     return []
                 limit = min(max_count, end - start + 1)
-                rows = self._reader.execute(
+                rows = self._fetch(
                     "SELECT sequence_nr, timestamp, type, version, data, checksum FROM events "
                     "WHERE persistence_id = ? AND sequence_nr BETWEEN ? AND ? "
                     "ORDER BY sequence_nr LIMIT ?",
                     (persistence_id, start, end, limit),
-                ).fetchall()
+                )
             finally:
                 self._reader.execute("COMMIT")
         result = []
@@ -436,26 +543,31 @@ class SQLiteJournal:
         return row[0] if row else 0
 
     def persistence_ids(self, prefix: str = "") -> list[str]:
+        """The streams' ids that start with `prefix`, sorted.
+
+        Raises `JournalCorrupted` (sequence number 0: the whole stream) if a
+        stream's stored id is not valid UTF-8: that stream cannot be replayed.
+        """
         with self._reader_lock:
-            rows = self._reader.execute(
+            rows = self._fetch(
                 "SELECT persistence_id FROM streams WHERE substr(persistence_id, 1, ?) = ? "
                 "ORDER BY persistence_id",
                 (len(prefix), prefix),
-            ).fetchall()
-        return [r[0] for r in rows]
+            )
+        return _stream_ids(rows)
 
     def open_persistence_ids(self, prefix: str, final_types: tuple[type, ...]) -> list[str]:
         names = [self.codec.name_of(cls) for cls in final_types]
         marks = ", ".join("?" * len(names)) or "NULL"
         with self._reader_lock:
-            rows = self._reader.execute(
+            rows = self._fetch(
                 "SELECT s.persistence_id FROM streams s LEFT JOIN events e "
                 "ON e.persistence_id = s.persistence_id AND e.sequence_nr = s.highest_sequence_nr "
                 f"WHERE substr(s.persistence_id, 1, ?) = ? AND (e.type IS NULL OR e.type NOT IN ({marks})) "
                 "ORDER BY s.persistence_id",
                 (len(prefix), prefix, *names),
-            ).fetchall()
-        return [r[0] for r in rows]
+            )
+        return _stream_ids(rows)
 
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         def run(db: sqlite3.Connection) -> None:
@@ -511,8 +623,9 @@ class SQLiteJournal:
         """The most recent snapshot at or below `max_sequence_nr`, if any.
 
         Raises `JournalCorrupted` naming the persistence id and the snapshot's
-        sequence number if its checksum does not match or it does not decode;
-        an older snapshot is not silently used instead.
+        sequence number if its checksum does not match, its stored text is not
+        valid UTF-8, or it does not decode; an older snapshot is not silently
+        used instead.
         """
         row = self._read_one(
             "SELECT sequence_nr, timestamp, type, version, data, checksum FROM snapshots "
@@ -560,7 +673,14 @@ class SQLiteJournal:
 
     def _read_one(self, sql: str, parameters: tuple[Any, ...]) -> Any:
         with self._reader_lock:
-            return self._reader.execute(sql, parameters).fetchone()
+            rows = self._fetch(sql, parameters)
+        return rows[0] if rows else None
+
+    def _fetch(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        """The rows of a read on the reader connection (the caller holds `_reader_lock`); a stored
+        text that is not valid UTF-8 comes back as a `NotUTF8` (see `read_tolerating_not_utf8`)."""
+        reader = self._reader
+        return read_tolerating_not_utf8(reader, lambda: reader.execute(sql, parameters).fetchall())
 
     def _decode(
         self,
@@ -574,12 +694,28 @@ class SQLiteJournal:
     ) -> Any:
         """The stored value, once its checksum and decoding both pass; else JournalCorrupted.
 
-        A row that does not decode is reported as such, first (adding "and its
-        checksum does not match" if it was also changed after it was written);
-        one that decodes but does not match its checksum is reported as changed.
+        A row whose stored text is not valid UTF-8 is reported as such (it
+        never matches its checksum: see `text_or_not_utf8`, so it is looked for
+        only then, and the usual row pays nothing); one that does not decode
+        is reported as such, first (adding "and its checksum does not match" if
+        it was also changed after it was written); one that decodes but does
+        not match its checksum is reported as changed.
         """
         expected = row_checksum(persistence_id, sequence_nr, type_name, version, data)
         changed = checksum != expected
+        if changed:
+            for column, value in (
+                ("type", type_name),
+                ("version", version),
+                ("data", data),
+                ("checksum", checksum),
+            ):
+                if isinstance(value, NotUTF8):
+                    raise JournalCorrupted(
+                        persistence_id,
+                        sequence_nr,
+                        f"{what}: stored {column} is {value.problem()}, changed after it was written",
+                    )
         try:
             value = self.codec.decode(type_name, version, data)
         except SerializationError as error:
@@ -717,6 +853,19 @@ class SQLiteJournal:
         rows.clear()
 
 
+def _stream_ids(rows: list[Any]) -> list[str]:
+    """The persistence ids of `rows` (one column); JournalCorrupted for one that is not valid UTF-8."""
+    ids: list[str] = [row[0] for row in rows]
+    for persistence_id in ids:
+        if isinstance(persistence_id, NotUTF8):
+            raise JournalCorrupted(
+                persistence_id.shown(),
+                0,
+                f"stream: stored persistence id is {persistence_id.problem()}, changed after it was written",
+            )
+    return ids
+
+
 def _highest(db: sqlite3.Connection, persistence_id: str) -> int:
     row = db.execute(
         "SELECT highest_sequence_nr FROM streams WHERE persistence_id = ?", (persistence_id,)
@@ -839,11 +988,11 @@ def _check_schema(path: str) -> int:
 def _migrate(db: sqlite3.Connection, path: str, version: int) -> None:
     """Bring a journal of schema `version` to SCHEMA_VERSION, in one transaction.
 
-    0 -> 1: add the checksum columns and fill them from the rows as stored.
+    0 -> 1: add the checksum columns and fill them from the rows as stored (see `_stored_row_checksum`).
     Raises `sqlite3.Error` if it fails; the file is then left as it was.
     """
     assert version == 0, version  # _check_schema admits no other
-    db.create_function("journal_row_checksum", 5, row_checksum, deterministic=True)
+    db.create_function("journal_row_checksum", 5, _stored_row_checksum, deterministic=True)
     started = time.monotonic()
     try:
         db.execute("BEGIN IMMEDIATE")

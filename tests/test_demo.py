@@ -357,8 +357,9 @@ def test_an_empty_journal_path_is_refused():
 # --- stopped by a signal: clean up, no traceback ---
 
 
-def _start_and_stop(extra, signum):
-    """Start a long demo, wait until orders are being answered, send `signum`; its result."""
+def _start_and_stop(extra, signum, while_running=None):
+    """Start a long demo, wait until orders are being answered, send `signum`; its result.
+    `while_running(pid)` is called just before the signal."""
     child = subprocess.Popen(
         [sys.executable, str(ROOT / "demo.py"), "--orders", "100000", "--latency", "0.01,0.02", *extra],
         cwd=ROOT,
@@ -368,10 +369,15 @@ def _start_and_stop(extra, signum):
     )
     assert child.stdout is not None
     try:
-        assert child.stdout.readline().startswith("journal: ")
+        first = child.stdout.readline()
+        while first.startswith(("services: ", " ")):  # --services processes: where they listen
+            first = child.stdout.readline()
+        assert first.startswith("journal: ")
         for line in child.stdout:
             if "answered" in line:  # under way (a progress line comes each second)
                 break
+        if while_running is not None:
+            while_running(child.pid)
         child.send_signal(signum)
         _, err = child.communicate(timeout=60)
     finally:
@@ -414,6 +420,155 @@ def test_sigterm_during_kill_and_recover_stops_the_child_too(temp_dir_left_empty
     assert left == []
     assert status == 128 + signal.SIGTERM
     assert "interrupted" in err and "Traceback" not in err
+
+
+# --- the services as processes (--services processes, --kill-service) ---
+
+SERVICES_SMALL = [*SMALL, "--orders", "150", "--crash-rate", "0.05", "--json"]
+
+
+def _children(pid):
+    """The pids of the processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after the command's name
+        except (OSError, IndexError):
+            continue  # not a process, or gone
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _assert_no_service_left(temp_dir, pids):
+    """No process mentions the demo's temporary directory (the services' journals are in it), and
+    none of `pids` (the services the demo started) is still running."""
+    left = _processes_mentioning(str(temp_dir))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_services_as_processes_pass_every_check(temp_dir_left_empty):
+    result = run_demo(*SERVICES_SMALL, "--services", "processes")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and all(c["ok"] for c in summary["checks"])
+    assert summary["orders"]["pending"] == 0 and summary["run"]["options"]["services"] == "processes"
+    services = summary["services"]
+    assert services["mode"] == "processes" and services["kill"] is None
+    for name in ("inventory", "payment"):
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", services[name]["url"])
+        assert services[name]["journal"].startswith(str(temp_dir_left_empty))  # in the demo's folder
+        assert len(services[name]["pids"]) == 1
+    # The demo's options went to the services: their stock, and their faults (crashes, seeded).
+    workload = demo.make_workload(demo.parse_args(SERVICES_SMALL), 1)
+    assert {int(p): s["before_on_hand"] for p, s in summary["stock"].items()} == workload.stock
+    assert services["inventory"]["actor_restarts"] + services["payment"]["actor_restarts"] > 0
+    assert summary["activity"]["retries"] > 0
+    assert "services: inventory http://127.0.0.1:" in result.stderr  # the progress stream
+    _assert_no_service_left(
+        temp_dir_left_empty, [*services["inventory"]["pids"], *services["payment"]["pids"]]
+    )
+
+
+def test_kill_service_restarts_it_on_its_port_and_journal_and_every_check_passes(temp_dir_left_empty):
+    result = run_demo(*SERVICES_SMALL, "--kill-service", "inventory")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and all(c["ok"] for c in summary["checks"])
+    services = summary["services"]
+    kill = services["kill"]
+    assert kill["service"] == "inventory" and kill["killed"] and kill["restarted"]
+    assert 0 < kill["orders_finished_before"] < summary["orders"]["distinct"]  # part-way
+    assert kill["seconds_down"] > 0
+    assert services["inventory"]["url"].endswith(f":{kill['port']}")  # the same port
+    assert len(services["inventory"]["pids"]) == 2 and len(services["payment"]["pids"]) == 1
+    _assert_no_service_left(
+        temp_dir_left_empty, [*services["inventory"]["pids"], *services["payment"]["pids"]]
+    )
+
+
+def test_the_summary_says_when_the_service_was_killed_and_restarted():
+    result = run_demo(*SMALL, "--kill-service", "payment")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "== Services: two processes over HTTP ==" in out
+    assert re.search(r"payment: SIGKILL [\d.]+ s after the engine started, \d+ orders finished;", out), out
+    assert re.search(r"restarted on the same port and journal, listening again [\d.]+ s later", out), out
+    assert re.search(r"payment +http://127\.0\.0\.1:\d+  pid \d+ -> \d+ ", out), out
+    assert "all checks passed" in out
+
+
+def test_a_kept_journal_keeps_the_services_journals_next_to_it(tmp_path):
+    journal = tmp_path / "kept.db"
+    first = json.loads(
+        run_demo(
+            *SMALL, "--orders", "40", "--services", "processes", "--journal", str(journal), "--json"
+        ).stdout
+    )
+    assert sorted(p.name for p in tmp_path.glob("kept*.db")) == [
+        "kept-inventory.db",
+        "kept-payment.db",
+        "kept.db",
+    ]
+    result = run_demo(
+        *SMALL, "--orders", "40", "--services", "processes", "--journal", str(journal), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    second = json.loads(result.stdout)
+    for product, stock in second["stock"].items():  # the inventory service's journal kept its stock
+        assert stock["before_on_hand"] == first["stock"][product]["on_hand"]
+    assert second["orders"]["covers"] == "this run's orders (ids r2-*)" and second["ok"]
+    # Where a kept journal's stock is does not change: the other mode is refused before anything runs.
+    refused = run_demo(*SMALL, "--journal", str(journal))
+    assert refused.returncode == 2 and "--services processes" in refused.stderr
+    (tmp_path / "other.db").touch()
+    refused = run_demo(*SMALL, "--services", "processes", "--journal", str(tmp_path / "other.db"))
+    assert refused.returncode == 2 and "in-process" in refused.stderr
+    assert not (tmp_path / "other-inventory.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            ["--kill-service", "inventory", "--services", "in-process"],
+            "--kill-service needs --services processes",
+        ),
+        (["--kill-and-recover", "--services", "processes"], "--kill-service kills one of them"),
+        (["--kill-service", "shipping"], "invalid choice"),
+    ],
+)
+def test_bad_service_options_exit_2(option, message):
+    result = run_demo(*option)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_services_as_processes_without_aiohttp_name_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp now fails
+    assert demo.main([*SMALL, "--services", "processes"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "pip install 'saga-actors[http]'" in captured.err
+    assert "pip install -e '.[http]'" in captured.err  # the form for a checkout too
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_demo_and_its_services(temp_dir_left_empty, signum):
+    services = []
+    status, err = _start_and_stop(
+        ["--services", "processes"], signum, lambda pid: services.extend(_children(pid))
+    )
+    assert len(services) == 2  # the inventory and the payment, children of the demo
+    assert status == 128 + signum
+    assert "interrupted" in err and "Traceback" not in err
+    _assert_no_service_left(temp_dir_left_empty, services)
 
 
 # --- --plot ---

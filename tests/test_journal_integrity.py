@@ -4,6 +4,7 @@ migrated. (SQLite backend; the contract itself: tests/test_journal_contract.py.)
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -189,10 +190,17 @@ def _order_journal(path):
 def test_a_changed_journal_stops_the_order_system_at_start(path, edit, error):
     _order_journal(path)
     execute_sql(path, edit)
+    _assert_start_refused(path, error)
+
+
+def _assert_start_refused(path, error):
+    """Starting an order system on the journal raises JournalCorrupted matching `error`, twice:
+    the failed start leaves no thread running and the journal closed, not locked."""
     threads_before = set(threading.enumerate())
-    with pytest.raises(JournalCorrupted, match=error):
-        OrderSystem(journal_path=path).start()
-    assert set(threading.enumerate()) <= threads_before, "a failed start left threads running"
+    for _ in range(2):
+        with pytest.raises(JournalCorrupted, match=error):
+            OrderSystem(journal_path=path).start()
+        assert set(threading.enumerate()) <= threads_before, "a failed start left threads running"
 
 
 # --- any decode failure is JournalCorrupted, naming its row ---
@@ -454,3 +462,192 @@ def test_the_inspector_shows_unreadable_json_instead_of_failing(written, capsys)
     assert inspect([str(written), PID]) == 0
     out = capsys.readouterr().out
     assert "(unreadable JSON)" in out and "CHECKSUM DOES NOT MATCH" in out
+
+
+# --- stored text that is not valid UTF-8 ---
+
+# SQL that puts the byte 0xFF (never valid in UTF-8) into a stored text, as a damaged file or a
+# hostile edit can: SQLite stores it as given, and Python's sqlite3 refuses the whole result.
+FF = "CAST(X'FF' AS TEXT)"
+DATA_FF = f"replace(data, '13.10', '1' || {FF} || '.10')"  # "13.10" -> "1\xff.10"
+NOT_UTF8_EDITS = {
+    "event data": f"UPDATE events SET data = {DATA_FF} WHERE sequence_nr = 2",
+    "event type": f"UPDATE events SET type = 'Happ' || {FF} || 'ned' WHERE sequence_nr = 2",
+    "snapshot data": f"UPDATE snapshots SET data = {DATA_FF}",
+    "snapshot type": f"UPDATE snapshots SET type = 'Coun' || {FF} || 'er'",
+}
+
+
+def _offset_of_ff(path, table, column) -> int:
+    db = sqlite3.connect(path)
+    db.text_factory = bytes
+    try:
+        (value,) = db.execute(f"SELECT {column} FROM {table} WHERE sequence_nr = 2").fetchone()
+    finally:
+        db.close()
+    return value.index(b"\xff")
+
+
+@pytest.mark.parametrize("edit", NOT_UTF8_EDITS, ids=list(NOT_UTF8_EDITS))
+def test_a_stored_text_that_is_not_utf8_is_journal_corrupted_naming_its_row(written, edit):
+    execute_sql(written, NOT_UTF8_EDITS[edit])
+    what, column = edit.split()
+    offset = _offset_of_ff(written, what + "s", column)
+    journal = SQLiteJournal(written, CODEC)
+    try:
+        with pytest.raises(JournalCorrupted) as raised:
+            journal.replay(PID) if what == "event" else journal.load_snapshot(PID)
+        assert (raised.value.persistence_id, raised.value.sequence_nr) == (PID, 2)
+        assert str(raised.value) == (
+            f"{PID} #2: {what}: stored {column} is not valid UTF-8 (byte 0xff at offset {offset}), "
+            "changed after it was written"
+        )
+        # The reader is left as it was: the rows around the damaged one still read.
+        assert [e.event for e in journal.replay(PID, to_sequence_nr=1)] == [Happened(1)]
+        assert [e.event for e in journal.replay(PID, from_sequence_nr=3)] == [Happened(3)]
+        if what == "snapshot":
+            assert journal.load_snapshot(PID, max_sequence_nr=1) is None  # nothing older used instead
+        else:
+            assert journal.load_snapshot(PID).snapshot == Counter(2, {"amount": Decimal("13.10")})
+    finally:
+        journal.close()
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "read"),
+    [
+        (b"captured 13.10", b"captured \xff3.10", "replay"),
+        (b'{"$decimal":"13.10"}', b'{"$decimal":"\xff3.10"}', "snapshot"),
+    ],
+    ids=["event", "snapshot"],
+)
+def test_a_byte_flipped_to_0xff_in_the_raw_file_is_caught(written, before, after, read):
+    data = written.read_bytes()
+    assert data.count(before) == 1
+    written.write_bytes(data.replace(before, after))
+    journal = SQLiteJournal(written, CODEC)
+    try:
+        with pytest.raises(JournalCorrupted, match=r"p-7 #2: \w+: stored data is not valid UTF-8") as raised:
+            journal.replay(PID) if read == "replay" else journal.load_snapshot(PID)
+        assert (raised.value.persistence_id, raised.value.sequence_nr) == (PID, 2)
+    finally:
+        journal.close()
+
+
+def test_a_stream_id_that_is_not_utf8_is_journal_corrupted(written):
+    execute_sql(written, f"UPDATE streams SET persistence_id = 'p-' || {FF}")
+    journal = SQLiteJournal(written, CODEC)
+    try:
+        for read in (journal.persistence_ids, lambda: journal.open_persistence_ids("p-", ())):
+            with pytest.raises(JournalCorrupted) as raised:
+                read()
+            assert (raised.value.persistence_id, raised.value.sequence_nr) == ("p-\\xff", 0)
+            assert "stream: stored persistence id is not valid UTF-8 (byte 0xff at offset 2)" in str(
+                raised.value
+            )
+        assert journal.persistence_ids("q") == []  # the reader is left as it was
+    finally:
+        journal.close()
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        (
+            f"UPDATE events SET data = {DATA_FF} WHERE persistence_id = 'payment'",
+            r"payment #1: event: stored data is not valid UTF-8 \(byte 0xff at offset \d+\)",
+        ),
+        (  # the saga's last event no longer reads as final: the saga runtime replays it at start
+            f"UPDATE events SET type = 'Saga' || {FF} || 'Completed' WHERE type = 'SagaCompleted'",
+            r"saga:order:a #\d+: event: stored type is not valid UTF-8",
+        ),
+        (
+            f"UPDATE streams SET persistence_id = 'saga:order:' || {FF} WHERE persistence_id LIKE 'saga:%'",
+            r"saga:order:\\xff #0: stream: stored persistence id is not valid UTF-8",
+        ),
+    ],
+    ids=["payment data", "saga event type", "saga stream id"],
+)
+def test_text_that_is_not_utf8_stops_the_order_system_at_start(path, edit, error):
+    _order_journal(path)
+    execute_sql(path, edit)
+    _assert_start_refused(path, error)
+
+
+def test_the_inspector_marks_text_that_is_not_utf8_and_shows_the_rest(written, capsys):
+    execute_sql(written, NOT_UTF8_EDITS["event data"], NOT_UTF8_EDITS["snapshot type"])
+    assert inspect([str(written)]) == 1
+    out = capsys.readouterr().out
+    assert "journal" in out and "p-7" in out  # the summary, not a refusal
+    assert "checksums: 2 rows do NOT match" in out
+    assert "event p-7 #2: stored data is not valid UTF-8 (byte 0xff at offset 26)" in out
+    assert "snapshot p-7 #2: stored type is not valid UTF-8 (byte 0xff at offset 4)" in out
+
+    assert inspect([str(written), PID]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = [line for line in lines if f"{PID} #" in line]
+    assert len(shown) == 3
+    assert "STORED DATA IS NOT VALID UTF-8 (byte 0xff at offset 26)" in shown[1]
+    assert "captured 1\\\\xff.10" in shown[1]  # the bytes as stored, escaped
+    assert "NOT VALID" not in shown[0] + shown[2] and "CHECKSUM" not in shown[0] + shown[2]
+
+    assert inspect(["--json", str(written), PID]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]
+    assert [e["checksum_matches"] for e in events] == [True, False, True]
+    assert events[1]["not_valid_utf8"] == "stored data is not valid UTF-8 (byte 0xff at offset 26)"
+    assert events[1]["unreadable_data"] == '{"n":50,"note":"captured 1\\xff.10"}'
+    assert "not_valid_utf8" not in events[0]
+
+
+def test_the_inspector_shows_a_damaged_row_that_names_the_id(path, capsys):
+    _order_journal(path)
+    execute_sql(path, f"UPDATE events SET data = {DATA_FF} WHERE persistence_id = 'payment'")
+    assert inspect([str(path), "a"]) == 0
+    out = capsys.readouterr().out
+    marked = [line for line in out.splitlines() if "NOT VALID UTF-8" in line]
+    assert len(marked) == 1 and "payment #1" in marked[0]
+    assert "saga:order:a #1" in out and "orders #1" in out
+
+
+def test_the_inspector_names_a_stream_id_that_is_not_utf8(written, capsys):
+    execute_sql(written, f"UPDATE streams SET persistence_id = 'p-' || {FF}")
+    assert inspect(["--json", str(written)]) == 1
+    document = json.loads(capsys.readouterr().out)
+    assert [s["persistence_id"] for s in document["streams"]] == ["p-\\xff"]
+    assert document["checksums"]["mismatched"] == [
+        {
+            "table": "streams",
+            "persistence_id": "p-\\xff",
+            "sequence_nr": 3,
+            "not_valid_utf8": "stored persistence id is not valid UTF-8 (byte 0xff at offset 2)",
+        }
+    ]
+
+
+def test_a_snapshot_whose_stream_id_is_not_utf8_is_not_used_and_the_inspector_names_it(written, capsys):
+    execute_sql(written, f"UPDATE snapshots SET persistence_id = 'p-' || {FF}")
+    journal = SQLiteJournal(written, CODEC)
+    try:
+        assert journal.load_snapshot(PID) is None  # no longer p-7's: its state is replayed from its events
+        assert [e.sequence_nr for e in journal.replay(PID)] == [1, 2, 3]
+    finally:
+        journal.close()
+    assert inspect([str(written)]) == 1
+    out = capsys.readouterr().out
+    assert "snapshot p-\\xff #2: stored persistence id is not valid UTF-8 (byte 0xff at offset 2)" in out
+
+
+def test_a_journal_from_before_checksums_with_text_that_is_not_utf8_is_migrated(path, capsys):
+    _old_journal(path)
+    execute_sql(path, f"UPDATE events SET data = {DATA_FF} WHERE sequence_nr = 2")
+    assert inspect([str(path), PID]) == 0  # version 0: no checksums, but the damaged text is marked
+    assert "STORED DATA IS NOT VALID UTF-8 (byte 0xff at offset 26)" in capsys.readouterr().out
+    journal = SQLiteJournal(path, CODEC)  # migrated: the damaged row gets no checksum, the others theirs
+    try:
+        with pytest.raises(JournalCorrupted, match=r"p-7 #2: event: stored data is not valid UTF-8"):
+            journal.replay(PID)
+        assert [e.event for e in journal.replay(PID, from_sequence_nr=3)] == [Happened(3)]
+        assert journal.load_snapshot(PID).snapshot == Counter(2, {"amount": Decimal("13.10")})
+    finally:
+        journal.close()
+    assert _user_version(path) == SCHEMA_VERSION

@@ -443,7 +443,9 @@ def test_finished_entries_expire_on_the_services_own_schedule():
 def test_memory_and_snapshots_hold_the_work_in_hand_not_history():
     codec = order_codec()
     sizes = []
-    with OrderSystem(stock={1: 10**6}, retention=0.2) as system:
+    # A retention of 2 s: long enough that no request waits in a mailbox past half of it
+    # (then it is refused as expired) on a loaded machine; the expiries are told explicitly.
+    with OrderSystem(stock={1: 10**6}, retention=2.0) as system:
         for batch in range(3):
             requests = [
                 make_request(f"b{batch}-{i}", [(1, 1)], card=DECLINED if i % 5 == 0 else APPROVED)
@@ -452,7 +454,7 @@ def test_memory_and_snapshots_hold_the_work_in_hand_not_history():
             futures = [system.submit(r) for r in requests]
             assert all(f.get(10) in (True, False) for f in futures)
             assert system.wait_idle(10)
-            expire_everything(system, 0.2)
+            expire_everything(system, 2.0)
             assert entries(system) == {"reservations": 0, "payments": 0, "payments retained": 0, "orders": 0}
             sizes.append([len(codec.encode(state)[2]) for state in states(system)])
         assert_consistent(system)
