@@ -1032,17 +1032,18 @@ class ServiceProcesses:
             for name, service in self.processes.items():
                 service.start(check=check_stop)
                 self.pids[name].append(service.pid or 0)
+            # Within the try: a closed pipe (`| head`) here must stop the services too.
+            for n, (name, service) in enumerate(self.processes.items()):
+                self.out.write(
+                    f"{'services:' if n == 0 else '':<10}{name:<10}{service.url} (pid {service.pid})\n"
+                )
+            self.out.flush()
         except ServiceFailed as failed:
             self.__exit__()
             raise ChildFailed(2 if failed.status == 2 else 1, str(failed)) from None
         except BaseException:
             self.__exit__()
             raise
-        for n, (name, service) in enumerate(self.processes.items()):
-            self.out.write(
-                f"{'services:' if n == 0 else '':<10}{name:<10}{service.url} (pid {service.pid})\n"
-            )
-        self.out.flush()
         if self.args.kill_service:
             self._watcher = threading.Thread(target=self._watch, name="kill-service", daemon=True)
             self._watcher.start()

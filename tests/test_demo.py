@@ -795,8 +795,9 @@ def test_install_hints_say_both_forms(monkeypatch, capsys, tmp_path):
 def test_piped_into_head_the_demo_stops_quietly_with_status_141(temp_dir_left_empty):
     """`demo.py --orders 1000 | head -1` exited 1 with BrokenPipeError tracebacks: customer threads
     died in the progress line (their orders never placed), the main thread in the summary.
-    The summary of 300 products is larger than the pipe (tests/helpers/pipes.py)."""
-    for extra in ([], ["--kill-and-recover"], ["--json"]):
+    The summary of 300 products is larger than the pipe (tests/helpers/cli.py). With --services
+    processes, the services were left running when the pipe closed as they were named."""
+    for extra in ([], ["--kill-and-recover"], ["--json"], ["--services", "processes"]):
         status, first, err = piped_into_head(
             [sys.executable, str(ROOT / "demo.py"), *SMALL, "--orders", "1000", "--products", "300", *extra],
             cwd=str(ROOT),
@@ -806,8 +807,9 @@ def test_piped_into_head_the_demo_stops_quietly_with_status_141(temp_dir_left_em
             assert first == "{\n" and "Traceback" not in err and "interrupted" not in err
         else:
             assert err == "", extra
-            assert first.startswith("journal: ")
-        left = _processes_mentioning(str(temp_dir_left_empty))  # a child's --journal is in there
+            assert first.startswith("services: " if "--services" in extra else "journal: ")
+        # A child's --journal is in there, and the services' journals.
+        left = _processes_mentioning(str(temp_dir_left_empty))
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         assert left == [], extra
