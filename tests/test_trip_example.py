@@ -338,7 +338,7 @@ def test_ctrl_c_and_sigterm_stop_it_without_a_traceback(tmp_path, signum, status
 
 def test_piped_into_head_it_stops_quietly_with_status_141():
     """`... | head -1` exited 1 with a BrokenPipeError traceback. 200 trips' lines are more than
-    the pipe holds (tests/helpers/pipes.py)."""
+    the pipe holds (tests/helpers/cli.py)."""
     status, first, err = piped_into_head(
         [sys.executable, "-m", "saga_actors.examples.trip", "--trips", "200", "--latency", "0,0.001"],
         cwd=str(ROOT),
