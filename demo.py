@@ -9,7 +9,8 @@ order twice, some ask for more than is left, some pay with a declined card.
 The services fail transiently, answer slowly and crash. At the end the demo
 prints what happened and checks that nothing is half-done. Exit status: 0 if
 every check passes, 1 if a check fails, 2 for a bad option (a bad --journal
-too), 130 when stopped by Ctrl-C (SIGINT), 143 by SIGTERM.
+too), 130 when stopped by Ctrl-C (SIGINT), 143 by SIGTERM, 141 when the reader
+of its output goes away (`| head`), quietly.
 """
 
 from __future__ import annotations
@@ -37,7 +38,28 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any
 
-from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural
+if __name__ == "__main__":
+    # Ctrl-C or SIGTERM while the library loads (a few tenths of a second, before main()
+    # handles them): exit at once, quietly, with 128 + the signal; nothing is open yet.
+    def _stopped_while_loading(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, _stopped_while_loading)
+    signal.signal(signal.SIGTERM, _stopped_while_loading)
+
+from saga_actors._cli import (
+    StopRequest,
+    error,
+    file_problem,
+    journal_problem,
+    new_lock_file,
+    number,
+    open_problem,
+    plural,
+    remove_stray_lock,
+    run_stoppable,
+    whole_number,
+)
 from saga_actors.actors import FaultPlan, OrderSystem, RetryPolicy
 from saga_actors.actors.consistency import Check
 from saga_actors.actors.validation import MAX_QUANTITY
@@ -62,10 +84,7 @@ MAX_RESTOCK = 1_000_000_000
 
 
 def _whole_number(text: str, low: int, high: float, expected: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)  # ASCII digits only
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"must be {expected}, got {value}")
     return value
@@ -84,10 +103,7 @@ def _restock(text: str) -> int:
 
 
 def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = number(text)  # ASCII digits only
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
@@ -96,7 +112,7 @@ def _rate(text: str) -> float:
 def _latency(text: str) -> tuple[float, float]:
     parts = text.split(",")
     try:
-        low, high = (float(p) for p in parts) if len(parts) == 2 else (None, None)
+        low, high = (number(p) for p in parts) if len(parts) == 2 else (None, None)
     except ValueError:
         low = high = None
     if low is None or high is None:
@@ -182,7 +198,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(implies --services processes)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--run", type=whole_number, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.failure_rate + args.crash_rate > 1.0:
         parser.error("--failure-rate plus --crash-rate must not exceed 1")
@@ -301,12 +317,14 @@ class BadJournal(Exception):
 def open_system(args: argparse.Namespace, journal: str, stock: dict[int, int] | None) -> OrderSystem:
     """A started system on `journal`; BadJournal if the file cannot serve as one."""
     system = build_system(args, journal, stock)
+    lock = new_lock_file(journal)
     try:
         system.start()
     except Exception as failed:
         problem = open_problem(journal, failed)
         if problem is None:
             raise
+        remove_stray_lock(lock)  # the library makes it before it refuses the file, and leaves it
         raise BadJournal(problem) from None
     return system
 
@@ -380,12 +398,13 @@ class Progress:
         width = self.bar_width(columns)
         filled = int(width * self.done / self.total)
         text = (f"[{'#' * filled}{'.' * (width - filled)}]" if width else "") + stats
-        if self.tty:
-            text = text[: max(columns - 1, 1)]  # a redrawn line must never wrap
-            self.stream.write("\r" + text + "\x1b[K")  # clear what a longer line left
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        with STOP.writing():  # a closed pipe (`| head`) stops the run; the customer lives on
+            if self.tty:
+                text = text[: max(columns - 1, 1)]  # a redrawn line must never wrap
+                self.stream.write("\r" + text + "\x1b[K")  # clear what a longer line left
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
 
 
 # --- running ---
@@ -461,8 +480,9 @@ def place_all(
                 result.outcomes[request["order_id"]] = outcome
                 result.answers["confirmed" if outcome else "cancelled"] += 1
                 if report is not None:
-                    report.write(f"OUTCOME {request['order_id']} {int(outcome)} {took:.6f} {restarts}\n")
-                    report.flush()
+                    with STOP.writing():
+                        report.write(f"OUTCOME {request['order_id']} {int(outcome)} {took:.6f} {restarts}\n")
+                        report.flush()
         if timeline is not None:
             timeline.record(took, restarts)
         progress.record(outcome)
@@ -1012,17 +1032,18 @@ class ServiceProcesses:
             for name, service in self.processes.items():
                 service.start(check=check_stop)
                 self.pids[name].append(service.pid or 0)
+            # Within the try: a closed pipe (`| head`) here must stop the services too.
+            for n, (name, service) in enumerate(self.processes.items()):
+                self.out.write(
+                    f"{'services:' if n == 0 else '':<10}{name:<10}{service.url} (pid {service.pid})\n"
+                )
+            self.out.flush()
         except ServiceFailed as failed:
             self.__exit__()
             raise ChildFailed(2 if failed.status == 2 else 1, str(failed)) from None
         except BaseException:
             self.__exit__()
             raise
-        for n, (name, service) in enumerate(self.processes.items()):
-            self.out.write(
-                f"{'services:' if n == 0 else '':<10}{name:<10}{service.url} (pid {service.pid})\n"
-            )
-        self.out.flush()
         if self.args.kill_service:
             self._watcher = threading.Thread(target=self._watch, name="kill-service", daemon=True)
             self._watcher.start()
@@ -1302,10 +1323,8 @@ def plot_problem(path: str) -> str | None:
         return f"--plot needs matplotlib, which is not installed: {PLOT_EXTRA}"
     if os.path.splitext(path)[1].lower() not in PLOT_FORMATS:
         return f"--plot {path}: the file name must end in {', '.join(PLOT_FORMATS)}"
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"--plot {path}: no folder {folder}"
-    return None
+    problem = file_problem(path, "picture file")
+    return None if problem is None else f"--plot {path}: {problem}"
 
 
 def make_figure(timeline: Timeline, title: str) -> Figure:
@@ -1389,13 +1408,9 @@ def main(argv: list[str] | None = None) -> int:
         return error(PROG, problem)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("pykka").setLevel(logging.CRITICAL)  # simulated crashes are expected
-    # SIGTERM stops the demo as Ctrl-C does: the system stops, the temporary journal is removed.
-    with STOP.handling():
-        try:
-            return _run(args)
-        except KeyboardInterrupt:
-            sys.stderr.write(f"\n{PROG}: interrupted\n")
-            return STOP.exit_status()
+    # SIGTERM stops the demo as Ctrl-C does, and so does a closed pipe (`| head`, quietly,
+    # status 141): the system stops, the temporary journal is removed, the child is killed.
+    return run_stoppable(STOP, lambda: _run(args), f"\n{PROG}: interrupted\n")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -35,7 +35,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from saga_actors._cli import StopRequest, error, journal_problem, open_problem, plural
+from saga_actors._cli import (
+    StopRequest,
+    error,
+    journal_problem,
+    new_lock_file,
+    number,
+    open_problem,
+    plural,
+    remove_stray_lock,
+    run_stoppable,
+    whole_number,
+)
 from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.sagas.definition import SagaDefinition, Step
@@ -428,21 +439,23 @@ _STOP = StopRequest()
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--trips", type=int, default=20, help="trips to book (default 20)")
+    parser.add_argument("--trips", type=whole_number, default=20, help="trips to book (default 20)")
     parser.add_argument(
         "--journal",
         metavar="PATH",
         help="a SQLite journal file: running again on it resumes its unfinished trips (default: in memory)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="seeds the workload and the faults (default 1)")
+    parser.add_argument(
+        "--seed", type=whole_number, default=1, help="seeds the workload and the faults (default 1)"
+    )
     parser.add_argument(
         "--failure-rate",
-        type=float,
+        type=number,
         default=0.1,
         help="chance a call is refused as unavailable (default 0.1)",
     )
     parser.add_argument(
-        "--crash-rate", type=float, default=0.02, help="chance a call crashes the service (default 0.02)"
+        "--crash-rate", type=number, default=0.02, help="chance a call crashes the service (default 0.02)"
     )
     parser.add_argument(
         "--latency",
@@ -458,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command: book `--trips` trips, print each verdict and a summary, check the invariants.
 
     Exit status 0 if every trip is all booked or all undone, 1 if not, 2 for a bad option
-    (a bad --journal too: one line on stderr), 130 when stopped by Ctrl-C, 143 by SIGTERM.
+    (a bad --journal too: one line on stderr), 130 when stopped by Ctrl-C, 143 by SIGTERM,
+    141 when the reader of its output goes away (`| head`), quietly.
     """
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -469,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.trips < 1:
             raise ValueError(f"--trips must be at least 1, got {args.trips}")
         try:
-            low, high = (float(x) for x in args.latency.split(","))
+            low, high = (number(x) for x in args.latency.split(","))
         except ValueError:
             raise ValueError(f"--latency must be MIN,MAX seconds, got {args.latency!r:.40}") from None
         plans = {
@@ -489,14 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             return error(PROG, problem)
     # SIGTERM stops the command as Ctrl-C does: no more waiting, the runtime stops (a journal
-    # keeps the unfinished trips, resumed on its next run).
-    with _STOP.handling():
-        try:
-            return _book(args, plans)
-        except KeyboardInterrupt:
-            kept = f"; the unfinished trips resume on the next run on {args.journal}" if args.journal else ""
-            sys.stderr.write(f"{PROG}: interrupted{kept}\n")
-            return _STOP.exit_status()
+    # keeps the unfinished trips, resumed on its next run); so does a closed pipe (`| head`),
+    # quietly, with exit status 141.
+    kept = f"; the unfinished trips resume on the next run on {args.journal}" if args.journal else ""
+    lock = new_lock_file(args.journal) if args.journal is not None else None
+    status = run_stoppable(_STOP, lambda: _book(args, plans), f"{PROG}: interrupted{kept}\n")
+    if status == 2:  # the journal was refused (the options were checked above)
+        remove_stray_lock(lock)  # the library makes it before it refuses the file, and leaves it
+    return status
 
 
 def _book(args: argparse.Namespace, plans: Mapping[str, FaultPlan]) -> int:

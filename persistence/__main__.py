@@ -9,7 +9,9 @@ The history of an id merges the events of several streams (`orders`,
 always shown in sequence-number order, the order they happened in; the
 streams are interleaved by timestamp, which is only as good as the clocks
 that wrote it (a clock stepped back reorders streams, never one stream's
-events). Times are shown in UTC (`...Z`).
+events). Times are shown in UTC (`...Z`). What the journal holds is shown with
+every character that is not printable escaped (`\\x1b`, `\\n`): a stored id or
+reason cannot drive the terminal or fake a line of the output.
 
 For a saga that has not finished, the inspector says what it waits for: its
 phase (forward, committed, compensating), the steps of its current stage or
@@ -53,7 +55,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from saga_actors._cli import EMPTY, error, head_problem
+from saga_actors._cli import EMPTY, error, flushed, head_problem, output_closed, printable
 from saga_actors.persistence.sqlite import (
     LOCK_SUFFIX,
     SCHEMA_VERSION,
@@ -72,9 +74,6 @@ if TYPE_CHECKING:
 SAGA_PREFIX = "saga:"
 SAGA_FINAL_TYPES = ("SagaCompleted", "SagaAborted")
 
-# Exit status when the reader of stdout went away (`| head`): 128 + SIGPIPE.
-EXIT_BROKEN_PIPE = 141
-
 _T = TypeVar("_T")
 
 # The clock "how long ago" is measured against (tests replace it).
@@ -92,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         "--json", action="store_true", help="print one JSON document on stdout instead of text"
     )
     args = parser.parse_args(argv)
-    problem = not_a_journal(args.journal)
+    problem = id_problem(args.id) if args.id is not None else None
+    problem = problem or not_a_journal(args.journal)
     if problem is not None:
         return error(PROG, problem)
     db = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(args.journal))}?mode=ro", uri=True)
@@ -116,6 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         return error(PROG, f"{args.journal} is not a readable journal: {failed}")
     finally:
         db.close()
+
+
+def id_problem(wanted: str) -> str | None:
+    """Why the id argument cannot be looked up, or None: an empty one (leave it out for the
+    summary), or one that is not text (bytes the system could not decode)."""
+    if not wanted:
+        return "the id is empty: give an order id (or any id), or leave it out for the summary"
+    try:
+        wanted.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"the id {_shown_id(wanted)} is not valid UTF-8 text, and ids in a journal are"
+    return None
 
 
 def not_a_journal(path: str) -> str | None:
@@ -168,18 +180,12 @@ def _writer_name(writer: dict[str, int | None]) -> str:
 
 
 def run_command(argv: list[str] | None = None) -> int:
-    """`main` as a command: a reader that stops reading (`| head`) ends it quietly."""
+    """`main` as a command: a reader that stops reading (`| head`) ends it quietly with
+    EXIT_BROKEN_PIPE (141)."""
     try:
-        status = main(argv)
-        sys.stdout.flush()  # inside the try: the last buffered output may meet the closed pipe
-        return status
+        return flushed(main(argv))  # the last buffered output may meet the closed pipe
     except BrokenPipeError:
-        # Python's own flush at exit would fail again and print a traceback:
-        # point stdout at /dev/null so nothing more is written anywhere.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return EXIT_BROKEN_PIPE
+        return output_closed()
 
 
 # --- the summary -----------------------------------------------------------------
@@ -245,46 +251,46 @@ def summary(
         )
         return status
 
-    print(f"journal {path}: {len(streams)} streams, {total} events, {size} bytes")
+    _say(f"journal {path}: {len(streams)} streams, {total} events, {size} bytes")
     groups: dict[str, list[Any]] = {}
     for stream in streams:
         groups.setdefault(_group(stream[0]), []).append(stream)
-    print()
-    print(f"  {'stream':<28} {'events':>8} {'highest':>8} {'snapshot':>9}  last event")
+    _say()
+    _say(f"  {'stream':<28} {'events':>8} {'highest':>8} {'snapshot':>9}  last event")
     for group, members in sorted(groups.items()):
         if len(members) == 1 and members[0][0] == group:
             pid, highest, _, count, last = members[0]
             snap = snapshots.get(pid)
-            print(f"  {pid:<28} {count:>8} {highest:>8} {snap if snap else '-':>9}  {last or '-'}")
+            _say(f"  {pid:<28} {count:>8} {highest:>8} {snap if snap else '-':>9}  {last or '-'}")
         else:
             count = sum(m[3] for m in members)
-            print(f"  {group + '*':<28} {count:>8} {'':>8} {'':>9}  ({len(members)} streams)")
-    print()
+            _say(f"  {group + '*':<28} {count:>8} {'':>8} {'':>9}  ({len(members)} streams)")
+    _say()
     if unfinished:
         if writer is not None:
             driven = f"in flight in {_writer_name(writer)}, which has the journal open"
         else:
             driven = "resumed at the next start"
-        print(f"unfinished sagas ({len(unfinished)}): {driven}; now is {_utc(now)}")
+        _say(f"unfinished sagas ({len(unfinished)}): {driven}; now is {_utc(now)}")
         for pid in unfinished[:50]:
             for line in _saga_lines(saga_status(db, pid, now), writer):
-                print("  " + line)
+                _say("  " + line)
         if len(unfinished) > 50:
-            print(f"  ... and {len(unfinished) - 50} more (--json lists them all)")
+            _say(f"  ... and {len(unfinished) - 50} more (--json lists them all)")
     else:
-        print("unfinished sagas: none")
-    print()
+        _say("unfinished sagas: none")
+    _say()
     if not checked:
-        print("checksums: none stored (schema version 0); added when the journal is next opened to write")
+        _say("checksums: none stored (schema version 0); added when the journal is next opened to write")
         return 0
     if not changed:
-        print("checksums: every event and snapshot matches")
+        _say("checksums: every event and snapshot matches")
         return 0
-    print(f"checksums: {len(changed)} rows do NOT match: changed after they were written")
+    _say(f"checksums: {len(changed)} rows do NOT match: changed after they were written")
     for what, pid, sequence_nr, problem in changed[:50]:
-        print(f"  {what[:-1]} {pid} #{sequence_nr}" + ("" if problem == _MISMATCH else f": {problem}"))
+        _say(f"  {what[:-1]} {pid} #{sequence_nr}" + ("" if problem == _MISMATCH else f": {problem}"))
     if len(changed) > 50:
-        print(f"  ... and {len(changed) - 50} more")
+        _say(f"  ... and {len(changed) - 50} more")
     return status
 
 
@@ -371,8 +377,9 @@ def history(
     candidates = _rows(
         db,
         f"SELECT persistence_id, sequence_nr, timestamp, type, version, data, {checksum} FROM events "
-        "WHERE persistence_id = ? OR persistence_id LIKE ? ESCAPE '\\' OR instr(data, ?) > 0",
-        (wanted, "%:" + _escape_like(wanted), json.dumps(wanted)),
+        # substr, not LIKE: a pattern has a length limit (50,000 bytes), an id has none
+        "WHERE persistence_id = ? OR substr(persistence_id, -?) = ? OR instr(data, ?) > 0",
+        (wanted, len(wanted) + 1, ":" + wanted, json.dumps(wanted)),
     )
     # A row whose JSON cannot be read (damaged) but holds the id's JSON string is shown, not hidden.
     rows = _in_order(
@@ -413,9 +420,9 @@ def history(
         return 0 if rows else 1
 
     if not rows:
-        print(f"no event mentions {wanted!r}")
+        _say(f"no event mentions {_shown_id(wanted)}")
         return 1
-    print(f"{len(rows)} events about {wanted!r} (times in UTC; each stream in sequence order):")
+    _say(f"{len(rows)} events about {_shown_id(wanted)} (times in UTC; each stream in sequence order):")
     for pid, sequence_nr, timestamp, type_name, version, data, stored in rows:
         value = _loads(data)
         shown = _plain(value) if value is not _UNREADABLE else f"{data[:200]!r} (unreadable JSON)"
@@ -430,13 +437,13 @@ def history(
             mark = "  [CHECKSUM DOES NOT MATCH: changed after it was written]"
         else:
             mark = ""
-        print(f"  {_utc(timestamp)}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {shown}{mark}")
+        _say(f"  {_utc(timestamp)}  {pid} #{sequence_nr:<5} {type_name} (v{version})  {shown}{mark}")
     for saga in sagas:
-        print()
+        _say()
         if writer is not None and saga["on_restart"]:
-            print(f"in flight in {_writer_name(writer)}, which has the journal open:")
+            _say(f"in flight in {_writer_name(writer)}, which has the journal open:")
         for line in _saga_lines(saga, writer):
-            print(line)
+            _say(line)
     return 0
 
 
@@ -658,8 +665,34 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _say(line: str = "") -> None:
+    """Print one line of the text output, with every character that is not printable escaped
+    (`printable`): what a journal holds cannot move the cursor, colour the terminal or
+    start a line of its own that looks like the tool's."""
+    print(printable(line))
+
+
+def _shown_id(wanted: str) -> str:
+    """The id argument quoted for a message; a long one cut short, with its length."""
+    if len(wanted) <= 200:
+        return repr(wanted)
+    return f"{wanted[:100]!r}... ({len(wanted):,} characters)"
+
+
 def _print_json(document: dict[str, Any]) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+    """One JSON document. Without `ensure_ascii` json escapes only the characters below
+    U+0020: every other one that is not printable (DEL, the C1 controls, bidirectional
+    overrides, ...) is escaped here too (`\\u202e`), so the document stays valid JSON and
+    its text stays what it says."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    print(
+        "\n".join(
+            line
+            if line.isprintable()
+            else "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in line)
+            for line in text.split("\n")
+        )
+    )
 
 
 # --- reading the stored JSON -------------------------------------------------------------
@@ -688,10 +721,6 @@ def _loads(data: str) -> Any:
 def _group(persistence_id: str) -> str:
     parts = persistence_id.split(":")
     return ":".join(parts[:-1]) + ":" if len(parts) > 1 else persistence_id
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _mentions(value: Any, wanted: str) -> bool:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import demo
 from saga_actors._cli import open_problem
 from saga_actors.actors import OrderSystem
 from saga_actors.actors.consistency import Check
+from tests.helpers.cli import NOT_ASCII_NUMBERS, assert_number_refused, bad_journal_files, piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--orders", "80", "--concurrency", "8", "--products", "4", "--latency", "0,0.003"]
@@ -710,8 +712,8 @@ def test_a_file_the_demo_cannot_use_is_named_truly():
     _refused(run_demo("--orders", "5", "--journal", "/proc/version"), "/proc/version", "not a journal")
     result = run_demo("--orders", "5", "--journal", "/proc/version")
     assert "No such file" not in result.stderr
-    # Where a folder or a lock file on the way cannot be made, the message names it.
-    _refused(run_demo("--orders", "5", "--journal", "/proc/x/y.db"), "cannot create /proc/x")
+    # A folder that does not exist is refused before anything runs: none is made for a journal.
+    _refused(run_demo("--orders", "5", "--journal", "/proc/x/y.db"), "no folder /proc/x")
 
 
 def test_an_open_error_names_the_file_the_system_refused(tmp_path):
@@ -785,3 +787,183 @@ def test_install_hints_say_both_forms(monkeypatch, capsys, tmp_path):
     readme = (ROOT / "README.md").read_text()
     for extra in ("plot", "metrics"):
         assert f"pip install 'saga-actors[{extra}]'" in readme and f"pip install -e '.[{extra}]'" in readme
+
+
+# --- the reader of the output goes away (`| head`): quietly, status 141, nothing left ---
+
+
+def test_piped_into_head_the_demo_stops_quietly_with_status_141(temp_dir_left_empty):
+    """`demo.py --orders 1000 | head -1` exited 1 with BrokenPipeError tracebacks: customer threads
+    died in the progress line (their orders never placed), the main thread in the summary.
+    The summary of 300 products is larger than the pipe (tests/helpers/cli.py). With --services
+    processes, the services were left running when the pipe closed as they were named."""
+    for extra in ([], ["--kill-and-recover"], ["--json"], ["--services", "processes"]):
+        status, first, err = piped_into_head(
+            [sys.executable, str(ROOT / "demo.py"), *SMALL, "--orders", "1000", "--products", "300", *extra],
+            cwd=str(ROOT),
+        )
+        assert status == 141, extra
+        if extra == ["--json"]:  # the progress lines are on stderr, the summary on stdout
+            assert first == "{\n" and "Traceback" not in err and "interrupted" not in err
+        else:
+            assert err == "", extra
+            assert first.startswith("services: " if "--services" in extra else "journal: ")
+        # A child's --journal is in there, and the services' journals.
+        left = _processes_mentioning(str(temp_dir_left_empty))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert left == [], extra
+        # and the autouse fixture checks that the temporary folder is gone
+
+
+class _ReaderGone(io.StringIO):
+    """A stdout whose reader went away after the first line."""
+
+    def write(self, text):
+        if "\n" in self.getvalue():
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_closed_pipe_kills_no_customer_and_stops_the_run(monkeypatch, capsys):
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    monkeypatch.setattr(sys, "stdout", _ReaderGone())
+    placed = []
+    original = OrderSystem.place_order
+    monkeypatch.setattr(
+        OrderSystem, "place_order", lambda self, *a, **k: placed.append(1) or original(self, *a, **k)
+    )
+    assert demo.main([*SMALL, "--orders", "1000"]) == 141
+    assert died == []  # every customer ended as asked, none of a BrokenPipeError
+    assert len(placed) < 1000  # the run stopped at the first line it could not write
+    assert capsys.readouterr().err == ""
+
+
+# --- Ctrl-C while the demo loads ---
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_while_the_library_loads_exits_quietly(signum, status):
+    """Ctrl-C in the first ~0.15 s (the imports) printed a KeyboardInterrupt traceback. The signal
+    is sent once the library is being imported: `-X importtime` says when one of its modules is."""
+    child = subprocess.Popen(
+        [sys.executable, "-X", "importtime", str(ROOT / "demo.py"), *SMALL],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if "saga_actors." in line:  # a module of it loaded: the package itself is still loading
+                break
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == status
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert out == ""  # stopped before it began
+
+
+# --- what a refused journal leaves: nothing ---
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _bad_journals(tmp_path):
+    bad_journal_files(tmp_path)
+    return {
+        "a dangling symlink": ("dangling", "a symbolic link to 'nowhere.db', which does not exist"),
+        "a symlink loop": ("loop1", "a symbolic link in a loop"),
+        "another program's database": ("other.db", "not a journal: a SQLite database without"),
+        "a folder that does not exist, 2,001 deep": ("/".join(["d"] * 2001) + "/j.db", "no folder"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "a dangling symlink",
+        "a symlink loop",
+        "another program's database",
+        "a folder that does not exist, 2,001 deep",
+    ],
+)
+def test_a_refused_journal_leaves_nothing_behind(case, tmp_path):
+    """A dangling symlink or a loop left `nowhere.db.lock` / `loop1.lock` (the library's lock
+    file, made before it refuses the file; with --kill-and-recover the child said it, in three
+    lines); a deep path that could not be opened left the 2,001 folders made for it."""
+    path, message = _bad_journals(tmp_path)[case]
+    before = _tree(tmp_path)
+    for extra in ([], ["--kill-and-recover"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "demo.py"), "--orders", "5", "--journal", path, *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        _refused(result, message)
+        assert _tree(tmp_path) == before, extra
+
+
+def test_a_lock_file_that_was_there_before_is_left_there(tmp_path):
+    _bad_journals(tmp_path)
+    (tmp_path / "other.db.lock").write_text("")
+    _refused(run_demo("--orders", "5", "--journal", str(tmp_path / "other.db")), "not a journal")
+    assert (tmp_path / "other.db.lock").exists()
+
+
+# --- --plot: a file that cannot be written is found before the run ---
+
+
+def _bad_plots(tmp_path):
+    (tmp_path / "x.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
+    return {
+        "a directory": (str(tmp_path / "x.png"), "a directory, not a picture file"),
+        "a FIFO": (str(tmp_path / "fifo.png"), "not a regular file"),
+        "a name too long": (str(tmp_path / ("p" * 300 + ".png")), "File name too long"),
+        "a folder that does not exist": (str(tmp_path / "none" / "p.png"), "no folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["a directory", "a FIFO", "a name too long", "a folder that does not exist"])
+def test_a_plot_that_cannot_be_written_is_refused_before_the_run(case, tmp_path):
+    path, message = _bad_plots(tmp_path)[case]
+    result = run_demo("--orders", "100000", "--plot", path)  # a run would take minutes
+    _refused(result, f"--plot {path}: ", message)  # and nothing ran: nothing on stdout
+
+
+def test_a_plot_in_a_folder_it_cannot_write_in_is_refused_before_the_run(tmp_path, monkeypatch):
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    if os.access(folder, os.W_OK):  # root may write anywhere: say what os.access says to others
+        access = os.access
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda path, mode: access(path, mode) and not (path == str(folder) and mode & os.W_OK),
+        )
+    assert demo.plot_problem(str(folder / "p.png")) == (
+        f"--plot {folder / 'p.png'}: cannot be created: no permission to write in {folder}"
+    )
+
+
+# --- numbers in ASCII digits ---
+
+
+@pytest.mark.parametrize(
+    "option", ["--orders", "--seed", "--restock", "--concurrency", "--products", "--failure-rate"]
+)
+@pytest.mark.parametrize(("text", "taken_as"), NOT_ASCII_NUMBERS)
+def test_numbers_are_written_in_ascii_digits(option, text, taken_as, capsys):
+    assert_number_refused(demo.parse_args, option, text, capsys)
+
+
+@pytest.mark.parametrize("latency", ["0,\u0661", "\u0660.1,1", "nan,1", "0,inf"])
+def test_a_latency_is_written_in_ascii_digits(latency, capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--latency", latency])
+    assert "expected MIN,MAX in seconds" in capsys.readouterr().err

@@ -454,3 +454,109 @@ print("open", flush=True)
 sys.stdin.read()  # until the test closes it
 journal.close()
 """
+
+
+# --- hostile ids and journal text (the ids a tester typed, the text a journal may hold) ---
+
+SPOOF = "\x1b[31mRED\rFAKE LINE\n  [PASS] spoofed"
+
+
+def _only_printable(out):
+    """No character but the line ends that is not printable: nothing moves the cursor,
+    colours the terminal or starts a line of its own."""
+    return all(line.isprintable() for line in out.split("\n"))
+
+
+def _hostile_journal(path):
+    """A saga whose id, abort reason, step names and one event type hold control characters."""
+    journal = SQLiteJournal(path, order_codec())
+    try:
+        journal.append(
+            f"saga:order:{SPOOF}",
+            [StageStarted(0), AbortDecided(f"reason {SPOOF}", f"step {SPOOF}", (f"undo {SPOOF}",))],
+            0,
+        )
+    finally:
+        journal.close()
+    with sqlite3.connect(path) as db:  # a type name no codec writes (its checksum no longer matches)
+        db.execute("UPDATE events SET type = ? WHERE sequence_nr = 1", (f"Type{SPOOF}\u202e\x9b",))
+    db.close()
+
+
+def test_what_the_journal_holds_is_printed_with_its_control_characters_escaped(tmp_path, capsys):
+    path = tmp_path / "o.db"
+    _hostile_journal(path)
+    for argv, status in (([str(path)], 1), ([str(path), SPOOF], 0)):  # 1: the changed type's checksum
+        assert main(argv) == status
+        out = capsys.readouterr().out
+        assert _only_printable(out), out
+        assert "FAKE LINE" in out and not any(line.startswith("  [PASS]") for line in out.splitlines())
+        assert "saga:order:\\x1b[31mRED\\rFAKE LINE\\n  [PASS] spoofed" in out
+        assert "Type\\x1b[31mRED" in out and "\\u202e\\x9b" in out
+        assert "reason \\x1b[31mRED" in out and "undo \\x1b[31mRED" in out
+
+
+def test_json_escapes_what_json_leaves_raw_and_stays_exact(tmp_path, capsys):
+    """json escapes only what is below U+0020: DEL, the C1 controls (U+009B is a CSI) and the
+    bidirectional overrides passed through raw."""
+    path = tmp_path / "o.db"
+    _hostile_journal(path)
+    assert main(["--json", str(path), SPOOF]) == 0
+    out = capsys.readouterr().out
+    assert _only_printable(out), out
+    shown = json.loads(out)
+    assert shown["id"] == SPOOF
+    assert {e["type"] for e in shown["events"]} == {f"Type{SPOOF}\u202e\x9b", "AbortDecided"}
+    inspector._print_json({"s": "café \u202e"})
+    assert capsys.readouterr().out == '{\n  "s": "café \\u202e"\n}\n'  # printable text as it is
+
+
+def test_an_id_longer_than_a_like_pattern_is_looked_up(tmp_path, capsys):
+    """An id over 50,000 characters said "FILE is not a readable journal: LIKE or GLOB pattern
+    too complex" (exit 2): the journal was fine. The id is looked up, and shown cut short."""
+    path = tmp_path / "o.db"
+    long_id = "x" * 60_000
+    journal = SQLiteJournal(path, order_codec())
+    try:
+        journal.append(f"saga:order:{long_id}", [StageStarted(0)], 0)
+    finally:
+        journal.close()
+    assert main([str(path), long_id]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 events about 'xxxx") and "... (60,000 characters)" in out
+    assert main([str(path), "y" * 50_001]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out == f"no event mentions {'y' * 100!r}... (50,001 characters)\n"
+    # In characters, not bytes: 20,000 three-byte characters were 60,000 bytes of pattern.
+    assert main([str(path), "\u20ac" * 20_000]) == 1
+    assert capsys.readouterr().out.startswith("no event mentions")
+
+
+def test_an_id_argument_that_cannot_be_one_is_refused(tmp_path, capsys):
+    """`''` showed the summary; bytes that are not UTF-8 were a traceback (UnicodeEncodeError)."""
+    path = tmp_path / "o.db"
+    _saga_journal(path, ("saga:order:s1", [StageStarted(0)]))
+    assert main([str(path), ""]) == 2
+    _refused(capsys, "the id is empty")
+    assert main([str(path), "\udcff"]) == 2  # what Python makes of the byte 0xff in an argument
+    _refused(capsys, "the id '\\udcff' is not valid UTF-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "saga_actors.persistence", str(path), ""],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "python -m saga_actors.persistence: error: "
+        "the id is empty: give an order id (or any id), or leave it out for the summary\n"
+    )
+
+
+def test_what_a_refused_file_holds_is_escaped_in_the_one_line_error(tmp_path, capsys):
+    """Another program's database is named by its tables: their names are the file's text too."""
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f'CREATE TABLE "{SPOOF}" (x)')
+    db.close()
+    assert main([str(path)]) == 2
+    _refused(capsys, "it holds \\x1b[31mRED\\rFAKE LINE\\n  [PASS] spoofed")

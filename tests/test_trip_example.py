@@ -39,6 +39,7 @@ from saga_actors.examples.trip import (
 )
 from saga_actors.sagas.runtime import SagaConflict, SagaOutcome
 from saga_actors.sagas.simulation import FaultPlan
+from tests.helpers.cli import NOT_ASCII_NUMBERS, assert_number_refused, bad_journal_files, piped_into_head
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIP = TripRequest("Ada", "LH123", "Adlon", "compact")
@@ -258,22 +259,34 @@ def test_bad_options_exit_2_with_one_line(args, message, capsys):
 def _journals(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a journal\n")
+    bad_journal_files(tmp_path)
     return {
         "a directory": (str(tmp_path), "a directory, not a journal file"),
         "a file that is not a journal": (str(notes), "not a journal: not a SQLite database"),
         "an empty path": ("", "--journal '': an empty path"),
-        "a folder that cannot be made": ("/proc/x/y.db", "cannot create /proc/x"),
+        # none is made for a journal (one 2,001 folders deep was left behind)
+        "a folder that does not exist": (str(tmp_path / "no" / "such" / "y.db"), "no folder"),
+        # these left the library's lock file, `nowhere.db.lock`, `loop1.lock`, `other.db.lock`
+        "a dangling symlink": (str(tmp_path / "dangling"), "a symbolic link to 'nowhere.db', which does not"),
+        "a symlink loop": (str(tmp_path / "loop1"), "a symbolic link in a loop"),
+        "another program's database": (str(tmp_path / "other.db"), "a SQLite database without the journal's"),
     }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["a directory", "a file that is not a journal", "an empty path", "a folder that cannot be made"],
+    [
+        "a directory",
+        "a file that is not a journal",
+        "an empty path",
+        "a folder that does not exist",
+        "a dangling symlink",
+        "a symlink loop",
+        "another program's database",
+    ],
 )
 def test_a_bad_journal_is_one_line_and_exit_status_2(case, tmp_path, capsys):
     """Each printed a traceback and exited 1 (NotAJournal, ValueError, FileNotFoundError)."""
-    if case == "a folder that cannot be made" and not os.path.isdir("/proc"):
-        pytest.skip("no /proc here")
     path, message = _journals(tmp_path)[case]
     before = sorted(p.name for p in tmp_path.iterdir())
     assert trip.main(["--trips", "2", "--journal", path]) == 2
@@ -321,6 +334,28 @@ def test_ctrl_c_and_sigterm_stop_it_without_a_traceback(tmp_path, signum, status
         f"{trip.PROG}: interrupted; the unfinished trips resume on the next run on {tmp_path / 'trips.db'}\n"
     )
     assert "booked" not in out  # it stopped before any verdict
+
+
+def test_piped_into_head_it_stops_quietly_with_status_141():
+    """`... | head -1` exited 1 with a BrokenPipeError traceback. 200 trips' lines are more than
+    the pipe holds (tests/helpers/cli.py)."""
+    status, first, err = piped_into_head(
+        [sys.executable, "-m", "saga_actors.examples.trip", "--trips", "200", "--latency", "0,0.001"],
+        cwd=str(ROOT),
+    )
+    assert (status, first, err) == (141, "booking 200 trips\n", "")
+
+
+@pytest.mark.parametrize("option", ["--trips", "--seed", "--failure-rate", "--crash-rate"])
+@pytest.mark.parametrize(("text", "taken_as"), NOT_ASCII_NUMBERS)
+def test_numbers_are_written_in_ascii_digits(option, text, taken_as, capsys):
+    assert_number_refused(trip.main, option, text, capsys)
+
+
+@pytest.mark.parametrize("latency", ["0,\u0661", "\u0660.1,1", "nan,1", "0,inf"])
+def test_a_latency_is_written_in_ascii_digits(latency, capsys):
+    assert trip.main(["--latency", latency]) == 2
+    assert "--latency must be MIN,MAX seconds" in capsys.readouterr().err
 
 
 def test_help_shows_every_default():
