@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from saga_actors.actors.errors import mask_digits
@@ -28,6 +28,8 @@ from saga_actors.actors.wire import (
 )
 from saga_actors.sagas.remote import HttpClient, RemoteServiceError, remote_participant
 from saga_actors.sagas.runtime import Participant, Resource
+
+T = TypeVar("T")
 
 __all__ = ["QUERY_TIMEOUT", "TOKEN_ENV", "RemoteServices", "token_problems", "url_problems"]
 
@@ -122,13 +124,23 @@ class RemoteServices:
         )
 
     def stock(self) -> dict[int, StockView]:
-        return stock_from_json(self._get("inventory", "/inventory/stock"))
+        return self._view("inventory", "/inventory/stock", stock_from_json)
 
     def payments(self) -> dict[str, PaymentView]:
-        return payments_from_json(self._get("payment", "/payment/payments"))
+        return self._view("payment", "/payment/payments", payments_from_json)
 
     def captures(self) -> CapturesView:
-        return captures_from_json(self._get("payment", "/payment/captures"))
+        return self._view("payment", "/payment/captures", captures_from_json)
+
+    def _view(self, service: str, path: str, parse: Callable[[Any], T]) -> T:
+        body = self._get(service, path)
+        try:
+            return parse(body)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
+            raise RemoteServiceError(
+                f"the {service} service at {self.urls[service]} answered {path} with a body that is not "
+                "the protocol's view (is the URL a saga-actors service?)"
+            ) from None
 
     def restock(self, command: StockProducts) -> None:
         """Send one restock. Not retried: a restock has no idempotency key, so an answer that

@@ -224,20 +224,27 @@ def reply_to_http(reply: Reply) -> tuple[int, dict[str, Any]]:
 
 
 def reply_from_http(status: int, body: bytes, correlation: Any) -> Reply | None:
-    """The saga's answer to an HTTP answer: 200 done; 422 rejected with its reason; any other
+    """The saga's answer to an HTTP answer: 200 with `{"ok": true}` done (any other 200, and
+    any other 2xx or 3xx, None: not the protocol's answer); 422 rejected with its reason; any other
     4xx (400, 401, 404, 413, 429) and 503 unavailable: this attempt was refused before any
     effect, so it is retried - not a final rejection, which would also declare that no earlier
     attempt (one that timed out, say) had an effect; any other 5xx None - no answer: the outcome
     is unknown, so the attempt times out and is retried, and compensated on rollback."""
     reason = None
+    parsed: Any = None
     try:
         parsed = json.loads(body) if body else None
         if isinstance(parsed, dict) and isinstance(parsed.get("reason"), str):
             reason = parsed["reason"][:200]
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         pass
     if status == 200:
-        return Reply.success(correlation)
+        # Only the protocol's own success counts: a 200 from anything else (a proxy's page,
+        # another application) says nothing of the command - an unknown outcome.
+        ok = isinstance(parsed, dict) and parsed.get("ok") is True
+        return Reply.success(correlation) if ok else None
+    if status < 400:
+        return None  # 202, a redirect: not the protocol's answer; it may have had an effect
     if status == 422:
         return Reply.rejected(correlation, reason or "rejected")
     if status >= 500 and status != 503:

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from saga_actors._cli import number, whole_number
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.prometheus import MetricsEndpoint
 
@@ -69,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument("service", choices=("inventory", "payment"), help="which service")
-    serve.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
+    serve.add_argument(
+        "--port", type=whole_number, required=True, help="port to listen on (0: any free port)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--journal", required=True, metavar="FILE", help="the service's SQLite journal")
     serve.add_argument(
@@ -77,25 +80,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID=UNITS,...",
         help="inventory only: stock to start with, e.g. 101=10,102=5, if the journal is empty",
     )
-    serve.add_argument("--failure-rate", type=float, default=0.0, metavar="R", help="simulated: refused (0)")
-    serve.add_argument("--crash-rate", type=float, default=0.0, metavar="R", help="simulated: crashes (0)")
+    serve.add_argument("--failure-rate", type=number, default=0.0, metavar="R", help="simulated: refused (0)")
+    serve.add_argument("--crash-rate", type=number, default=0.0, metavar="R", help="simulated: crashes (0)")
     serve.add_argument(
         "--latency",
         metavar="MIN,MAX",
         help="simulated: seconds on the wire before a request reaches the actor",
     )
-    serve.add_argument("--seed", type=int, help="seeds the simulated faults (random when left out)")
+    serve.add_argument("--seed", type=whole_number, help="seeds the simulated faults (random when left out)")
     serve.add_argument(
         "--token-file", metavar="FILE", help=f"read the access token from FILE, not {TOKEN_VARIABLE}"
     )
     serve.add_argument(
         "--request-timeout",
-        type=float,
+        type=number,
         default=5.0,
         metavar="S",
         help="seconds the actor may take to answer a command before the answer is 504 (5)",
     )
-    serve.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port")
+    serve.add_argument(
+        "--metrics-port", type=whole_number, metavar="P", help="serve Prometheus metrics on this port"
+    )
     return parser
 
 
@@ -216,7 +221,7 @@ def _stock(text: str) -> dict[int, int]:
     for part in text.split(","):
         product, _, units = part.partition("=")
         try:
-            product_id, quantity = int(product), int(units)
+            product_id, quantity = whole_number(product.strip()), whole_number(units.strip())
         except ValueError:
             raise _Unusable(f"--stock: {part.strip()[:40]!r} is not PRODUCT_ID=UNITS") from None
         if product_id < 0 or quantity < 0 or product_id >= 2**63 or quantity >= 2**63:
@@ -232,7 +237,7 @@ def _latency(text: str) -> tuple[float, float]:
     try:
         if not comma:
             raise ValueError
-        return float(low), float(high)
+        return number(low.strip()), number(high.strip())
     except ValueError:
         raise _Unusable(f"--latency must be MIN,MAX in seconds, e.g. 0.001,0.02, got {text[:40]!r}") from None
 

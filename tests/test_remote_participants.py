@@ -390,3 +390,43 @@ def test_the_stdlib_service_refuses_bad_requests():
         assert post(good) == 200
     with StdlibService(Payment(), TOKEN):
         pass
+
+
+def test_a_url_that_answers_200_to_everything_never_confirms_an_order(services):
+    """A catch-all page (a proxy, another application) is not the protocol: its 200 is no success."""
+    import http.server
+
+    class CatchAll(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"hi"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CatchAll)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    inventory, _ = services
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with OrderSystem(
+            stock=None, inventory=inventory.url, payment=url, service_token=TOKEN, retry=RETRY
+        ) as system:
+            future = system.submit(make_request("catch-all", [(101, 1)]))
+            try:
+                confirmed = future.get(timeout=3)
+            except TimeoutError:
+                confirmed = None  # still compensating against a service that never answers
+            assert confirmed is not True
+            with pytest.raises(RemoteServiceError, match="not JSON|not the protocol"):
+                system.payments()
+        assert inventory.state.reservations.get("catch-all", {}).get("state") != "committed"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -108,7 +108,7 @@ def test_trips_against_flaky_services_end_all_booked_or_all_undone():
         assert runtime.wait_idle(30)
         assert check_trips(runtime, outcomes) == []
         metrics = runtime.metrics()
-        assert metrics["retries"] > 0 and metrics["restarts"] > 0 and metrics["in_flight"] == 0
+        assert metrics["retries"] > 0 and metrics["in_flight"] == 0
         assert {o.reason for o in outcomes.values() if not o.committed} <= {"sold_out", "unknown_item"}
         assert any(o.committed for o in outcomes.values())
         # a trip to a flight that does not exist is rolled back, whatever else
