@@ -31,6 +31,7 @@ import hmac
 import http
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -126,6 +127,59 @@ class _LoopReply:
     def _resolve(self, message: Any) -> None:
         if not self._future.done():  # not given up on (timed out) already
             self._future.set_result(message)
+
+
+DEFAULT_MAX_CONNECTIONS = 1000  # open connections at once; more are closed as they come
+IDLE_TIMEOUT = 10.0  # seconds a connection may stay without a complete request
+
+
+def _bounded_connections(limit: int) -> None:
+    """Close a new connection at once while `limit` are open (process-wide, in the service's own
+    process): a flood of connections, authenticated or not, cannot take every file descriptor."""
+    from aiohttp import web_protocol
+
+    handler = web_protocol.RequestHandler
+    original = getattr(handler.connection_made, "_saga_actors_original", handler.connection_made)
+
+    def connection_made(self: Any, transport: Any) -> None:
+        original(self, transport)
+        manager = self._manager
+        if manager is not None and len(manager.connections) > limit:
+            _over_limit.warn()
+            transport.close()
+
+    connection_made._saga_actors_original = original  # type: ignore[attr-defined]
+    handler.connection_made = connection_made  # type: ignore[method-assign]
+
+
+class _OnceIn:
+    """Logs a warning at most once per `seconds` (a flood must not flood the log too)."""
+
+    def __init__(self, seconds: float, message: str) -> None:
+        self._seconds, self._message, self._last = seconds, message, -math.inf
+
+    def warn(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._seconds:
+            self._last = now
+            logger.warning(self._message)
+
+
+_over_limit = _OnceIn(10.0, "too many connections at once: new ones are closed as they come")
+
+
+def _more_file_descriptors() -> None:
+    """Raise this process's soft limit of open files to its hard limit (best effort)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
+            )
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _no_echo_of_bad_requests() -> None:
@@ -334,6 +388,7 @@ async def run_server(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_latency: float = 0.0,
     metrics: Metrics | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ready: Callable[[str], None],
 ) -> int:
     """Serve `node` (started already) until SIGTERM or SIGINT, or until its tree gives up.
@@ -360,6 +415,8 @@ async def run_server(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     _no_echo_of_bad_requests()
+    _bounded_connections(max_connections)
+    _more_file_descriptors()
     server_log = logging.getLogger("aiohttp.server")
     server_log.addFilter(_without_the_request)
     app = make_app(node, token, request_timeout=request_timeout, metrics=metrics)
@@ -367,6 +424,9 @@ async def run_server(
         app,
         access_log=None,  # no access log: nothing of a request is written anywhere
         handle_signals=False,
+        # A connection that sends no complete request for this long is closed: slow or
+        # half-sent headers (a slowloris) cannot hold a connection, and a file descriptor, for long.
+        keepalive_timeout=IDLE_TIMEOUT,
         shutdown_timeout=max_latency + request_timeout + REPLY_GRACE + DRAIN_MARGIN,
     )
     await runner.setup()

@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the actor may take to answer a command before the answer is 504 (5)",
     )
     serve.add_argument(
+        "--max-connections",
+        type=whole_number,
+        default=1000,
+        metavar="N",
+        help="open connections at once; more are closed as they come (1000)",
+    )
+    serve.add_argument(
         "--metrics-port", type=whole_number, metavar="P", help="serve Prometheus metrics on this port"
     )
     return parser
@@ -138,6 +145,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise _Unusable(
             f"--request-timeout must be a number of seconds in (0, 3600], got {args.request_timeout}"
         )
+    if not 1 <= args.max_connections <= 1_000_000:
+        raise _Unusable(f"--max-connections must be from 1 to 1000000, got {args.max_connections}")
     low, high = _latency(args.latency) if args.latency is not None else (0.0, 0.0)
     try:
         faults = FaultPlan(
@@ -193,6 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
                 request_timeout=args.request_timeout,
                 max_latency=high,
                 metrics=metrics,
+                max_connections=args.max_connections,
                 ready=_announce,
             )
         )

@@ -424,7 +424,7 @@ def test_a_url_that_answers_200_to_everything_never_confirms_an_order(services):
             except TimeoutError:
                 confirmed = None  # still compensating against a service that never answers
             assert confirmed is not True
-            with pytest.raises(RemoteServiceError, match="not JSON|not the protocol"):
+            with pytest.raises(RemoteServiceError, match=r"not JSON|not the protocol"):
                 system.payments()
         assert inventory.state.reservations.get("catch-all", {}).get("state") != "committed"
     finally:

@@ -271,6 +271,10 @@ def test_the_token_may_come_from_a_file(tmp_path: Path) -> None:
         (["serve", "inventory", "--port", "70000", "--journal", "j.db"], "--port"),
         (["serve", "inventory", "--port", "0", "--journal", "."], "directory"),
         (["serve", "inventory", "--port", "0", "--journal", "no/such/folder/j.db"], "does not exist"),
+        (
+            ["serve", "inventory", "--port", "0", "--journal", "j.db", "--max-connections", "0"],
+            "--max-connections",
+        ),
         (["serve", "shipping", "--port", "0", "--journal", "j.db"], "invalid choice"),
         (["serve", "inventory", "--journal", "j.db"], "--port"),
     ],
@@ -519,3 +523,32 @@ def test_orders_over_service_processes_survive_a_sigkill_and_a_sigstop(tmp_path:
         payment.signal(signal.SIGCONT)
         inventory.kill()
         payment.kill()
+
+
+def test_a_flood_of_half_sent_requests_does_not_lock_out_a_real_one(tmp_path: Path) -> None:
+    """60 connections that never finish their headers, against a cap of 20: the service closes
+    what is over the cap at once and the half-sent ones within its idle timeout (10 s), so a real
+    request gets through while the flood is still connected."""
+    from urllib.parse import urlsplit
+
+    with ServiceProcess(
+        "inventory", tmp_path / "flood.db", "--stock", "101=5", "--max-connections", "20"
+    ) as service:
+        where = urlsplit(service.url)
+        sockets = []
+        try:
+            for _ in range(60):
+                conn = socket.create_connection((where.hostname, where.port), timeout=10)
+                conn.sendall(b"POST /inventory/reserve HTTP/1.1\r\nHost: x\r\n")
+                sockets.append(conn)
+
+            def served() -> bool:
+                try:
+                    return service.call("GET", "/inventory/stock", timeout=2)[0] == 200
+                except OSError:
+                    return False  # closed over the cap: try again
+
+            wait_until(served, timeout=30, what="a real request served during the flood")
+        finally:
+            for conn in sockets:
+                conn.close()
