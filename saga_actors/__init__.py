@@ -53,7 +53,7 @@ from saga_actors.sagas.runtime import (
     SagaRuntime,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 # A library logs; the application decides where it goes. Without this, Python's last-resort
 # handler would print the engine's warnings (a fault drill, a crashed participant) on stderr.
