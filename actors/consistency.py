@@ -105,7 +105,7 @@ def check_consistency(
             "every confirmed order captured exactly its amount",
             not wrong_capture and not captured_not_confirmed and not totals_differ,
             "; ".join(filter(None, [_some(wrong_capture + captured_not_confirmed), *totals_differ]))
-            or f"{sales.orders} orders, {_amounts(sales.amounts)}",
+            or f"{sales.orders} order{'' if sales.orders == 1 else 's'}, {_amounts(sales.amounts)}",
         ),
         Check("no product oversold", not oversold, _some(oversold)),
     ]
@@ -132,11 +132,11 @@ def _nonzero(amounts: Mapping[str, Decimal]) -> dict[str, Decimal]:
 
 
 def _amounts(amounts: Mapping[str, Decimal]) -> str:
-    """`55825.49` for one currency (or none), `EUR 10.00, USD 55825.49` for several."""
+    """`USD 55,825.49`, or `EUR 10.00, USD 55,825.49` for several currencies (`0.00` for none)."""
     shown = _nonzero(amounts)
-    if len(shown) <= 1:
-        return str(next(iter(shown.values()), Decimal(0)))
-    return ", ".join(f"{currency} {amount}" for currency, amount in sorted(shown.items()))
+    if not shown:
+        return "0.00"
+    return ", ".join(f"{currency} {amount:,.2f}" for currency, amount in sorted(shown.items()))
 
 
 def _some(items: object, limit: int = 5) -> str:

@@ -128,3 +128,10 @@ def test_an_entry_both_sides_still_hold_is_checked_one_by_one():
 def test_totals_come_in_pairs():
     with pytest.raises(ValueError, match="both sales and captures"):
         check_consistency(STOCK, *good(), sales=SALES)
+
+
+def test_the_captured_totals_say_their_currency_and_count():
+    orders, inventory, payments = good()
+    checks = check_consistency(STOCK, orders, inventory, payments, sales=SALES, captures=CAPTURES)
+    (captured,) = [c for c in checks if c.name == "every confirmed order captured exactly its amount"]
+    assert captured.ok and captured.detail == "1 order, USD 9.00"
