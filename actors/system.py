@@ -304,7 +304,7 @@ class OrderSystem:
             pass  # restarting: the next incarnation takes it from the registry
         if not self._runtime.running:  # stopped meanwhile: whatever stop() did not answer, answer now
             self._outcomes.settle(message, SystemNotRunning("the order system stopped"))
-        return OrderFuture(future, order.order_id, self._describe)
+        return OrderFuture(future, order.order_id, self._runtime.describe)
 
     def place_order(self, request: Any, *, timeout: float | None = None) -> bool:
         """Place an order and wait: True once confirmed, False once rolled back.
@@ -525,14 +525,6 @@ class OrderSystem:
     def _saga_finished(self, finished: SagaFinished) -> None:
         """Called once an order's saga's end is durable (a saga host's or the journal's thread)."""
         self._metrics.increment("orders_confirmed" if finished.committed else "orders_cancelled")
-
-    def _describe(self, order_id: str) -> str | None:
-        """What an order waits for, for a TimeoutError's message (best effort)."""
-        try:
-            saga = self.saga(order_id)
-        except Exception:  # the message is a courtesy: never fail the caller over it
-            return None
-        return saga.summary() if saga is not None else "its saga has not begun"
 
     def _check_running(self) -> None:
         if not self._runtime.running:

@@ -639,7 +639,7 @@ class SagaRuntime:
             codec.encode(data)  # raises SerializationError: better here than in a crash loop
         registry = self._registry
         future: pykka.Future[SagaOutcome] = pykka.ThreadingFuture()
-        result = SagaFuture(future, saga_id, self._describe)
+        result = SagaFuture(future, saga_id, self.describe)
         value = _Submitted(data, ephemeral)
 
         def same(running: Any) -> bool:
@@ -1012,8 +1012,9 @@ class SagaRuntime:
         except Exception:  # not storable: then only equality counts
             return False
 
-    def _describe(self, saga_id: str) -> str | None:
-        """What a saga waits for, for a TimeoutError's message (best effort)."""
+    def describe(self, saga_id: str) -> str | None:
+        """What a saga waits for, in words (its view's summary), for messages; None if that cannot
+        be known now. Never raises."""
         try:
             saga = self.saga(saga_id)
         except Exception:  # the message is a courtesy: never fail the caller over it
