@@ -145,6 +145,11 @@ class OrderSystem:
     Use it as a context manager, or call `start()` and `stop()`. Every method
     is safe to call from any thread (but an actor's: they block).
 
+    journal: where the orders are journaled: a SQLite file path, a
+        PostgreSQL URL ("postgresql://..."; needs the extra `postgres`), or
+        None (in memory, kept across `stop()` and `start()` of this object).
+        `journal_path` is its older name.
+
     metrics_port: serve the metrics in the Prometheus text format over HTTP
         on this port from `start()` to `stop()` (0: any free port, see
         `metrics_port` once started), on `metrics_host` (local only by
@@ -163,6 +168,7 @@ class OrderSystem:
     def __init__(
         self,
         *,
+        journal: str | os.PathLike[str] | None = None,
         journal_path: str | os.PathLike[str] | None = None,
         stock: Mapping[int, int] | None = None,
         inventory_faults: FaultPlan | None = None,
@@ -176,6 +182,11 @@ class OrderSystem:
         payment: str | None = None,
         service_token: str | None = None,
     ) -> None:
+        if journal is not None and journal_path is not None:
+            raise ValueError(
+                "invalid OrderSystem arguments: give journal or journal_path (its older name), not both"
+            )
+        journal_path = journal if journal is not None else journal_path
         _check_arguments(
             journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every, retention
         )
