@@ -28,6 +28,14 @@ and jitter, an idempotent start by saga id (`submit` twice, one saga; other
 data under the same id is a `SagaConflict`), waiting for the outcome,
 `wait_idle`, counters, and `kill` for fault drills.
 
+Cluster mode (`node_id=...` on a journal shared by nodes, PostgreSQL): any
+number of runtimes (nodes) of one definition share the journal. A saga id
+is run by one node cluster-wide: the node that first journals its start
+owns it; the same id submitted on another node waits for its outcome
+through the journal. Each node holds a lease; a node whose lease expired is
+fenced off and its unfinished sagas are taken over by another node (see
+`sagas.cluster`).
+
 Threads: the public methods may be called from any thread except a
 participant's or a saga host's (they block). Callbacks given to the
 runtime say which thread runs them.
@@ -47,13 +55,15 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import pykka
 
-from saga_actors.persistence.journal import InMemoryJournal, JournalWithSnapshots
+from saga_actors.persistence.journal import ConcurrencyError, InMemoryJournal, JournalWithSnapshots
+from saga_actors.persistence.lease import Fence, LeaseLost, LeaseStore, check_lease_seconds, check_node_id
 from saga_actors.persistence.serialization import EventCodec
 from saga_actors.persistence.sqlite import SQLiteJournal
+from saga_actors.sagas.cluster import DEFAULT_LEASE, ClusterMember, RemoteWaiters
 from saga_actors.sagas.definition import SagaDefinition
 from saga_actors.sagas.engine import (
     DURABLE_EVENTS,
@@ -61,7 +71,10 @@ from saga_actors.sagas.engine import (
     CommitDecided,
     SagaState,
     SagaView,
+    Start,
+    decide,
     evolve,
+    is_durable,
     view,
 )
 from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, saga_persistence_id
@@ -122,6 +135,9 @@ ROOT_BACKOFF = Backoff(min_backoff=0.05, max_backoff=0.5, random_factor=0.2, res
 
 # Counters every runtime keeps (the hosts count retries, compensations, stuck steps).
 RUNTIME_METRICS = ("retries", "compensations", "restarts", "sagas_stuck", "sagas_suspended")
+# Counters of a node in cluster mode.
+CLUSTER_METRICS = ("sagas_taken_over", "leases_lost", "sagas_awaited_elsewhere")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 _ROOT_CHILDREN = ("journal", "timer", "participants", "sagas")  # the root supervisor's own children
 FOREVER = 10**9  # seconds (~32 years): any timeout this long waits as long as it takes
@@ -317,6 +333,39 @@ class SagaRegistry:
         with self._lock:
             return dict(self._running)
 
+    def conflict(self, saga_id: str) -> Exception:
+        """The error a caller gets for a saga id reused with other data."""
+        return SagaConflict(saga_id)
+
+    def adopt(self, saga_ids: Iterable[str]) -> list[str]:
+        """Register sagas recovered from the journal (taken over from another node) as in flight,
+        with no caller; returns those that were not in flight already."""
+        with self._lock:
+            new = [saga_id for saga_id in saga_ids if saga_id not in self._running]
+            for saga_id in new:
+                self._running[saga_id] = None
+                self._since[saga_id] = 0.0
+            return new
+
+    def abandon(self, saga_id: str) -> list[pykka.Future[Any]]:
+        """The saga is not run here (another node runs it): forget it, unanswered, and return its
+        waiting callers' futures."""
+        with self._lock:
+            self._running.pop(saga_id, None)
+            self._since.pop(saga_id, None)
+            futures = self._waiters.pop(saga_id, [])
+            self._lock.notify_all()
+            return futures
+
+    def abandon_all(self) -> dict[str, list[pykka.Future[Any]]]:
+        """Every saga is no longer run here (the node lost its lease): forget them all, unanswered,
+        and return the waiting callers' futures by saga id."""
+        with self._lock:
+            waiters = self._waiters
+            self._waiters, self._running, self._since = {}, {}, {}
+            self._lock.notify_all()
+            return waiters
+
     def is_running(self, saga_id: str) -> bool:
         with self._lock:
             return saga_id in self._running
@@ -430,8 +479,10 @@ class SagaRuntime:
     Arguments (keyword-only after `definition`; ValueError names each bad one):
         participants: the `Participant`s the steps name (every step's
             participant must be registered, and names are unique).
-        journal: a SQLite file path, None (in memory: kept across `stop()`
-            and `start()` of this object), or a journal object you opened.
+        journal: a SQLite file path, a PostgreSQL URL ("postgresql://...",
+            needs the extra `postgres`), None (in memory: kept across
+            `stop()` and `start()` of this object), or a journal object you
+            opened.
         codec: the types a SQLite journal may hold besides the saga
             engine's own events (your saga data, your participants' events
             and states); ignored for a journal object.
@@ -456,6 +507,13 @@ class SagaRuntime:
             started). Needs the extra `metrics` (ImportError naming it).
         resources: `Resource`s the participants use (e.g. the HTTP client of
             `sagas.remote`), opened before them and closed after them.
+        node_id: run as this node of a cluster (see the module docstring):
+            the journal must be shared by nodes - a PostgreSQL URL, or a
+            journal object that is a `LeaseStore`. `start()` waits (at most
+            `lease` seconds) while a previous incarnation's lease is live.
+        lease: seconds a node's lease lasts without a renewal (0.1 to 3600);
+            renewed every `renew_every` seconds (default a third of it). A
+            dead node's sagas are taken over within `lease + renew_every`.
     """
 
     def __init__(
@@ -482,8 +540,12 @@ class SagaRuntime:
         participants_backoff: Backoff = PARTICIPANTS_BACKOFF,
         root_intensity: Intensity = ROOT_INTENSITY,
         resources: Sequence[Resource] = (),
+        node_id: str | None = None,
+        lease: float = DEFAULT_LEASE,
+        renew_every: float | None = None,
     ) -> None:
         problems = _check_arguments(definition, participants, journal, codec, retry, hosts, name)
+        problems += _check_cluster(journal, node_id, lease, renew_every)
         problems += _check_resources(resources)
         if not (is_finite_number(retention) and 0 < retention < FOREVER):
             problems.append(
@@ -512,7 +574,14 @@ class SagaRuntime:
         self._participants_intensity = participants_intensity
         self._participants_backoff = participants_backoff
         self._root_intensity = root_intensity
-        self.metrics_counters = Metrics((*metric_names, *RUNTIME_METRICS))
+        self.node_id = node_id
+        self._lease = float(lease)
+        self._renew_every = renew_every
+        self._store: Any = None  # the journal shared by nodes (cluster mode), while running
+        self._member: ClusterMember | None = None
+        self._remote = RemoteWaiters()
+        cluster_metrics = CLUSTER_METRICS if node_id is not None else ()
+        self.metrics_counters = Metrics((*metric_names, *RUNTIME_METRICS, *cluster_metrics))
         self._metrics_endpoint = (
             None
             if metrics_port is None
@@ -560,18 +629,28 @@ class SagaRuntime:
                 if self._metrics_endpoint is not None:  # first: a busy port must leave nothing written
                     self._metrics_endpoint.start()
                 journal = self._journal = self._open_journal()
+                if self.node_id is not None:
+                    journal = self._journal = self._join_cluster(journal)
                 self._root = self._start_tree(journal)
                 if self._prepare is not None:
                     self._prepare(journal)
                 self._recovery = self._recover(journal)
+                if self._member is not None:
+                    self._member.start()
             except BaseException:
                 if self._metrics_endpoint is not None:
                     self._metrics_endpoint.stop()
                 self._stop_tree()
+                self._leave_cluster()
                 raise
             self._running = True
             _RUNNING.add(self)
-            logger.info("%s started%s", self.name, f" on {self._journal_arg}" if self._journal_arg else "")
+            logger.info(
+                "%s started%s%s",
+                self.name,
+                f" on {_shown_journal(self._journal_arg)}" if self._journal_arg else "",
+                f" as node {self.node_id}" if self.node_id is not None else "",
+            )
             return self
 
     def stop(self) -> None:
@@ -581,15 +660,19 @@ class SagaRuntime:
         next `start()`. Every caller still waiting gets `SystemNotRunning`.
         Call `wait_idle()` first to drain.
         """
+        member = self._member
+        if member is not None:
+            member.request_stop()  # first: a rejoin under way gives up
         with self._lock:
             if self._metrics_endpoint is not None:  # kept after a failure, to be scraped
                 self._metrics_endpoint.stop()
-            if not self._running:
-                return
-            self._running = False
+            was_running, self._running = self._running, False
             _RUNNING.discard(self)
-            self._stop_tree()
-            logger.info("%s stopped", self.name)
+            if was_running:
+                self._stop_tree()
+            self._leave_cluster()
+            if was_running:
+                logger.info("%s stopped", self.name)
 
     @property
     def running(self) -> bool:
@@ -650,7 +733,7 @@ class SagaRuntime:
 
         decision = registry.begin(saga_id, value, future, same)
         if decision == "conflict":
-            answer(future, None, SagaConflict(saga_id))
+            answer(future, None, registry.conflict(saga_id))
         if decision != "new":
             return result
         try:
@@ -658,10 +741,12 @@ class SagaRuntime:
         except Exception as error:
             registry.finished(saga_id, None, error)
             return result
-        if state.phase == "new":
+        if self._member is not None:
+            self._submit_to_cluster(saga_id, data, ephemeral, state)
+        elif state.phase == "new":
             self._spawn(SagaSpec(saga_id, data, ephemeral, fresh=True, resume_forward=True))
         elif not self._same_data(state.data, data):
-            registry.finished(saga_id, None, SagaConflict(saga_id))
+            registry.finished(saga_id, None, registry.conflict(saga_id))
         elif state.phase == "done":
             registry.finished(saga_id, SagaOutcome(saga_id, state.committed, state.reason))
         else:  # unfinished in the journal, yet not in flight here: carry it on
@@ -669,6 +754,56 @@ class SagaRuntime:
         if not self._running:  # stopped meanwhile: whatever stop() did not answer, answer now
             registry.finished(saga_id, None, SystemNotRunning(f"{self.name} stopped"))
         return result
+
+    def _submit_to_cluster(self, saga_id: str, data: Any, ephemeral: Any, state: SagaState) -> None:
+        """Cluster mode (the caller's thread): journal the saga's start, which makes this node its
+        owner cluster-wide, and run it here; if another node started it first, wait for its
+        outcome through the journal (or answer from it, or refuse other data)."""
+        registry, journal = self._registry, self._journal
+        assert journal is not None
+        if state.phase == "new":
+            try:
+                journal.append(
+                    saga_persistence_id(self.definition, saga_id), self._start_events(saga_id, data), 0
+                )
+            except ConcurrencyError:
+                state = self._replay(saga_id)  # another node journaled its start first
+            except LeaseLost as error:
+                registry.finished(
+                    saga_id, None, SystemNotRunning(f"node {self.node_id} lost its lease ({error})")
+                )
+                return
+            except Exception as error:
+                registry.finished(saga_id, None, error)
+                return
+            else:
+                self._spawn(SagaSpec(saga_id, data, ephemeral, resume_forward=True))
+                return
+        if not self._same_data(state.data, data):
+            registry.finished(saga_id, None, registry.conflict(saga_id))
+        elif state.phase == "done":
+            registry.finished(saga_id, registry.outcome_of(_finished_of(saga_id, state)))
+        elif self._owner(saga_id) == self.node_id:
+            self._spawn(SagaSpec(saga_id, data, ephemeral, resume_forward=True))  # ours: carry it on
+        else:  # another node runs it: its end will be in the journal
+            self._await_elsewhere(saga_id, registry.abandon(saga_id))
+
+    def _start_events(self, saga_id: str, data: Any) -> list[Any]:
+        """What a saga's start journals (its data, and its first stage begun), as its host would."""
+        events = decide(self.definition, SagaState(), Start(saga_id, data), self._retry, lambda: 0.0)
+        return [event for event in events if is_durable(event)]
+
+    def _await_elsewhere(self, saga_id: str, futures: list[pykka.Future[Any]]) -> None:
+        member = self._member
+        if member is None or not futures:
+            return
+        self.metrics_counters.increment("sagas_awaited_elsewhere")
+        self._remote.add(saga_id, futures)
+        member.poke(saga_id)  # it may have ended before this node listened
+
+    def _owner(self, saga_id: str) -> str | None:
+        store: LeaseStore = self._store
+        return store.owner(saga_persistence_id(self.definition, saga_id))
 
     def run(
         self, saga_id: str, data: Any, ephemeral: Any = None, *, timeout: float | None = None
@@ -807,9 +942,138 @@ class SagaRuntime:
             if self._memory_journal is None:
                 self._memory_journal = InMemoryJournal()
             return self._memory_journal
+        if is_postgres_url(given):
+            from saga_actors.persistence.postgres import PostgresJournal  # the extra `postgres`
+
+            assert isinstance(given, str)
+            mode = "node" if self.node_id is not None else "writer"
+            journal: JournalWithSnapshots = PostgresJournal(given, self._full_codec(), mode=mode)
+            return journal
         if isinstance(given, (str, os.PathLike)):
             return SQLiteJournal(given, self._full_codec())
         return given
+
+    # --- cluster mode ---
+
+    def _join_cluster(self, store: JournalWithSnapshots) -> JournalWithSnapshots:
+        """Acquire this node's lease (the caller's thread; waits while a previous incarnation's is
+        live) and return the journal handle fenced by it."""
+        assert self.node_id is not None
+        self._store = store
+        store.open()
+        member = self._member = ClusterMember(
+            cast(LeaseStore, store),
+            self.node_id,
+            lease=self._lease,
+            renew_every=self._renew_every,
+            prefix=saga_persistence_id(self.definition, ""),
+            final_types=FINAL_EVENTS,
+            on_lost=self._rejoin,
+            on_taken=self._taken_over,
+            check=self._check_awaited,
+            name=self.name,
+        )
+        fence = member.acquire(self._lease + 5 * member.renew_every)
+        if fence is None:
+            raise SystemNotRunning(f"{self.name} stopped while acquiring its lease")
+        return self._fenced(fence)
+
+    def _fenced(self, fence: Fence) -> JournalWithSnapshots:
+        store: LeaseStore = self._store
+        return store.fenced(fence)
+
+    def _leave_cluster(self) -> None:
+        """Stop the lease thread, let the lease expire now (others take over at once), fail the
+        callers waiting for other nodes' sagas, close the shared journal. Under self._lock."""
+        member, self._member = self._member, None
+        if member is not None:
+            member.request_stop()
+            member.join(RECOVERY_TIMEOUT)
+            member.release()
+        for future in self._remote.pop_all():
+            answer(future, None, SystemNotRunning(f"{self.name} stopped before the outcome was known"))
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    def _rejoin(self) -> None:
+        """The lease is lost (the lease thread): stop every saga held here, keep their callers
+        waiting for their outcome through the journal, acquire a new lease and start again."""
+        member = self._member
+        if member is None:
+            return
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            self.metrics_counters.increment("leases_lost")
+            waiting = self._registry.abandon_all()
+            self._stop_tree()
+            for saga_id, futures in waiting.items():
+                self._remote.add(saga_id, futures)
+        logger.warning("%s: node %s stopped its sagas; acquiring a new lease", self.name, self.node_id)
+        fence = None
+        while fence is None and not member.stopping:
+            try:
+                fence = member.acquire(None)
+            except Exception as error:  # the store is unreachable: try again, without a storm
+                logger.warning("%s: node %s cannot acquire a lease yet: %s", self.name, self.node_id, error)
+                member.wait_stopping(1.0)
+        with self._lock:
+            if fence is None or member.stopping:
+                return
+            try:
+                journal = self._journal = self._fenced(fence)
+                self._root = self._start_tree(journal)
+                self._recovery = self._recover(journal)
+            except Exception as error:  # give the lease up, so that other nodes take over
+                logger.exception("%s: node %s could not start again", self.name, self.node_id)
+                self._failure = error
+                self._stop_tree()
+                member.request_stop()
+                member.release()
+                return
+            self._running = True
+            _RUNNING.add(self)
+            logger.warning(
+                "%s: node %s running again at epoch %d (%d saga(s) of its own resumed)",
+                self.name,
+                self.node_id,
+                fence.epoch,
+                self._recovery.sagas_resumed,
+            )
+        member.poke("")  # check every awaited saga now
+
+    def _taken_over(self, persistence_ids: list[str]) -> None:
+        """This node took over a dead node's unfinished sagas (the lease thread): resume them as
+        recovery does (roll forward after the commit decision, presumed abort before it)."""
+        prefix = saga_persistence_id(self.definition, "")
+        saga_ids = [p[len(prefix) :] for p in persistence_ids]
+        with self._lock:
+            if not self._running:
+                return
+            adopted = self._registry.adopt(saga_ids)
+            self.metrics_counters.increment("sagas_taken_over", len(saga_ids))
+            for saga_id in adopted:
+                self._spawn(self._spec_for(saga_id, None, False))
+
+    def _check_awaited(self, saga_ids: list[str] | None) -> None:
+        """Answer the callers here whose saga (run by another node) has ended (the lease thread).
+        `saga_ids`: those to check (None or "" among them: every one awaited)."""
+        awaited = self._remote.ids()
+        if saga_ids is not None and "" not in saga_ids:
+            wanted = set(saga_ids)
+            awaited = [saga_id for saga_id in awaited if saga_id in wanted]
+        for saga_id in awaited:
+            try:
+                state = self._replay(saga_id)
+            except Exception as error:  # the journal is unreachable now: the next poll tries again
+                logger.debug("[%s] cannot read its outcome yet: %s", saga_id, error)
+                return
+            if state.phase == "done":
+                outcome = self._registry.outcome_of(_finished_of(saga_id, state))
+                for future in self._remote.pop(saga_id):
+                    answer(future, outcome)
 
     def _full_codec(self) -> EventCodec:
         codec = self._codec if self._codec is not None else EventCodec()
@@ -983,6 +1247,9 @@ class SagaRuntime:
         registry = self._registry
         if registry.finished(finished.saga_id, registry.outcome_of(finished)) and self._on_finish is not None:
             self._on_finish(finished)
+        member = self._member
+        if member is not None:
+            member.finished(finished.saga_id)  # other nodes may have callers waiting for it
 
     def _suspended(self, saga_id: str, error: BaseException) -> None:
         """A saga host gave up restarting a saga (its thread): its callers get `SagaFailed`, and it
@@ -1044,6 +1311,48 @@ class SagaRuntime:
                 if remaining <= 0:
                     raise SystemNotRunning(f"{self.name} is not answering ({address.name})") from None
                 address.wait_for_incarnation(min(remaining, 0.1))
+
+
+def is_postgres_url(journal: object) -> bool:
+    """Whether a `journal` argument names a PostgreSQL database ("postgresql://..." or
+    "postgres://...")."""
+    return isinstance(journal, str) and journal.startswith(POSTGRES_SCHEMES)
+
+
+def _shown_journal(journal: object) -> str:
+    """A journal argument for a log line: a URL without its password."""
+    if is_postgres_url(journal):
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(str(journal))
+        if parts.password is not None:
+            host = parts.hostname or ""
+            netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc, query=""))
+        return urlunsplit(parts._replace(query=""))
+    return str(journal)
+
+
+def _finished_of(saga_id: str, state: SagaState) -> SagaFinished:
+    """A finished saga's end, as its journal stream holds it."""
+    return SagaFinished(saga_id, state.committed, state.reason)
+
+
+def _check_cluster(journal: object, node_id: object, lease: object, renew_every: object) -> list[str]:
+    """Problems with the cluster arguments (empty list: fine)."""
+    if node_id is None:
+        return []
+    problems = check_node_id(node_id) + check_lease_seconds(lease)
+    if renew_every is not None:
+        problems += check_lease_seconds(renew_every, "renew_every")
+        if not problems and renew_every >= lease:  # type: ignore[operator]
+            problems.append(f"renew_every ({renew_every} s) must be shorter than the lease ({lease} s)")
+    if not (is_postgres_url(journal) or all(hasattr(journal, m) for m in ("acquire_lease", "fenced"))):
+        problems.append(
+            "node_id needs a journal shared by nodes: a PostgreSQL URL (postgresql://...) "
+            f"or a LeaseStore, got {_shown_journal(journal)[:60]!r}"
+        )
+    return problems
 
 
 def _start_resource(resource: Resource) -> pykka.ActorRef[Any]:
