@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -32,6 +32,7 @@ from saga_actors.persistence.journal import JournalWithSnapshots
 from saga_actors.sagas.host import SagaFinished
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.participant import Answer, ParticipantActor
+from saga_actors.sagas.protocol import Reply, Request
 from saga_actors.sagas.retention import ExpireRetention, Retained, RetentionExpired
 from saga_actors.sagas.runtime import SagaRegistry
 from saga_actors.sagas.runtime import answer as answer_caller
@@ -54,9 +55,11 @@ __all__ = [
     "PlaceOrder",
     "RecoverOrders",
     "SalesView",
+    "StreamOrders",
     "answer",
     "decide",
     "evolve",
+    "sales_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -311,6 +314,41 @@ def view(record: OrderRecord) -> OrderView:
 
 def sales(state: OrdersState) -> SalesView:
     return SalesView(state.confirmed_count, dict(state.confirmed_units), dict(state.confirmed_amounts))
+
+
+def sales_of(orders: Iterable[JournaledOrder]) -> SalesView:
+    """The sales of the confirmed orders among `orders` (as `OrderService` totals them)."""
+    count, units, amounts = 0, dict[int, int](), dict[str, Decimal]()
+    for order in orders:
+        if order.view.state != CONFIRMED:
+            continue
+        count += 1
+        for item in order.view.items:
+            units[item.product_id] = units.get(item.product_id, 0) + item.quantity
+        amounts[order.currency] = amounts.get(order.currency, Decimal(0)) + order.view.amount
+    return SalesView(count, units, amounts)
+
+
+class StreamOrders(pykka.ThreadingActor):
+    """The `orders` participant of a cluster node: no state of its own. Each order's saga
+    stream is its record (its commit or rollback decision is journaled before the saga
+    confirms or cancels), so `ConfirmOrder` and `CancelOrder` are answered at once, in this
+    actor's thread. `start(context)` takes the runtime's `ParticipantContext` and ignores it."""
+
+    def __init__(self, context: object = None) -> None:
+        super().__init__()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Request):
+            if not isinstance(message.command, (ConfirmOrder, CancelOrder)):
+                reply = Reply.rejected(
+                    message.correlation, f"unknown command {type(message.command).__name__}"
+                )
+            else:
+                reply = Reply.success(message.correlation)
+            if message.reply_to is not None:
+                message.reply_to.tell(reply)
+        return None
 
 
 def _status(state: OrdersState, order_id: str) -> str | None:

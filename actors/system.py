@@ -15,6 +15,13 @@ participants, with its supervision tree::
         `-- order-system-host-0, -1   threads hosting one saga actor per order
                                       in flight (each a transient child of its host)
 
+Cluster mode (`node_id=...` on a PostgreSQL journal, the services given as
+URLs): several OrderSystems (nodes) share the journal and the services, and
+any node accepts any order. Each order's saga stream is its record there:
+an order is placed by journaling its saga's start (one node wins an order
+id cluster-wide), and `orders` is a participant without state that answers
+the saga's confirm and cancel at once (the stream holds the decision).
+
 What is the order system's own: validating a request, the order service
 (one order per order id, its retention window and totals), the callers
 waiting for orders (`Outcomes`), the orders whose saga never began, and the
@@ -34,26 +41,30 @@ import pykka
 
 from saga_actors.actors.codec import order_codec
 from saga_actors.actors.consistency import Check, check_consistency
-from saga_actors.actors.errors import SystemNotRunning, mask_digits
+from saga_actors.actors.errors import IdempotencyConflict, SystemNotRunning, mask_digits
 from saga_actors.actors.inventory import PERSISTENCE_ID as INVENTORY_ID
 from saga_actors.actors.inventory import GetStock, InventoryActor, StockView, stock_command
-from saga_actors.actors.order_saga import ORDER_SAGA, OrderSagaData
+from saga_actors.actors.order_saga import ORDER_SAGA, OrderSagaData, journaled_order
 from saga_actors.actors.orders import (
     INTERRUPTED,
     GetOrder,
     GetOrders,
     GetSales,
+    JournaledOrder,
     OrderPlaced,
     OrderService,
     OrderView,
     Outcomes,
     PlaceOrder,
     RecoverOrders,
+    StreamOrders,
+    sales_of,
 )
 from saga_actors.actors.payment import CapturesView, GetCaptures, GetPayments, PaymentActor, PaymentView
 from saga_actors.actors.remote import RemoteServices, resolve_token, token_problems, url_problems
 from saga_actors.actors.validation import OrderRequest, validate_order
 from saga_actors.persistence.journal import JournalWithSnapshots
+from saga_actors.sagas.cluster import DEFAULT_LEASE
 from saga_actors.sagas.engine import AbortDecided, SagaAborted, SagaStarted, SagaView
 from saga_actors.sagas.host import SagaFinished, SagaSpec, saga_persistence_id
 from saga_actors.sagas.metrics import HistogramData
@@ -68,8 +79,10 @@ from saga_actors.sagas.runtime import (
     Participant,
     ParticipantContext,
     SagaFuture,
+    SagaRegistry,
     SagaRuntime,
     check_timeout,
+    shown_journal,
 )
 from saga_actors.sagas.simulation import FaultPlan
 from saga_actors.supervision import Intensity
@@ -147,8 +160,14 @@ class OrderSystem:
 
     journal: where the orders are journaled: a SQLite file path, a
         PostgreSQL URL ("postgresql://..."; needs the extra `postgres`), or
-        None (in memory, kept across `stop()` and `start()` of this object).
+        None (in memory, kept across `stop()` and `start()` of this object);
+        for a node of a cluster, a `LeaseStore` object too (tests).
         `journal_path` is its older name.
+    node_id, lease: run as this node of a cluster (see the module
+        docstring): `journal` must be a PostgreSQL URL (or a `LeaseStore`),
+        and `inventory` and `payment` URLs of the shared services. `lease`
+        is in seconds (a dead node's orders are taken over within about
+        `lease * 4 / 3`). ValueError names each problem.
 
     metrics_port: serve the metrics in the Prometheus text format over HTTP
         on this port from `start()` to `stop()` (0: any free port, see
@@ -168,7 +187,7 @@ class OrderSystem:
     def __init__(
         self,
         *,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | JournalWithSnapshots | None = None,
         journal_path: str | os.PathLike[str] | None = None,
         stock: Mapping[int, int] | None = None,
         inventory_faults: FaultPlan | None = None,
@@ -181,17 +200,23 @@ class OrderSystem:
         inventory: str | None = None,
         payment: str | None = None,
         service_token: str | None = None,
+        node_id: str | None = None,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         if journal is not None and journal_path is not None:
             raise ValueError(
                 "invalid OrderSystem arguments: give journal or journal_path (its older name), not both"
             )
-        journal_path = journal if journal is not None else journal_path
-        _check_arguments(
-            journal_path, stock, inventory_faults, payment_faults, retry, snapshot_every, retention
-        )
+        given = journal if journal is not None else journal_path
+        _check_arguments(given, stock, inventory_faults, payment_faults, retry, snapshot_every, retention)
         urls = _check_services(inventory, payment, service_token, stock, inventory_faults, payment_faults)
-        self._journal_path = journal_path
+        if node_id is not None and set(urls) != {"inventory", "payment"}:
+            raise ValueError(
+                "invalid OrderSystem arguments: a node of a cluster (node_id) calls shared services: "
+                "give inventory and payment as URLs"
+            )
+        self._cluster = node_id is not None
+        self._journal_path = given
         self._stock = dict(stock or {})
         self._outcomes = Outcomes()
         self._never_started = 0
@@ -221,24 +246,30 @@ class OrderSystem:
             ),
         }
         remote = self._remote
+        cluster: dict[str, Any] = {}
+        if node_id is not None:
+            cluster = {"node_id": node_id, "lease": lease, "registry": NodeOutcomes()}
         self._runtime = SagaRuntime(
             ORDER_SAGA,
             participants=[
                 *(remote.participant(n) if remote and n in remote.urls else local[n] for n in local),
-                Participant("orders", self._start_order_service),
+                Participant(
+                    "orders", StreamOrders.start if node_id is not None else self._start_order_service
+                ),
             ],
-            journal=journal_path,
+            journal=given,
             codec=order_codec(),
             retry=retry,
             retention=float(retention),
             snapshot_every=snapshot_every,
             hosts=SAGA_HOSTS,
             seed=payment_faults.seed,
-            name="order-system",
-            registry=self._outcomes,
-            spec_for=self._saga_spec,
+            name="order-system" if node_id is None else f"order-node-{node_id}",
+            registry=cluster.pop("registry", self._outcomes),
+            spec_for=None if node_id is not None else self._saga_spec,
             on_finish=self._saga_finished,
-            prepare=self._prepare,
+            prepare=None if node_id is not None else self._prepare,
+            **cluster,
             metric_names=METRIC_NAMES,
             participants_intensity=SERVICES_INTENSITY,
             participants_backoff=PARTICIPANTS_BACKOFF,
@@ -274,7 +305,8 @@ class OrderSystem:
         """
         self._runtime.start()
         if self._runtime.running:
-            logger.info("order system started%s", f" on {self._journal_path}" if self._journal_path else "")
+            shown = f" on {shown_journal(self._journal_path)}" if self._journal_path else ""
+            logger.info("order system started%s", shown)
         return self
 
     def stop(self) -> None:
@@ -305,6 +337,11 @@ class OrderSystem:
             future.set_exception(exc_info=(type(invalid), invalid, None))
             return OrderFuture(future, _order_id_of(request))
         self._check_running()
+        if self._cluster:
+            placed = self._runtime.submit(order.order_id, OrderSagaData.from_order(order), order.card)
+            # NodeOutcomes answers with a bool, not a SagaOutcome.
+            answered = cast("pykka.Future[bool]", placed.future)
+            return OrderFuture(answered, order.order_id, self._runtime.describe)
         message = PlaceOrder(order, future)
         # Registered before it is sent: if the order service dies with the
         # message in its mailbox, its next incarnation takes it again.
@@ -331,12 +368,34 @@ class OrderSystem:
         window, else from its saga's stream in the journal (one indexed read). Raises
         ValueError if `order_id` is not a string."""
         _check_order_id(order_id)
+        if self._cluster:
+            self._check_running()
+            journaled = journaled_order(self._journal(), order_id)
+            return journaled.view if journaled is not None else None
         return cast("OrderView | None", self._ask("orders", GetOrder(order_id)))
 
     def orders(self) -> dict[str, OrderView]:
         """`{order_id: view}` of the orders in memory: in flight, or finished within the retention
-        window (older ones are in the journal: `order(order_id)`)."""
+        window (older ones are in the journal: `order(order_id)`). A node of a cluster: the
+        orders in flight on this node."""
+        if self._cluster:
+            self._check_running()
+            return self._journaled_orders(self._runtime.running_sagas())
         return cast("dict[str, OrderView]", self._ask("orders", GetOrders()))
+
+    def _journal(self) -> JournalWithSnapshots:
+        journal = self._runtime.journal
+        if journal is None:
+            raise SystemNotRunning("the order system is not running; call start()")
+        return journal
+
+    def _journaled_orders(self, order_ids: list[str]) -> dict[str, OrderView]:
+        return {order_id: j.view for order_id, j in self._journaled(order_ids).items()}
+
+    def _journaled(self, order_ids: list[str]) -> dict[str, JournaledOrder]:
+        journal = self._journal()
+        found = {order_id: journaled_order(journal, order_id) for order_id in order_ids}
+        return {order_id: j for order_id, j in found.items() if j is not None}
 
     def inventory(self) -> dict[int, StockView]:
         """`{product_id: view}` (from the inventory service over HTTP when it is remote: then
@@ -440,12 +499,20 @@ class OrderSystem:
         """
         if initial_stock is not None and (problems := _stock_problems("initial_stock", initial_stock)):
             raise ValueError("invalid initial_stock: " + "; ".join(problems))
+        if self._cluster:  # every order of the cluster, from the journal
+            prefix = saga_persistence_id(ORDER_SAGA, "")
+            ids = [p[len(prefix) :] for p in self._journal().persistence_ids(prefix)]
+            journaled = self._journaled(ids)
+            orders = {order_id: j.view for order_id, j in journaled.items()}
+            sales = sales_of(journaled.values())
+        else:
+            orders, sales = self.orders(), self._ask("orders", GetSales())
         checks = check_consistency(
             initial_stock,
-            self.orders(),
+            orders,
             self.inventory(),
             self.payments(),
-            sales=self._ask("orders", GetSales()),
+            sales=sales,
             captures=self._captures(),
         )
         running = self._runtime.running_sagas()
@@ -454,7 +521,7 @@ class OrderSystem:
             saga = self.saga(order_id)
             waiting.append(f"{order_id}: {saga.summary() if saga else 'not begun'}")
         detail = "; ".join(waiting) + (f" (+{len(running) - 3} more)" if len(running) > 3 else "")
-        in_flight = self._outcomes.in_flight()
+        in_flight = self._runtime.in_flight()
         checks.append(Check("no saga in flight", in_flight == 0, detail if in_flight else ""))
         return checks
 
@@ -564,6 +631,17 @@ class OrderSystem:
         return self._runtime.timer
 
 
+class NodeOutcomes(SagaRegistry):
+    """The orders in flight on a node of a cluster and their callers: answered True (confirmed)
+    or False, and an order id reused with other content is an `IdempotencyConflict`."""
+
+    def outcome_of(self, finished: SagaFinished) -> bool:
+        return finished.committed
+
+    def conflict(self, saga_id: str) -> Exception:
+        return IdempotencyConflict(saga_id)
+
+
 def _order_id_of(request: Any) -> str | None:
     """The order id of a request that failed validation, if it has a readable one."""
     try:
@@ -634,10 +712,15 @@ def _check_arguments(
 ) -> None:
     """Check arguments that an untyped caller may get wrong; raise ValueError naming each problem."""
     problems = []
-    if journal_path is not None and not (
-        isinstance(journal_path, (str, os.PathLike)) and os.fspath(journal_path)
+    shared = hasattr(journal_path, "acquire_lease") and hasattr(journal_path, "fenced")  # a LeaseStore
+    if (
+        journal_path is not None
+        and not shared
+        and not (isinstance(journal_path, (str, os.PathLike)) and os.fspath(journal_path))
     ):
-        problems.append(f"journal_path must be a non-empty path or None, got {journal_path!r:.60}")
+        problems.append(
+            f"journal must be a non-empty path, a PostgreSQL URL or None, got {journal_path!r:.60}"
+        )
     if snapshot_every is not None and (
         isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1
     ):

@@ -250,6 +250,11 @@ class SagaFuture(Generic[T]):
                 + "; it carries on"
             ) from None
 
+    @property
+    def future(self) -> pykka.Future[T]:
+        """The pykka future under this one (to chain callbacks: `add_done_callback`)."""
+        return self._future
+
     def _shown_id(self) -> str:
         return self.saga_id or ""
 
@@ -648,7 +653,7 @@ class SagaRuntime:
             logger.info(
                 "%s started%s%s",
                 self.name,
-                f" on {_shown_journal(self._journal_arg)}" if self._journal_arg else "",
+                f" on {shown_journal(self._journal_arg)}" if self._journal_arg else "",
                 f" as node {self.node_id}" if self.node_id is not None else "",
             )
             return self
@@ -1319,7 +1324,7 @@ def is_postgres_url(journal: object) -> bool:
     return isinstance(journal, str) and journal.startswith(POSTGRES_SCHEMES)
 
 
-def _shown_journal(journal: object) -> str:
+def shown_journal(journal: object) -> str:
     """A journal argument for a log line: a URL without its password."""
     if is_postgres_url(journal):
         from urllib.parse import urlsplit, urlunsplit
@@ -1350,7 +1355,7 @@ def _check_cluster(journal: object, node_id: object, lease: object, renew_every:
     if not (is_postgres_url(journal) or all(hasattr(journal, m) for m in ("acquire_lease", "fenced"))):
         problems.append(
             "node_id needs a journal shared by nodes: a PostgreSQL URL (postgresql://...) "
-            f"or a LeaseStore, got {_shown_journal(journal)[:60]!r}"
+            f"or a LeaseStore, got {shown_journal(journal)[:60]!r}"
         )
     return problems
 
