@@ -646,7 +646,8 @@ class SagaRuntime:
                 if self._metrics_endpoint is not None:
                     self._metrics_endpoint.stop()
                 self._stop_tree()
-                self._leave_cluster()
+                member, self._member = self._member, None
+                self._leave_cluster(member)  # its thread never started: nothing waits for the lock
                 raise
             self._running = True
             _RUNNING.add(self)
@@ -675,9 +676,11 @@ class SagaRuntime:
             _RUNNING.discard(self)
             if was_running:
                 self._stop_tree()
-            self._leave_cluster()
-            if was_running:
-                logger.info("%s stopped", self.name)
+            self._member = None
+        # Outside the lock: a lease thread rejoining waits for it, and gives up on seeing the stop.
+        self._leave_cluster(member)
+        if was_running:
+            logger.info("%s stopped", self.name)
 
     @property
     def running(self) -> bool:
@@ -987,10 +990,10 @@ class SagaRuntime:
         store: LeaseStore = self._store
         return store.fenced(fence)
 
-    def _leave_cluster(self) -> None:
+    def _leave_cluster(self, member: ClusterMember | None) -> None:
         """Stop the lease thread, let the lease expire now (others take over at once), fail the
-        callers waiting for other nodes' sagas, close the shared journal. Under self._lock."""
-        member, self._member = self._member, None
+        callers waiting for other nodes' sagas, close the shared journal. Not under self._lock
+        (the lease thread may wait for it)."""
         if member is not None:
             member.request_stop()
             member.join(RECOVERY_TIMEOUT)
