@@ -4,7 +4,7 @@
 - `token_matches`: the `Authorization: Bearer <token>` check, in constant time.
 - `read_json_body`: the body as JSON, 413 over a limit (before reading it when its length is
   declared), 400 naming the problem; nothing of the body is quoted (`BodyRefused`).
-- `serve_until`: listen, say the readiness line, serve until an event is set, then stop
+- `serve_until`: listen, say the readiness line, serve until a signal or an event, then stop
   accepting and drain the handlers in flight - with aiohttp's access log off, a cap on open
   connections, an idle timeout (a slowloris cannot hold a connection), and a request that is
   not HTTP answered and logged without quoting its bytes.
@@ -21,6 +21,7 @@ import http
 import json
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -102,14 +103,24 @@ async def serve_until(
     drain_seconds: float,
     listening: Callable[[str], None],
     draining: Callable[[], None] | None = None,
-) -> None:
-    """Serve `app` on `host`:`port` until `stopping` is set, then drain and return.
+) -> int | None:
+    """Serve `app` on `host`:`port` until SIGTERM or SIGINT, or until `stopping` is set, then
+    drain; the signal received (None if none was).
 
     Once listening, calls `listening(url)` with the URL bound (the port chosen if 0 was
-    given). When `stopping` is set: `draining()` (if given), then stop accepting, wait up to
+    given). At the end: `draining()` (if given), then stop accepting, wait up to
     `drain_seconds` for the handlers in flight (then cancel them), and close every connection.
     Raises OSError if it cannot listen.
     """
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
     no_echo_of_bad_requests()
     bounded_connections(max_connections)
     more_file_descriptors()
@@ -136,6 +147,9 @@ async def serve_until(
     finally:
         await runner.cleanup()  # stops accepting, then waits for the handlers in flight
         server_log.removeFilter(without_the_request)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return received[0] if received else None
 
 
 def bounded_connections(limit: int) -> None:

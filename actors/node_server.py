@@ -294,15 +294,9 @@ async def run_node(
     after SIGINT (Ctrl-C) - and the caller stops the system. Returns 1 if the system stopped
     running by itself (its supervision gave up). Raises OSError if it cannot listen.
     """
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     drain = _Drain()
     failed = False
-    received: list[int] = []
-
-    def stop(signum: int) -> None:
-        received.append(signum)
-        stopping.set()
 
     async def watch() -> None:
         nonlocal failed
@@ -318,12 +312,10 @@ async def run_node(
         if not failed:
             logger.info("node stopping: answering the orders in flight")
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop, signum)
     watcher = asyncio.ensure_future(watch())
     app = make_node_app(system, token, default_timeout=default_timeout, drain=drain)
     try:
-        await serve_until(
+        received = await serve_until(
             app,
             stopping,
             host=host,
@@ -335,8 +327,6 @@ async def run_node(
         )
     finally:
         watcher.cancel()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
     if failed:
         return 1
-    return 128 + signal.SIGINT if received[:1] == [signal.SIGINT] else 0
+    return 128 + signal.SIGINT if received == signal.SIGINT else 0

@@ -84,6 +84,7 @@ class ServiceProcess:
     ) -> None:
         self.service = service
         self.journal = Path(journal)
+        self.journal_text = os.fspath(journal)  # as given: a URL must not go through Path ("//" is lost)
         self.args = args
         self.port = port
         self.url = ""  # set once the child says it listens
@@ -114,9 +115,13 @@ class ServiceProcess:
         return int(self.url.rsplit(":", 1)[1].split("/", 1)[0]) if self.url else None
 
     def command(self, port: int | None = None) -> list[str]:
-        return [sys.executable, "-m", "saga_actors", "serve", self.service,
-                "--port", str(self.port if port is None else port), "--journal", str(self.journal),
+        return [sys.executable, "-m", "saga_actors", *self.subcommand(),
+                "--port", str(self.port if port is None else port), "--journal", self.journal_text,
                 *self.args]  # fmt: skip
+
+    def subcommand(self) -> list[str]:
+        """The `saga-actors` subcommand and its arguments before the options."""
+        return ["serve", self.service]
 
     def spawn(self, port: int | None = None) -> ServiceProcess:
         """Start the child (on `port`, else the one given) without waiting for it; its output
@@ -310,12 +315,9 @@ class NodeProcess(ServiceProcess):
         super().__init__(
             "node", journal, *args, token=token, env=env, port=port, keep=keep, on_stderr_line=on_stderr_line
         )
-        self.journal_text = os.fspath(journal)  # a URL must not go through Path ("//" would be lost)
 
     def __repr__(self) -> str:  # no environment (the token), no journal (a URL may hold a password)
         return f"NodeProcess(pid={self.pid}, url={self.url!r})"
 
-    def command(self, port: int | None = None) -> list[str]:
-        return [sys.executable, "-m", "saga_actors", "node",
-                "--port", str(self.port if port is None else port), "--journal", self.journal_text,
-                *self.args]  # fmt: skip
+    def subcommand(self) -> list[str]:
+        return ["node"]

@@ -28,7 +28,6 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -301,26 +300,20 @@ async def run_server(
             pass  # the loop has ended: the service is stopping anyway
 
     node.on_failure = on_failure
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     app = make_app(node, token, request_timeout=request_timeout, metrics=metrics)
 
     def draining() -> None:
         if not failed:
             logger.info("%s service stopping: draining the requests in flight", node.service)
 
-    try:
-        await serve_until(
-            app,
-            stopping,
-            host=host,
-            port=port,
-            max_connections=max_connections,
-            drain_seconds=max_latency + request_timeout + REPLY_GRACE + DRAIN_MARGIN,
-            listening=lambda url: ready(f"saga-actors {node.service} listening on {url}"),
-            draining=draining,
-        )
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+    await serve_until(
+        app,
+        stopping,
+        host=host,
+        port=port,
+        max_connections=max_connections,
+        drain_seconds=max_latency + request_timeout + REPLY_GRACE + DRAIN_MARGIN,
+        listening=lambda url: ready(f"saga-actors {node.service} listening on {url}"),
+        draining=draining,
+    )
     return 1 if failed else 0

@@ -97,27 +97,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--seed", type=whole_number, help="seeds the simulated faults (random when left out)")
     serve.add_argument(
-        "--token-file", metavar="FILE", help=f"read the access token from FILE, not {TOKEN_VARIABLE}"
-    )
-    serve.add_argument(
         "--request-timeout",
         type=number,
         default=5.0,
         metavar="S",
         help="seconds the actor may take to answer a command before the answer is 504 (5)",
     )
+    _server_options(serve)
     serve.add_argument(
+        "--metrics-port", type=whole_number, metavar="P", help="serve Prometheus metrics on this port"
+    )
+    _node_parser(commands)
+    return parser
+
+
+def _server_options(command: argparse.ArgumentParser) -> None:
+    """The options `serve` and `node` share: the token's file and the connection cap."""
+    command.add_argument(
+        "--token-file", metavar="FILE", help=f"read the access token from FILE, not {TOKEN_VARIABLE}"
+    )
+    command.add_argument(
         "--max-connections",
         type=whole_number,
         default=1000,
         metavar="N",
         help="open connections at once; more are closed as they come (1000)",
     )
-    serve.add_argument(
-        "--metrics-port", type=whole_number, metavar="P", help="serve Prometheus metrics on this port"
-    )
-    _node_parser(commands)
-    return parser
+
+
+def _check_listening(args: argparse.Namespace) -> None:
+    """The checks `serve` and `node` share: ports, host, connection cap; _Unusable naming the first."""
+    for name in ("port", "metrics_port"):
+        port = getattr(args, name)
+        if port is not None and not 0 <= port <= 65535:
+            raise _Unusable(
+                f"--{name.replace('_', '-')} must be in [0, 65535] (0: any free port), got {port}"
+            )
+    if not args.host:
+        raise _Unusable("--host must not be empty")
+    if not 1 <= args.max_connections <= 1_000_000:
+        raise _Unusable(f"--max-connections must be from 1 to 1000000, got {args.max_connections}")
 
 
 def _node_parser(commands: argparse._SubParsersAction[Any]) -> None:
@@ -150,16 +169,7 @@ def _node_parser(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="ID=UNITS,...",
         help="in-process inventory only: stock to start with, e.g. 101=10,102=5, if the journal is empty",
     )
-    node.add_argument(
-        "--token-file", metavar="FILE", help=f"read the access token from FILE, not {TOKEN_VARIABLE}"
-    )
-    node.add_argument(
-        "--max-connections",
-        type=whole_number,
-        default=1000,
-        metavar="N",
-        help="open connections at once; more are closed as they come (1000)",
-    )
+    _server_options(node)
     node.add_argument(
         "--metrics-port", type=whole_number, metavar="P", help="serve the order system's Prometheus metrics"
     )
@@ -187,20 +197,11 @@ def _serve(args: argparse.Namespace) -> int:
     stock = _stock(args.stock) if args.stock is not None else None
     if stock is not None and args.service != "inventory":
         raise _Unusable("--stock is for the inventory service only")
-    for name in ("port", "metrics_port"):
-        port = getattr(args, name)
-        if port is not None and not 0 <= port <= 65535:
-            raise _Unusable(
-                f"--{name.replace('_', '-')} must be in [0, 65535] (0: any free port), got {port}"
-            )
-    if not args.host:
-        raise _Unusable("--host must not be empty")
+    _check_listening(args)
     if not (math.isfinite(args.request_timeout) and 0 < args.request_timeout <= 3600):
         raise _Unusable(
             f"--request-timeout must be a number of seconds in (0, 3600], got {args.request_timeout}"
         )
-    if not 1 <= args.max_connections <= 1_000_000:
-        raise _Unusable(f"--max-connections must be from 1 to 1000000, got {args.max_connections}")
     low, high = _latency(args.latency) if args.latency is not None else (0.0, 0.0)
     try:
         faults = FaultPlan(
@@ -325,16 +326,7 @@ def _node_options(args: argparse.Namespace, order_system: type) -> dict[str, Any
     is_url = args.journal.startswith(("postgresql://", "postgres://"))
     if not is_url and (problem := journal_problem(args.journal, otherwise="give a postgresql:// URL")):
         raise _Unusable(problem)
-    for name in ("port", "metrics_port"):
-        port = getattr(args, name)
-        if port is not None and not 0 <= port <= 65535:
-            raise _Unusable(
-                f"--{name.replace('_', '-')} must be in [0, 65535] (0: any free port), got {port}"
-            )
-    if not args.host:
-        raise _Unusable("--host must not be empty")
-    if not 1 <= args.max_connections <= 1_000_000:
-        raise _Unusable(f"--max-connections must be from 1 to 1000000, got {args.max_connections}")
+    _check_listening(args)
     options: dict[str, Any] = {}
     if args.stock is not None:
         if args.inventory is not None:
