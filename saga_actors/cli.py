@@ -323,8 +323,15 @@ def _node(args: argparse.Namespace) -> int:
 def _node_options(args: argparse.Namespace, order_system: type) -> dict[str, Any]:
     """The OrderSystem's arguments from the node's options (but the journal and the token);
     _Unusable naming the first problem."""
-    is_url = args.journal.startswith(("postgresql://", "postgres://"))
-    if not is_url and (problem := journal_problem(args.journal, otherwise="give a postgresql:// URL")):
+    if args.journal.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        # Without the PostgreSQL journal, the URL would be taken for a file path and made one.
+        if importlib.util.find_spec("saga_actors.persistence.postgres") is None:
+            raise _Unusable(
+                f"--journal {without_password(args.journal)}: this saga-actors has no PostgreSQL journal"
+            )
+    elif problem := journal_problem(args.journal, otherwise="give a postgresql:// URL"):
         raise _Unusable(problem)
     _check_listening(args)
     options: dict[str, Any] = {}

@@ -256,6 +256,24 @@ def test_a_node_that_cannot_start_as_asked_says_why_in_one_line_and_exits_2(
     assert done.stdout == ""
 
 
+def test_a_postgresql_journal_is_refused_without_postgresql_support_and_never_shows_its_password(
+    tmp_path: Path,
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("saga_actors.persistence.postgres") is not None:
+        pytest.skip("this saga-actors has a PostgreSQL journal")
+    done = subprocess.run(
+        [sys.executable, "-m", "saga_actors", "node", "--port", "0", "--journal", "postgresql://app:pw9@db/o"],
+        capture_output=True, text=True, env={**os.environ, "SAGA_ACTORS_TOKEN": TOKEN}, cwd=tmp_path,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    said = "saga-actors node: --journal postgresql://app:***@db/o: this saga-actors has no PostgreSQL journal"
+    assert done.stderr == said + "\n"
+    assert list(tmp_path.iterdir()) == []  # not taken for a file path
+
+
 def test_a_journal_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
     not_a_journal = tmp_path / "notes.txt"
     not_a_journal.write_text("hello")
