@@ -28,9 +28,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["READY", "START_TIMEOUT", "STOP_TIMEOUT", "ServiceFailed", "ServiceProcess"]
+__all__ = [
+    "NODE_READY",
+    "READY",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "NodeProcess",
+    "ServiceFailed",
+    "ServiceProcess",
+]
 
 READY = re.compile(r"saga-actors (inventory|payment) listening on (http://\S+)")
+NODE_READY = re.compile(r"saga-actors (node) listening on (http://[^\s()]+)")
 START_TIMEOUT = 20.0  # seconds for a child to say it listens (an import-heavy start on a busy machine)
 STOP_TIMEOUT = 10.0  # seconds a child may take to exit after SIGTERM before it is killed
 TOKEN_VARIABLE = "SAGA_ACTORS_TOKEN"
@@ -59,6 +68,9 @@ class ServiceProcess:
     on_stderr_line: called with each line the child writes to stderr (in a reader thread).
     """
 
+    ready = READY  # the readiness line; its group 2 is the URL
+    kind = "service"  # what the child is called in errors ("the payment service exited ...")
+
     def __init__(
         self,
         service: str,
@@ -72,6 +84,7 @@ class ServiceProcess:
     ) -> None:
         self.service = service
         self.journal = Path(journal)
+        self.journal_text = os.fspath(journal)  # as given: a URL must not go through Path ("//" is lost)
         self.args = args
         self.port = port
         self.url = ""  # set once the child says it listens
@@ -102,9 +115,13 @@ class ServiceProcess:
         return int(self.url.rsplit(":", 1)[1].split("/", 1)[0]) if self.url else None
 
     def command(self, port: int | None = None) -> list[str]:
-        return [sys.executable, "-m", "saga_actors", "serve", self.service,
-                "--port", str(self.port if port is None else port), "--journal", str(self.journal),
+        return [sys.executable, "-m", "saga_actors", *self.subcommand(),
+                "--port", str(self.port if port is None else port), "--journal", self.journal_text,
                 *self.args]  # fmt: skip
+
+    def subcommand(self) -> list[str]:
+        """The `saga-actors` subcommand and its arguments before the options."""
+        return ["serve", self.service]
 
     def spawn(self, port: int | None = None) -> ServiceProcess:
         """Start the child (on `port`, else the one given) without waiting for it; its output
@@ -155,7 +172,7 @@ class ServiceProcess:
     def _started(self, port: int, timeout: float, check: Callable[[], None] | None) -> ServiceProcess:
         self.spawn(port)
         try:
-            self.url = self.wait_for_output(READY, timeout, check=check).group(2)
+            self.url = self.wait_for_output(self.ready, timeout, check=check).group(2)
         except BaseException:
             self.kill()
             raise
@@ -192,13 +209,14 @@ class ServiceProcess:
                 assert self.proc is not None
                 if self.proc.poll() is not None and not any(r.is_alive() for r in self._readers):
                     raise ServiceFailed(
-                        f"the {self.service} service exited with status {self.proc.returncode}{self._why()}",
+                        f"the {self.service} {self.kind} exited with status {self.proc.returncode}"
+                        f"{self._why()}",
                         self.proc.returncode,
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ServiceFailed(
-                        f"the {self.service} service did not say {pattern.pattern!r} within {timeout} s"
+                        f"the {self.service} {self.kind} did not say {pattern.pattern!r} within {timeout} s"
                         f"{self._why()}",
                         None,
                     )
@@ -233,6 +251,14 @@ class ServiceProcess:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
+    def pause(self) -> None:
+        """SIGSTOP: the child stops running (its connections stay open, unanswered) until `resume()`."""
+        self.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: the child runs again after `pause()`."""
+        self.signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL, and wait for it to be gone (nothing if it never started or has exited)."""
         if self.proc is None:
@@ -259,3 +285,39 @@ class ServiceProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class NodeProcess(ServiceProcess):
+    """One `saga-actors node --journal JOURNAL --port PORT [ARGS]` child process: an order system
+    behind HTTP (`actors/node_server.py`), with extra `args` (`--stock ...`, `--inventory URL`,
+    `--node-id N`, ...). Everything else as `ServiceProcess`: the token in its environment,
+    a free port of 127.0.0.1 by default, `start()` waiting for its readiness line (`saga-actors
+    node listening on http://HOST:PORT (...)`), `stop()` (SIGTERM: it drains), `kill()`,
+    `pause()`, `resume()`, `restart()` (on the same port and journal).
+
+    `journal` is a SQLite path or a `postgresql://` URL: given to the child as it is, on its
+    command line (put a PostgreSQL password in the environment, `PGPASSWORD`, not in the URL).
+    """
+
+    ready = NODE_READY
+    kind = "process"
+
+    def __init__(
+        self,
+        journal: str | os.PathLike[str],
+        *args: str,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+        keep: int | None = None,
+        on_stderr_line: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(
+            "node", journal, *args, token=token, env=env, port=port, keep=keep, on_stderr_line=on_stderr_line
+        )
+
+    def __repr__(self) -> str:  # no environment (the token), no journal (a URL may hold a password)
+        return f"NodeProcess(pid={self.pid}, url={self.url!r})"
+
+    def subcommand(self) -> list[str]:
+        return ["node"]

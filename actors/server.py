@@ -27,20 +27,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import hmac
-import http
-import json
 import logging
-import math
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pykka
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
+from saga_actors.actors.http_common import (
+    DEFAULT_MAX_CONNECTIONS,
+    BodyRefused,
+    as_bytes,
+    read_json_body,
+    serve_until,
+    token_matches,
+)
 from saga_actors.actors.inventory import StockProducts
 from saga_actors.actors.service import VIEWS, ServiceNode
 from saga_actors.actors.validation import bounded
@@ -129,86 +131,6 @@ class _LoopReply:
             self._future.set_result(message)
 
 
-DEFAULT_MAX_CONNECTIONS = 1000  # open connections at once; more are closed as they come
-IDLE_TIMEOUT = 10.0  # seconds a connection may stay without a complete request
-
-
-def _bounded_connections(limit: int) -> None:
-    """Close a new connection at once while `limit` are open (process-wide, in the service's own
-    process): a flood of connections, authenticated or not, cannot take every file descriptor."""
-    from aiohttp import web_protocol
-
-    handler = web_protocol.RequestHandler
-    original = getattr(handler.connection_made, "_saga_actors_original", handler.connection_made)
-
-    def connection_made(self: Any, transport: Any) -> None:
-        original(self, transport)
-        manager = self._manager
-        if manager is not None and len(manager.connections) > limit:
-            _over_limit.warn()
-            transport.close()
-
-    connection_made._saga_actors_original = original  # type: ignore[attr-defined]
-    handler.connection_made = connection_made  # type: ignore[method-assign]
-
-
-class _OnceIn:
-    """Logs a warning at most once per `seconds` (a flood must not flood the log too)."""
-
-    def __init__(self, seconds: float, message: str) -> None:
-        self._seconds, self._message, self._last = seconds, message, -math.inf
-
-    def warn(self) -> None:
-        now = time.monotonic()
-        if now - self._last >= self._seconds:
-            self._last = now
-            logger.warning(self._message)
-
-
-_over_limit = _OnceIn(10.0, "too many connections at once: new ones are closed as they come")
-
-
-def _more_file_descriptors() -> None:
-    """Raise this process's soft limit of open files to its hard limit (best effort)."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
-            )
-    except (ImportError, ValueError, OSError):
-        pass
-
-
-def _no_echo_of_bad_requests() -> None:
-    """aiohttp answers a request it cannot parse with the parser's message, which quotes the
-    request's bytes (a card number, say): answer it with a fixed text instead. Process-wide,
-    in the service's own process; done once."""
-    from aiohttp import web_protocol
-
-    handler = web_protocol.RequestHandler
-    if getattr(handler.handle_error, "_saga_actors", False):
-        return
-    original = handler.handle_error
-
-    def handle_error(
-        self: Any,
-        request: Any,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> Any:
-        if status < 500:  # a parser's message may quote the request; its status phrase does not
-            phrase = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
-            message = f"{status} {phrase}\n\nnot a valid HTTP request"
-        return original(self, request, status, exc, message)
-
-    handle_error._saga_actors = True  # type: ignore[attr-defined]
-    handler.handle_error = handle_error  # type: ignore[method-assign]
-
-
 def make_app(
     node: ServiceNode,
     token: str,
@@ -223,7 +145,7 @@ def make_app(
     (shut down when the application is cleaned up).
     """
     service = node.service
-    expected = _bytes(token)
+    expected = as_bytes(token)
     pool = views or concurrent.futures.ThreadPoolExecutor(VIEW_THREADS, thread_name_prefix=f"{service}-views")
 
     @web.middleware
@@ -246,9 +168,7 @@ def make_app(
 
     async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-            # The scheme's case does not matter (RFC 9110); the token is compared in constant time.
-            if not (hmac.compare_digest(_bytes(credentials), expected) and scheme.lower() == "bearer"):
+            if not token_matches(request, expected):
                 raise _Refused(401, "unauthorized")
             return await handler(request)
         except _Refused as refused:
@@ -340,43 +260,11 @@ def make_app(
 
 
 async def _json_body(request: web.Request) -> Any:
-    """The body as JSON; 413 over `MAX_BODY` (before reading it when its length is declared),
-    400 naming the problem if it is not JSON. Nothing of the body is quoted."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _Refused(413, "body_too_large", [f"the body must be at most {MAX_BODY} bytes"])
+    """The body as JSON (`read_json_body`), refused as the protocol says: 413, or 400 naming the problem."""
     try:
-        raw = await request.read()  # aiohttp stops reading past client_max_size
-    except web.HTTPRequestEntityTooLarge:
-        raise _Refused(413, "body_too_large", [f"the body must be at most {MAX_BODY} bytes"]) from None
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as error:
-        problem = f"the body is not JSON: {error.msg} at line {error.lineno} column {error.colno}"
-    except (ValueError, RecursionError):  # not UTF-8, a number too long, nested too deep
-        problem = "the body is not JSON: not UTF-8, or a number too long, or nested too deep"
-    raise _Refused(400, "malformed", [problem])
-
-
-def _bytes(text: str) -> bytes:
-    """`text` as bytes for a constant-time comparison (any string encodes)."""
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _without_the_request(record: logging.LogRecord) -> bool:
-    """A filter for aiohttp's server log: a request that is not HTTP is logged in one line, by
-    the parser's error type only - the error's text quotes the offending bytes (a header, a
-    body), which might hold a card number."""
-    error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, HttpProcessingError):
-        record.msg = f"{record.getMessage()}: malformed HTTP ({type(error).__name__}, status {error.code})"
-        record.args = ()
-        record.exc_info = None
-        record.exc_text = None
-    return True
-
-
-def listening_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return await read_json_body(request, MAX_BODY)
+    except BodyRefused as refused:
+        raise _Refused(refused.status, refused.reason, [refused.problem]) from None
 
 
 async def run_server(
@@ -412,35 +300,20 @@ async def run_server(
             pass  # the loop has ended: the service is stopping anyway
 
     node.on_failure = on_failure
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    _no_echo_of_bad_requests()
-    _bounded_connections(max_connections)
-    _more_file_descriptors()
-    server_log = logging.getLogger("aiohttp.server")
-    server_log.addFilter(_without_the_request)
     app = make_app(node, token, request_timeout=request_timeout, metrics=metrics)
-    runner = web.AppRunner(
-        app,
-        access_log=None,  # no access log: nothing of a request is written anywhere
-        handle_signals=False,
-        # A connection that sends no complete request for this long is closed: slow or
-        # half-sent headers (a slowloris) cannot hold a connection, and a file descriptor, for long.
-        keepalive_timeout=IDLE_TIMEOUT,
-        shutdown_timeout=max_latency + request_timeout + REPLY_GRACE + DRAIN_MARGIN,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        ready(f"saga-actors {node.service} listening on {listening_url(bound_host, bound_port)}")
-        await stopping.wait()
+
+    def draining() -> None:
         if not failed:
             logger.info("%s service stopping: draining the requests in flight", node.service)
-    finally:
-        await runner.cleanup()  # stops accepting, then waits for the handlers in flight
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        server_log.removeFilter(_without_the_request)
+
+    await serve_until(
+        app,
+        stopping,
+        host=host,
+        port=port,
+        max_connections=max_connections,
+        drain_seconds=max_latency + request_timeout + REPLY_GRACE + DRAIN_MARGIN,
+        listening=lambda url: ready(f"saga-actors {node.service} listening on {url}"),
+        draining=draining,
+    )
     return 1 if failed else 0

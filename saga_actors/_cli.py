@@ -48,6 +48,7 @@ __all__ = [
     "remove_stray_lock",
     "run_stoppable",
     "whole_number",
+    "without_password",
 ]
 
 # The first bytes of every SQLite database file (and so of every journal).
@@ -235,6 +236,38 @@ def open_problem(journal: str, failed: BaseException) -> str | None:
     if isinstance(failed, sqlite3.Error):
         return f"journal {journal} cannot be {done}: {failed}"
     return None
+
+
+# --- URLs shown ---
+
+
+_SECRET_PARAMETERS = ("password", "passfile", "sslpassword")
+
+
+def without_password(url: str) -> str:
+    """`url` as it may be shown (a readiness line, a log, an error): its password, in the
+    authority (`user:secret@host`) or as a query parameter (`?password=secret`), replaced by
+    `***`. Text that is not such a URL (a file path) comes back as it is; a URL that cannot be
+    parsed comes back as `<a URL that cannot be shown>`."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        userinfo, at, host = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, "***" if k.lower() in _SECRET_PARAMETERS else v) for k, v in pairs], safe="*"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<a URL that cannot be shown>"
 
 
 # --- output cut short by its reader ---

@@ -2,6 +2,7 @@
 
     saga-actors serve inventory --port 0 --journal inventory.db --stock 101=10,102=5
     saga-actors serve payment --port 8002 --journal payment.db --token-file token
+    saga-actors node --port 8080 --journal orders.db --stock 101=10,102=5
 
 `serve` runs one participant - the inventory or the payment - as a service
 process behind HTTP/JSON (the protocol of `saga_actors.actors.wire`). Once it
@@ -9,6 +10,13 @@ listens it prints one line to stdout, `saga-actors <service> listening on
 http://HOST:PORT`, and logs to stderr. SIGTERM (or Ctrl-C) stops it cleanly:
 it stops accepting, answers the requests in flight, stops its actor and
 closes its journal, and exits 0.
+
+`node` runs an `OrderSystem` behind HTTP/JSON (`saga_actors.actors.node_server`): `POST
+/orders` places an order and answers its outcome, `GET /orders/<id>` its view, `GET /health`
+says whether it takes orders - so that a load balancer can sit in front of several nodes. Its
+readiness line is `saga-actors node listening on http://HOST:PORT (journal J)`, with the node
+id when it has one, and the journal's password (in a URL) never shown. SIGTERM drains it:
+new orders are refused, those in flight answered, the system stopped; exit 0 (Ctrl-C: 130).
 
 Exit statuses: 0 stopped by a signal; 1 the service failed while running
 (its supervision tree gave up); 2 it could not start as asked - a bad
@@ -26,9 +34,9 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from saga_actors._cli import number, whole_number
+from saga_actors._cli import journal_problem, number, open_problem, printable, whole_number, without_password
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.prometheus import MetricsEndpoint
 
@@ -55,7 +63,7 @@ class _Unusable(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="saga-actors",
-        description="Sagas on pykka actors: run a participant as a service process.",
+        description="Sagas on pykka actors: run a participant as a service process, or an order node.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = commands.add_parser(
@@ -89,38 +97,94 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--seed", type=whole_number, help="seeds the simulated faults (random when left out)")
     serve.add_argument(
-        "--token-file", metavar="FILE", help=f"read the access token from FILE, not {TOKEN_VARIABLE}"
-    )
-    serve.add_argument(
         "--request-timeout",
         type=number,
         default=5.0,
         metavar="S",
         help="seconds the actor may take to answer a command before the answer is 504 (5)",
     )
+    _server_options(serve)
     serve.add_argument(
+        "--metrics-port", type=whole_number, metavar="P", help="serve Prometheus metrics on this port"
+    )
+    _node_parser(commands)
+    return parser
+
+
+def _server_options(command: argparse.ArgumentParser) -> None:
+    """The options `serve` and `node` share: the token's file and the connection cap."""
+    command.add_argument(
+        "--token-file", metavar="FILE", help=f"read the access token from FILE, not {TOKEN_VARIABLE}"
+    )
+    command.add_argument(
         "--max-connections",
         type=whole_number,
         default=1000,
         metavar="N",
         help="open connections at once; more are closed as they come (1000)",
     )
-    serve.add_argument(
-        "--metrics-port", type=whole_number, metavar="P", help="serve Prometheus metrics on this port"
+
+
+def _check_listening(args: argparse.Namespace) -> None:
+    """The checks `serve` and `node` share: ports, host, connection cap; _Unusable naming the first."""
+    for name in ("port", "metrics_port"):
+        port = getattr(args, name)
+        if port is not None and not 0 <= port <= 65535:
+            raise _Unusable(
+                f"--{name.replace('_', '-')} must be in [0, 65535] (0: any free port), got {port}"
+            )
+    if not args.host:
+        raise _Unusable("--host must not be empty")
+    if not 1 <= args.max_connections <= 1_000_000:
+        raise _Unusable(f"--max-connections must be from 1 to 1000000, got {args.max_connections}")
+
+
+def _node_parser(commands: argparse._SubParsersAction[Any]) -> None:
+    node = commands.add_parser(
+        "node",
+        help="run an order system behind HTTP/JSON (POST /orders, GET /orders/ID, GET /health)",
+        description=(
+            "Run an order system (OrderSystem) that takes orders over HTTP/JSON: POST /orders, "
+            "GET /orders/ID, GET /health. Every request but GET /health needs 'Authorization: "
+            f"Bearer <token>': the token is read from {TOKEN_VARIABLE} or --token-file (and sent to "
+            "the --inventory and --payment services too); the node refuses to start without one. "
+            "Once listening it prints 'saga-actors node listening on http://HOST:PORT (...)'. "
+            "SIGTERM drains it (exit 0)."
+        ),
     )
-    return parser
+    node.add_argument(
+        "--journal",
+        required=True,
+        metavar="J",
+        help="the orders' journal: a SQLite file path, or a postgresql:// URL (cluster mode)",
+    )
+    node.add_argument("--port", type=whole_number, required=True, help="port to listen on (0: any free port)")
+    node.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    node.add_argument("--node-id", metavar="N", help="this node's id in a cluster (a PostgreSQL journal)")
+    node.add_argument("--lease", type=number, metavar="SECONDS", help="cluster mode: the node's lease")
+    node.add_argument("--inventory", metavar="URL", help="the inventory service's URL (else in-process)")
+    node.add_argument("--payment", metavar="URL", help="the payment service's URL (else in-process)")
+    node.add_argument(
+        "--stock",
+        metavar="ID=UNITS,...",
+        help="in-process inventory only: stock to start with, e.g. 101=10,102=5, if the journal is empty",
+    )
+    _server_options(node)
+    node.add_argument(
+        "--metrics-port", type=whole_number, metavar="P", help="serve the order system's Prometheus metrics"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command != "serve":
+    if args.command not in ("serve", "node"):
         parser.print_help(sys.stderr)
         return USAGE_ERROR
     try:
-        return _serve(args)
+        return _serve(args) if args.command == "serve" else _node(args)
     except _Unusable as unusable:
-        print(f"saga-actors serve: {unusable}", file=sys.stderr, flush=True)
+        print(f"saga-actors {args.command}: {unusable}", file=sys.stderr, flush=True)
         return USAGE_ERROR
     except KeyboardInterrupt:  # Ctrl-C before it listened (it stops cleanly once listening)
         return 130
@@ -133,20 +197,11 @@ def _serve(args: argparse.Namespace) -> int:
     stock = _stock(args.stock) if args.stock is not None else None
     if stock is not None and args.service != "inventory":
         raise _Unusable("--stock is for the inventory service only")
-    for name in ("port", "metrics_port"):
-        port = getattr(args, name)
-        if port is not None and not 0 <= port <= 65535:
-            raise _Unusable(
-                f"--{name.replace('_', '-')} must be in [0, 65535] (0: any free port), got {port}"
-            )
-    if not args.host:
-        raise _Unusable("--host must not be empty")
+    _check_listening(args)
     if not (math.isfinite(args.request_timeout) and 0 < args.request_timeout <= 3600):
         raise _Unusable(
             f"--request-timeout must be a number of seconds in (0, 3600], got {args.request_timeout}"
         )
-    if not 1 <= args.max_connections <= 1_000_000:
-        raise _Unusable(f"--max-connections must be from 1 to 1000000, got {args.max_connections}")
     low, high = _latency(args.latency) if args.latency is not None else (0.0, 0.0)
     try:
         faults = FaultPlan(
@@ -213,6 +268,119 @@ def _serve(args: argparse.Namespace) -> int:
             endpoint.stop()
         node.stop()
         logger.info("%s service stopped", args.service)
+
+
+def _node(args: argparse.Namespace) -> int:
+    """`saga-actors node`: check every option, start the order system, serve it until a signal."""
+    from saga_actors.actors.system import OrderSystem
+
+    shown = without_password(args.journal)
+    options = _node_options(args, OrderSystem)
+    try:
+        from saga_actors.actors.node_server import run_node
+    except ImportError as missing:
+        if missing.name not in ("aiohttp", "multidict"):
+            raise
+        raise _Unusable(f"the node needs the aiohttp library, which is not installed: {HTTP_EXTRA}") from None
+    token = _token(args.token_file)
+    if args.inventory is not None or args.payment is not None:
+        options["service_token"] = token
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("pykka").addFilter(_not_simulated)
+    if shown != args.journal:  # whoever logs the journal's URL (the order system does), not its password
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_Hiding(args.journal, shown))
+    try:
+        system = OrderSystem(journal=args.journal, **options)
+    except (ValueError, ImportError) as invalid:
+        raise _Unusable(_hide(str(invalid), args.journal, shown)) from None
+    try:
+        system.start()
+    except Exception as failed:
+        problem = open_problem(args.journal, failed) if shown == args.journal else None
+        raise _Unusable(_hide(problem or f"--journal {shown}: {failed}", args.journal, shown)) from None
+    where = f"node {printable(args.node_id)}, " if args.node_id is not None else ""
+    try:
+        return asyncio.run(
+            run_node(
+                system,
+                token,
+                host=args.host,
+                port=args.port,
+                max_connections=args.max_connections,
+                ready=lambda url: _announce(f"saga-actors node listening on {url} ({where}journal {shown})"),
+            )
+        )
+    except OSError as error:  # cannot listen (the port is taken, the host unknown)
+        raise _Unusable(f"cannot listen on {args.host} port {args.port}: {error.strerror or error}") from None
+    finally:
+        system.stop()
+        logger.info("node stopped")
+
+
+def _node_options(args: argparse.Namespace, order_system: type) -> dict[str, Any]:
+    """The OrderSystem's arguments from the node's options (but the journal and the token);
+    _Unusable naming the first problem."""
+    if args.journal.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        # Without the PostgreSQL journal, the URL would be taken for a file path and made one.
+        if importlib.util.find_spec("saga_actors.persistence.postgres") is None:
+            raise _Unusable(
+                f"--journal {without_password(args.journal)}: this saga-actors has no PostgreSQL journal"
+            )
+    elif problem := journal_problem(args.journal, otherwise="give a postgresql:// URL"):
+        raise _Unusable(problem)
+    _check_listening(args)
+    options: dict[str, Any] = {}
+    if args.stock is not None:
+        if args.inventory is not None:
+            raise _Unusable(
+                "--stock is for an in-process inventory: the stock belongs to the --inventory service"
+            )
+        options["stock"] = _stock(args.stock)
+    for name in ("inventory", "payment"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.metrics_port is not None:
+        options.update(metrics_port=args.metrics_port, metrics_host=args.host)
+    if args.node_id is not None or args.lease is not None:
+        import inspect
+
+        if "node_id" not in inspect.signature(order_system).parameters:
+            raise _Unusable("--node-id and --lease need cluster mode, which this OrderSystem does not have")
+    if args.node_id is not None:
+        if not args.node_id or len(args.node_id) > 64 or not args.node_id.isprintable():
+            raise _Unusable(
+                f"--node-id must be 1 to 64 printable characters, got {printable(args.node_id)[:70]!r}"
+            )
+        options["node_id"] = args.node_id
+    if args.lease is not None:
+        if not (math.isfinite(args.lease) and args.lease > 0):
+            raise _Unusable(f"--lease must be a positive number of seconds, got {args.lease}")
+        options["lease"] = args.lease
+    return options
+
+
+class _Hiding(logging.Filter):
+    """Shows `secret` (the journal's URL with its password) as `shown` in every record logged."""
+
+    def __init__(self, secret: str, shown: str) -> None:
+        super().__init__()
+        self._secret, self._shown = secret, shown
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._secret in message:
+            record.msg, record.args = message.replace(self._secret, self._shown), ()
+        return True
+
+
+def _hide(message: str, journal: str, shown: str) -> str:
+    """`message` with the journal's URL, if it holds one, as it may be shown (no password)."""
+    return message.replace(journal, shown) if journal != shown else message
 
 
 def _not_simulated(record: logging.LogRecord) -> bool:
