@@ -37,8 +37,10 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from saga_actors._cli import journal_problem, number, open_problem, printable, whole_number, without_password
+from saga_actors.persistence.lease import check_lease_seconds, check_node_id
 from saga_actors.sagas.metrics import Metrics
 from saga_actors.sagas.prometheus import MetricsEndpoint
+from saga_actors.sagas.runtime import is_postgres_url
 
 __all__ = ["main"]
 
@@ -346,20 +348,21 @@ def _node_options(args: argparse.Namespace, order_system: type) -> dict[str, Any
             options[name] = getattr(args, name)
     if args.metrics_port is not None:
         options.update(metrics_port=args.metrics_port, metrics_host=args.host)
-    if args.node_id is not None or args.lease is not None:
-        import inspect
-
-        if "node_id" not in inspect.signature(order_system).parameters:
-            raise _Unusable("--node-id and --lease need cluster mode, which this OrderSystem does not have")
+    if args.lease is not None and args.node_id is None:
+        raise _Unusable("--lease is for a node of a cluster: give --node-id too")
     if args.node_id is not None:
-        if not args.node_id or len(args.node_id) > 64 or not args.node_id.isprintable():
-            raise _Unusable(
-                f"--node-id must be 1 to 64 printable characters, got {printable(args.node_id)[:70]!r}"
+        problems = check_node_id(args.node_id)
+        if args.lease is not None:
+            problems += check_lease_seconds(args.lease, "--lease")
+        if args.inventory is None or args.payment is None or not is_postgres_url(args.journal):
+            problems.append(
+                "--node-id (a node of a cluster) needs a postgresql:// --journal and the --inventory "
+                "and --payment services' URLs"
             )
+        if problems:
+            raise _Unusable("; ".join(problems).replace("node_id", "--node-id"))
         options["node_id"] = args.node_id
     if args.lease is not None:
-        if not (math.isfinite(args.lease) and args.lease > 0):
-            raise _Unusable(f"--lease must be a positive number of seconds, got {args.lease}")
         options["lease"] = args.lease
     return options
 

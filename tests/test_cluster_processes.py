@@ -257,7 +257,7 @@ def settle_and_check(
     )
     with checker:
         assert checker.wait_idle(SETTLE)
-        assert_consistent(checker, {p: STOCK for p in PRODUCTS})
+        assert_consistent(checker, dict.fromkeys(PRODUCTS, STOCK))
     # Each effect applied once per order: the services' own journals.
     inventory.stop()
     payment.stop()
