@@ -57,7 +57,14 @@ from saga_actors.persistence.journal import (
     PersistentEvent,
     SelectedSnapshot,
 )
-from saga_actors.persistence.lease import Fence, LeaseLost, NodeLease, check_lease_seconds, check_node_id
+from saga_actors.persistence.lease import (
+    MAX_NOTICE,
+    Fence,
+    LeaseLost,
+    NodeLease,
+    check_lease_seconds,
+    check_node_id,
+)
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 from saga_actors.persistence.sqlite import NotAJournal, _checksum_problem, row_checksum
 
@@ -95,7 +102,7 @@ TABLE_PREFIX = "saga_actors_"
 WRITER_LOCK_KEY = 0x5A6A_0001  # held exclusively by a "writer", shared by "node"s
 SCHEMA_LOCK_KEY = 0x5A6A_0002  # transaction level, while the schema is created
 
-MAX_NOTICE = 1000  # characters in a `publish` payload
+
 RECONNECT_SECONDS = 10.0  # how long the writer keeps trying to reconnect before failing a batch
 CONNECT_TIMEOUT = 5  # seconds, for each connection attempt
 
@@ -472,6 +479,9 @@ class PostgresJournal:
         self._closed = True
         self.transactions = 0  # for measurements: operations / transactions = batch size
         self.operations = 0
+        # For tests: called in the writer thread inside each batch's transaction, before COMMIT
+        # (its row locks held), to hold a write in flight.
+        self.before_commit: Callable[[], None] | None = None
         self.open()
 
     def __repr__(self) -> str:
@@ -1178,6 +1188,8 @@ class PostgresJournal:
             except psycopg.Error as error:
                 op.error = error
         _flush(cur, rows, dirty, streams)
+        if self.before_commit is not None:
+            self.before_commit()
         unused = [pid for pid in created if streams.get(pid, [0])[0] == 0]
         if unused:
             cur.execute(

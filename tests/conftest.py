@@ -74,7 +74,7 @@ def execute_sql(path: Any, *statements: str) -> None:
 
 POSTGRES_ENV = "SAGA_ACTORS_TEST_POSTGRES"
 POSTGRES_SKIP_REASON = (
-    f"set {POSTGRES_ENV}=postgresql://...; `eval \"$(bash .ci/postgres start)\"` starts a throwaway server"
+    f'set {POSTGRES_ENV}=postgresql://...; `eval "$(bash .ci/postgres start)"` starts a throwaway server'
 )
 
 # For test files that need PostgreSQL (a cluster test, say): `pytestmark = needs_postgres`, and the
