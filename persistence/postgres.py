@@ -953,8 +953,12 @@ class PostgresJournal:
         """After a reconnect (writer thread): take the advisory lock again if its session died; a
         warning if it cannot be (another writer took it meanwhile), retried at most every 10 s."""
         conn = self._lock_conn
-        if conn is not None and not conn.broken and not conn.closed:
-            return
+        if conn is not None and not conn.closed:
+            try:
+                conn.execute("SELECT 1")  # an idle connection's death is seen only when used
+                return
+            except psycopg.Error:
+                pass
         if time.monotonic() < self._lock_retry_at:
             return
         if conn is not None:
