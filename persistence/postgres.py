@@ -41,6 +41,7 @@ import logging
 import os
 import queue
 import re
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -66,6 +67,7 @@ from saga_actors.persistence.lease import (
     check_node_id,
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
+from saga_actors.persistence.sqlite import SCHEMA as SQLITE_SCHEMA
 from saga_actors.persistence.sqlite import NotAJournal, _checksum_problem, row_checksum
 
 _DRIVER_MISSING: ImportError | None = None
@@ -85,6 +87,7 @@ __all__ = [
     "PostgresJournalInUse",
     "PostgresUnavailable",
     "check_schema",
+    "copy_for_inspection",
     "lock_holders",
     "safe_url",
 ]
@@ -363,6 +366,61 @@ def lock_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
             }
         )
     return holders
+
+
+def copy_for_inspection(url: str) -> tuple[sqlite3.Connection, int, int, dict[str, int | None] | None]:
+    """The journal at `url` copied into an in-memory SQLite database with the SQLite journal's
+    tables (data as jsonb's text, checksums as stored), read in one REPEATABLE READ, READ ONLY
+    transaction without any lock: (the copy, its schema version, the tables' size in bytes,
+    `{"pid": ...}` of a process holding the journal's lock, a writer first, or None).
+
+    For the inspector. Raises `NotAJournal` (no journal, a newer one, not UTF8) and
+    `PostgresUnavailable` (cannot connect), naming the URL without its password.
+    """
+    _require_driver()
+    shown = safe_url(url)
+    try:
+        conn = psycopg.connect(
+            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name="saga-actors inspector"
+        )
+    except psycopg.Error as failed:
+        secret = _password(url)
+        message = str(failed).strip().replace(url, shown)
+        raise PostgresUnavailable(
+            f"journal {shown}: cannot connect: {message.replace(secret, '***') if secret else message}"
+        ) from None
+    copy = sqlite3.connect(":memory:")
+    try:
+        version = check_schema(conn, shown, create=False)
+        holders = lock_holders(conn)
+        holder = next((h for h in holders if h["mode"] == "writer"), holders[0] if holders else None)
+        copy.executescript(SQLITE_SCHEMA)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            for table, columns in (
+                ("streams", "persistence_id, highest_sequence_nr, deleted_to"),
+                ("events", f"persistence_id, sequence_nr, {_EPOCH.format('written_at')}, "),
+                ("snapshots", f"persistence_id, sequence_nr, {_EPOCH.format('written_at')}, "),
+            ):
+                if table != "streams":
+                    columns += "type, version, data::text, checksum"
+                width = columns.count(",") + 1
+                with conn.cursor(name=f"copy_{table}") as cursor:  # server side: read in chunks
+                    cursor.execute(f"SELECT {columns} FROM saga_actors_{table}")
+                    while rows := cursor.fetchmany(10_000):
+                        copy.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * width)})", rows)
+            size = conn.execute(
+                "SELECT sum(pg_total_relation_size(t)) FROM unnest(%s::regclass[]) AS t",
+                ([f"saga_actors_{t}" for t in ("streams", "events", "snapshots", "nodes", "schema")],),
+            ).fetchone()
+        copy.execute(f"PRAGMA user_version = {int(version)}")
+    except BaseException:
+        copy.close()
+        raise
+    finally:
+        conn.close()
+    return copy, version, int(size[0]) if size else 0, None if holder is None else {"pid": holder["pid"]}
 
 
 # --- the writer's operations -----------------------------------------------------------------

@@ -214,7 +214,9 @@ def test_checksums_survive_jsonbs_normalisation(postgres_url, journal):
     assert replayed[:3] == AWKWARD[:3] and replayed[4] == AWKWARD[4]
     assert replayed[3].note[1:] == (1.5e-7, 0.0, 2**70)
     assert journal.load_snapshot("p").snapshot == AWKWARD[1]
-    stored = execute(postgres_url, "SELECT data->'note'->>'$decimal' FROM saga_actors_events LIMIT 1")
+    stored = execute(
+        postgres_url, "SELECT data->'note'->>'$decimal' FROM saga_actors_events ORDER BY sequence_nr LIMIT 1"
+    )
     assert stored == [("19.980",)]  # a decimal's digits as written
 
 
