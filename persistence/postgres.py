@@ -350,7 +350,9 @@ def lock_holders(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT l.mode, l.pid, a.application_name, host(a.client_addr) FROM pg_locks l "
         "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid::bigint = %s AND l.objsubid = 1 "
+        "WHERE l.locktype = 'advisory' "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "AND l.classid = 0 AND l.objid::bigint = %s AND l.objsubid = 1 "
         "AND l.granted AND l.pid <> pg_backend_pid() ORDER BY l.pid",
         (WRITER_LOCK_KEY,),
     ).fetchall()
@@ -625,7 +627,7 @@ class PostgresJournal:
                 self._pool.close()
             finally:
                 if self._lock_conn is not None:
-                    self._lock_conn.close()  # ends the session: the advisory lock goes with it
+                    _release_lock(self._lock_conn)
 
     def flush(self) -> None:
         """Return once every write submitted before the call is done (durable or failed)."""
@@ -1349,6 +1351,18 @@ class PostgresJournal:
                 on_notice(payload)
             except Exception:
                 logger.exception("journal %s: notice callback failed", self.path)
+
+
+def _release_lock(conn: psycopg.Connection[Any]) -> None:
+    """Release the advisory lock, then close its connection. Released explicitly: a closed
+    session's locks go only once its backend has exited, a moment later, and a journal opened
+    right after this one closes (a restart) would be refused meanwhile."""
+    try:
+        conn.execute("SELECT pg_advisory_unlock_all()")
+    except psycopg.Error:
+        pass  # the session is gone already, and its locks with it
+    finally:
+        conn.close()
 
 
 def _check_owner(op: _Op, streams: dict[str, list[Any]], *, claim: bool) -> None:

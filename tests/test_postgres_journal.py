@@ -12,6 +12,7 @@ import os
 import subprocess
 import threading
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -328,10 +329,24 @@ def test_after_a_server_restart_the_journal_reconnects(postgres_url, caplog):
 def test_a_password_is_never_shown(postgres_url, caplog):
     caplog.set_level(logging.DEBUG)
     secret = "s3cr3t-P@ss"
+    user = f"pw_user_{uuid.uuid4().hex[:8]}"  # roles belong to the server, not to the test's database
+    execute(postgres_url, f"CREATE ROLE {user} LOGIN SUPERUSER PASSWORD '{secret}'")
+    try:
+        shown = messages_with_a_password(postgres_url, user, secret)
+    finally:
+        execute(postgres_url, f"DROP OWNED BY {user}", f"DROP ROLE {user}")
+    shown += [record.getMessage() for record in caplog.records]
+    assert len(shown) > 5
+    quoted = urllib.parse.quote(secret, safe="")
+    for text in shown:
+        assert secret not in text and quoted not in text, text
+
+
+def messages_with_a_password(postgres_url: str, user: str, secret: str) -> list[str]:
+    """The repr, and the messages of the errors, of journals given `user`'s password."""
     quoted = urllib.parse.quote(secret, safe="")
     parts = urllib.parse.urlsplit(postgres_url)
-    execute(postgres_url, f"CREATE ROLE pw_user LOGIN SUPERUSER PASSWORD '{secret}'")
-    with_password = parts._replace(netloc=f"pw_user:{quoted}@{parts.hostname}:{parts.port}").geturl()
+    with_password = parts._replace(netloc=f"{user}:{quoted}@{parts.hostname}:{parts.port}").geturl()
     shown: list[str] = []
     journal = PostgresJournal(with_password, CODEC)
     try:
@@ -343,20 +358,17 @@ def test_a_password_is_never_shown(postgres_url, caplog):
     finally:
         journal.close()
     for url in (
-        parts._replace(netloc=f"pw_user:{quoted}@{parts.hostname}:1").geturl(),  # nothing listens
-        parts._replace(netloc=f"pw_user:{quoted}@{parts.hostname}:{parts.port}", path="/nope").geturl(),
-        f"host={parts.hostname} port=1 user=pw_user password={secret} dbname=x",
+        parts._replace(netloc=f"{user}:{quoted}@{parts.hostname}:1").geturl(),  # nothing listens
+        parts._replace(netloc=f"{user}:{quoted}@{parts.hostname}:{parts.port}", path="/nope").geturl(),
+        f"host={parts.hostname} port=1 user={user} password={secret} dbname=x",
     ):
         with pytest.raises(PostgresUnavailable) as unavailable:
             PostgresJournal(url, CODEC)
         shown.append(str(unavailable.value))
         assert unavailable.value.__cause__ is None and unavailable.value.__suppress_context__
-    empty = parts._replace(netloc=f"pw_user:{quoted}@{parts.hostname}:{parts.port}").geturl()
+    empty = parts._replace(netloc=f"{user}:{quoted}@{parts.hostname}:{parts.port}").geturl()
     execute(postgres_url, "DROP TABLE saga_actors_schema")
     with pytest.raises(NotAJournal) as not_a_journal:
         PostgresJournal(empty, CODEC, mode="reader")
     shown.append(str(not_a_journal.value))
-    shown += [record.getMessage() for record in caplog.records]
-    assert len(shown) > 5
-    for text in shown:
-        assert secret not in text and quoted not in text, text
+    return shown
