@@ -109,6 +109,18 @@ SCHEMA_LOCK_KEY = 0x5A6A_0002  # transaction level, while the schema is created
 RECONNECT_SECONDS = 10.0  # how long the writer keeps trying to reconnect before failing a batch
 CONNECT_TIMEOUT = 5  # seconds, for each connection attempt
 
+# Events and snapshots: one row each, the same columns.
+_ROWS_TABLE = """CREATE TABLE IF NOT EXISTS saga_actors_{name} (
+    persistence_id text COLLATE "C" NOT NULL,
+    sequence_nr bigint NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    type text NOT NULL,
+    version integer NOT NULL,
+    data jsonb NOT NULL,
+    checksum bigint NOT NULL,
+    PRIMARY KEY (persistence_id, sequence_nr)
+);"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS saga_actors_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS saga_actors_streams (
@@ -120,32 +132,14 @@ CREATE TABLE IF NOT EXISTS saga_actors_streams (
 );
 CREATE INDEX IF NOT EXISTS saga_actors_streams_owner
     ON saga_actors_streams (owner, persistence_id) WHERE owner IS NOT NULL;
-CREATE TABLE IF NOT EXISTS saga_actors_events (
-    persistence_id text COLLATE "C" NOT NULL,
-    sequence_nr bigint NOT NULL,
-    written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    type text NOT NULL,
-    version integer NOT NULL,
-    data jsonb NOT NULL,
-    checksum bigint NOT NULL,
-    PRIMARY KEY (persistence_id, sequence_nr)
-);
-CREATE TABLE IF NOT EXISTS saga_actors_snapshots (
-    persistence_id text COLLATE "C" NOT NULL,
-    sequence_nr bigint NOT NULL,
-    written_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    type text NOT NULL,
-    version integer NOT NULL,
-    data jsonb NOT NULL,
-    checksum bigint NOT NULL,
-    PRIMARY KEY (persistence_id, sequence_nr)
-);
+{rows_events}
+{rows_snapshots}
 CREATE TABLE IF NOT EXISTS saga_actors_nodes (
     node_id text COLLATE "C" PRIMARY KEY,
     epoch bigint NOT NULL,
     expires_at timestamptz NOT NULL
 );
-"""
+""".format(rows_events=_ROWS_TABLE.format(name="events"), rows_snapshots=_ROWS_TABLE.format(name="snapshots"))
 
 # `row_checksum` in SQL, over the columns r.p (persistence id), r.s (sequence number), r.t (type),
 # r.v (version) and r.d (jsonb): the same framing, the first 8 bytes of SHA-256 as a signed bigint.

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-import psycopg
 import pytest
 
 from saga_actors.persistence import (
@@ -31,6 +30,7 @@ from saga_actors.persistence import (
 from tests.conftest import needs_postgres, wait_until
 
 pytestmark = needs_postgres
+psycopg = pytest.importorskip("psycopg", reason="needs the extra saga-actors[postgres]")
 
 
 @dataclass(frozen=True)
