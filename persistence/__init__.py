@@ -17,6 +17,8 @@ from saga_actors.persistence.journal import (
     SelectedSnapshot,
     SnapshotStore,
 )
+from saga_actors.persistence.lease import Fence, InMemoryLeaseJournal, LeaseLost, LeaseStore, NodeLease
+from saga_actors.persistence.postgres import PostgresJournal, PostgresJournalInUse, PostgresUnavailable
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 from saga_actors.persistence.sqlite import NotAJournal, SQLiteJournal
 
@@ -24,13 +26,21 @@ __all__ = [
     "ConcurrencyError",
     "EventCodec",
     "EventSourcedActor",
+    "Fence",
     "InMemoryJournal",
+    "InMemoryLeaseJournal",
     "Journal",
     "JournalCorrupted",
     "JournalInUse",
     "JournalWithSnapshots",
+    "LeaseLost",
+    "LeaseStore",
+    "NodeLease",
     "NotAJournal",
     "PersistentEvent",
+    "PostgresJournal",
+    "PostgresJournalInUse",
+    "PostgresUnavailable",
     "SQLiteJournal",
     "SelectedSnapshot",
     "SerializationError",

@@ -1,8 +1,14 @@
-"""Inspect a SQLite journal: where a person debugging a stuck order starts.
+"""Inspect a journal (a SQLite file or a PostgreSQL URL): where a person debugging a stuck order starts.
 
     python -m saga_actors.persistence JOURNAL            # summary: streams, counts, unfinished sagas
     python -m saga_actors.persistence JOURNAL ID         # every event about ID, and its sagas' state
     python -m saga_actors.persistence --json JOURNAL [ID]  # the same as one JSON document on stdout
+
+JOURNAL is a file's path, or a PostgreSQL URL (`postgresql://user@host/db`):
+that journal is read in one read-only snapshot, without any lock, into an
+in-memory copy that is then read as a file is (see `inspect_postgres`); the
+URL is shown without its password, and the process holding the journal's
+advisory lock (a writer, else a node) is named as a file's writer is.
 
 The history of an id merges the events of several streams (`orders`,
 `inventory`, `payment`, `saga:order:<id>`, ...). Within one stream events are
@@ -81,17 +87,22 @@ _now: Callable[[], float] = time.time
 
 
 PROG = "python -m saga_actors.persistence"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("journal", help="path of the SQLite journal file")
+    parser.add_argument(
+        "journal", help="path of the SQLite journal file, or a PostgreSQL URL (postgresql://...)"
+    )
     parser.add_argument("id", nargs="?", help="an order id (or any id): show every event about it")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON document on stdout instead of text"
     )
     args = parser.parse_args(argv)
     problem = id_problem(args.id) if args.id is not None else None
+    if problem is None and args.journal.startswith(POSTGRES_SCHEMES):
+        return inspect_postgres(args.journal, args.id, as_json=args.json)
     problem = problem or not_a_journal(args.journal)
     if problem is not None:
         return error(PROG, problem)
@@ -116,6 +127,36 @@ def main(argv: list[str] | None = None) -> int:
         return error(PROG, f"{args.journal} is not a readable journal: {failed}")
     finally:
         db.close()
+
+
+def inspect_postgres(url: str, wanted: str | None, *, as_json: bool) -> int:
+    """`main` on a PostgreSQL journal: read in one read-only snapshot (as the library's
+    "reader" mode: no lock, no write, no schema made) into an in-memory SQLite copy of the
+    journal's tables, which the summary and the history read as they read a file.
+
+    The copy holds what the database stores: each row's data as jsonb's text, its checksum as
+    the database computed it over that text (`row_checksum`), so a row changed by hand is
+    counted and marked as in a file. The URL is shown without its password. Exit status 2,
+    one line on stderr, if the database cannot be reached or holds no journal (or a newer one).
+    """
+    try:
+        from saga_actors.persistence import postgres
+    except ImportError as missing:  # pragma: no cover - the module itself imports without the extra
+        return error(PROG, str(missing))
+    shown = postgres.safe_url(url)
+    try:
+        postgres._require_driver()
+        copy, version, size, writer = postgres.copy_for_inspection(url)
+    except ImportError as missing:
+        return error(PROG, str(missing))
+    except (NotAJournal, postgres.PostgresUnavailable) as refused:
+        return error(PROG, str(refused))
+    try:
+        if wanted:
+            return history(copy, wanted, True, as_json=as_json, writer=writer)
+        return summary(copy, shown, version >= 1, as_json=as_json, writer=writer, size=size)
+    finally:
+        copy.close()
 
 
 def id_problem(wanted: str) -> str | None:
@@ -198,7 +239,10 @@ def summary(
     *,
     as_json: bool = False,
     writer: dict[str, int | None] | None = None,
+    size: int | None = None,
 ) -> int:
+    """The summary of the journal in `db`; `path` names it, `size` is its size in bytes (the
+    file's at `path` if not given)."""
     streams = _rows(
         db,
         "SELECT s.persistence_id, s.highest_sequence_nr, s.deleted_to, "
@@ -211,7 +255,7 @@ def summary(
         _rows(db, "SELECT persistence_id, max(sequence_nr) FROM snapshots GROUP BY persistence_id")
     )
     total = sum(s[3] for s in streams)
-    size = os.path.getsize(path)
+    size = os.path.getsize(path) if size is None else size
     unfinished = [s[0] for s in streams if s[0].startswith(SAGA_PREFIX) and s[4] not in SAGA_FINAL_TYPES]
     changed = _changed_rows(db) if checked else []
     status = 1 if changed else 0
@@ -377,9 +421,11 @@ def history(
     candidates = _rows(
         db,
         f"SELECT persistence_id, sequence_nr, timestamp, type, version, data, {checksum} FROM events "
-        # substr, not LIKE: a pattern has a length limit (50,000 bytes), an id has none
-        "WHERE persistence_id = ? OR substr(persistence_id, -?) = ? OR instr(data, ?) > 0",
-        (wanted, len(wanted) + 1, ":" + wanted, json.dumps(wanted)),
+        # substr, not LIKE: a pattern has a length limit (50,000 bytes), an id has none; the id as
+        # JSON both ways: the codec escapes what is not ASCII, PostgreSQL's jsonb does not
+        "WHERE persistence_id = ? OR substr(persistence_id, -?) = ? "
+        "OR instr(data, ?) > 0 OR instr(data, ?) > 0",
+        (wanted, len(wanted) + 1, ":" + wanted, json.dumps(wanted), json.dumps(wanted, ensure_ascii=False)),
     )
     # A row whose JSON cannot be read (damaged) but holds the id's JSON string is shown, not hidden.
     rows = _in_order(

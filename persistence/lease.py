@@ -21,6 +21,7 @@ spans machines. Both pass tests/test_lease_contract.py.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from saga_actors.persistence.journal import (
 )
 
 __all__ = [
+    "MAX_NOTICE",
     "Fence",
     "InMemoryLeaseJournal",
     "LeaseLost",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 MAX_NODE_ID = 200  # characters
+MAX_NOTICE = 1000  # characters in a notice (`LeaseStore.publish`)
 
 
 class LeaseLost(Exception):
@@ -178,6 +181,9 @@ class InMemoryLeaseJournal(InMemoryJournal):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
+        # Re-entrant: a fenced write checks its fence and writes under one hold of the lock
+        # (InMemoryJournal's own methods take it again), so no take-over comes in between.
+        self._lock = threading.RLock()  # type: ignore[assignment]
         self._clock = clock
         self._leases: dict[str, tuple[int, float]] = {}  # node id -> (epoch, expires at)
         self._owners: dict[str, str] = {}
@@ -244,6 +250,8 @@ class InMemoryLeaseJournal(InMemoryJournal):
     # --- notices ---
 
     def publish(self, payload: str) -> None:
+        if len(payload) > MAX_NOTICE:
+            raise ValueError(f"a notice is at most {MAX_NOTICE} characters, got {len(payload)}")
         with self._lock:
             subscribers = list(self._subscribers)
         for on_notice in subscribers:
@@ -352,12 +360,12 @@ class _FencedInMemory:
     def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
         with self._store._lock:
             self._store._check_fence(self.fence, persistence_id, claim=False)
-        self._store.delete_to(persistence_id, to_sequence_nr)
+            self._store.delete_to(persistence_id, to_sequence_nr)
 
     def save_snapshot(self, persistence_id: str, sequence_nr: int, snapshot: Any) -> None:
         with self._store._lock:
             self._store._check_fence(self.fence, persistence_id, claim=False)
-        self._store.save_snapshot(persistence_id, sequence_nr, snapshot)
+            self._store.save_snapshot(persistence_id, sequence_nr, snapshot)
 
     def load_snapshot(
         self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
@@ -367,7 +375,7 @@ class _FencedInMemory:
     def delete_snapshots(self, persistence_id: str, max_sequence_nr: int) -> None:
         with self._store._lock:
             self._store._check_fence(self.fence, persistence_id, claim=False)
-        self._store.delete_snapshots(persistence_id, max_sequence_nr)
+            self._store.delete_snapshots(persistence_id, max_sequence_nr)
 
     def flush(self) -> None:
         pass

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -64,3 +68,43 @@ def execute_sql(path: Any, *statements: str) -> None:
         db.commit()
     finally:
         db.close()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+POSTGRES_ENV = "SAGA_ACTORS_TEST_POSTGRES"
+POSTGRES_SKIP_REASON = (
+    f'set {POSTGRES_ENV}=postgresql://...; `eval "$(bash .ci/postgres start)"` starts a throwaway server'
+)
+
+# For test files that need PostgreSQL (a cluster test, say): `pytestmark = needs_postgres`, and the
+# `postgres_url` fixture for a fresh database per test (or `fresh_postgres_database()` directly).
+needs_postgres = pytest.mark.skipif(not os.environ.get(POSTGRES_ENV), reason=POSTGRES_SKIP_REASON)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(server_url: str | None = None) -> Iterator[str]:
+    """The URL of a new, empty database on the test server (`SAGA_ACTORS_TEST_POSTGRES`), dropped
+    (WITH (FORCE): connections left open are ended) when the block ends."""
+    import psycopg
+
+    server_url = server_url or os.environ[POSTGRES_ENV]
+    name = f"saga_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    parts = urllib.parse.urlsplit(server_url)
+    try:
+        yield urllib.parse.urlunsplit(parts._replace(path="/" + name))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a fresh, empty database made for this test and dropped after it; the test is
+    skipped when no server is given (see POSTGRES_SKIP_REASON)."""
+    if not os.environ.get(POSTGRES_ENV):
+        pytest.skip(POSTGRES_SKIP_REASON)
+    with fresh_postgres_database() as url:
+        yield url

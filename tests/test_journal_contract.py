@@ -1,7 +1,9 @@
 """One contract every journal backend passes (after the Akka persistence TCK).
 
 JournalSpec and SnapshotStoreSpec, run against each backend; a new backend
-(PostgreSQL, say) is added to BACKENDS and must pass all of it.
+is added to BACKENDS and must pass all of it. PostgreSQL runs it when
+SAGA_ACTORS_TEST_POSTGRES names a server (skipped otherwise); its fenced
+handles are held to tests/test_lease_contract.py.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from decimal import Decimal
 
 import pytest
 
-from saga_actors.persistence import ConcurrencyError, EventCodec, InMemoryJournal, SQLiteJournal
+from saga_actors.persistence import (
+    ConcurrencyError,
+    EventCodec,
+    InMemoryJournal,
+    PostgresJournal,
+    SQLiteJournal,
+)
 
 
 @dataclass(frozen=True)
@@ -31,20 +39,29 @@ CODEC = EventCodec()
 CODEC.register_all(Happened, Counter)
 
 
-def sqlite_backend(tmp_path):
+def sqlite_backend(request, tmp_path):
     return SQLiteJournal(tmp_path / "journal.db", CODEC)
 
 
-def memory_backend(tmp_path):
+def memory_backend(request, tmp_path):
     return InMemoryJournal()
 
 
-BACKENDS = {"memory": memory_backend, "sqlite": sqlite_backend}
+def postgres_backend(request, tmp_path):
+    """A PostgresJournal on a fresh database (skipped without SAGA_ACTORS_TEST_POSTGRES)."""
+    return PostgresJournal(request.getfixturevalue("postgres_url"), CODEC)
+
+
+BACKENDS = {
+    "memory": memory_backend,
+    "sqlite": sqlite_backend,
+    "postgres": postgres_backend,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def journal(request, tmp_path):
-    backend = BACKENDS[request.param](tmp_path)
+    backend = BACKENDS[request.param](request, tmp_path)
     yield backend
     backend.close()
 
