@@ -301,7 +301,7 @@ async def run_node(
     async def watch() -> None:
         nonlocal failed
         while not stopping.is_set():
-            if not system.running:
+            if not system.running and not system.runtime.rejoining:
                 failed = True
                 logger.error("the order system stopped running: %s", system.runtime.failure)
                 stopping.set()

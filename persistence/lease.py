@@ -21,6 +21,7 @@ spans machines. Both pass tests/test_lease_contract.py.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -146,7 +147,9 @@ class LeaseStore(Protocol):
         commit before it or not at all) and give `by` the streams with `prefix` that `dead`
         owned and whose last event is not of one of `final_types`. Returns their ids, sorted;
         None if `dead` is not expired at `dead.epoch` any more (it renewed, or another node
-        took over first). Raises `LeaseLost` if `by` does not hold a live lease."""
+        took over first). Raises `LeaseLost` if `by` does not hold a live lease. Once taken
+        over, the dead node's lease shows `expires_in` of minus infinity (until it is acquired
+        again), so that other nodes do not take it over once more."""
         ...
 
     def owner(self, persistence_id: str) -> str | None:
@@ -230,7 +233,7 @@ class InMemoryLeaseJournal(InMemoryJournal):
             held = self._leases.get(dead.node_id)
             if held is None or held[0] != dead.epoch or held[1] > now:
                 return None
-            self._leases[dead.node_id] = (dead.epoch + 1, held[1])
+            self._leases[dead.node_id] = (dead.epoch + 1, -math.inf)  # taken over: see take_over
             taken = sorted(
                 p
                 for p, owner in self._owners.items()

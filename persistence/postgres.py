@@ -106,6 +106,13 @@ WRITER_LOCK_KEY = 0x5A6A_0001  # held exclusively by a "writer", shared by "node
 SCHEMA_LOCK_KEY = 0x5A6A_0002  # transaction level, while the schema is created
 
 
+# A lease call (acquire, renew, release, leases, take-over) waits at most this long, for a lock
+# or a statement: the thread that renews a lease must not hang behind a stuck transaction.
+LEASE_CALL_TIMEOUT = 1.0  # seconds
+# A writer's transaction left open by its client for this long is ended by the server: a node
+# paused mid-transaction (SIGSTOP, a long GC) then releases its locks, so that a take-over that
+# waits for its write in flight goes ahead; the write fails, as it must after a lost lease.
+WRITER_IDLE_IN_TRANSACTION = 2.0  # seconds
 RECONNECT_SECONDS = 10.0  # how long the writer keeps trying to reconnect before failing a batch
 CONNECT_TIMEOUT = 5  # seconds, for each connection attempt
 
@@ -117,9 +124,14 @@ _ROWS_TABLE = """CREATE TABLE IF NOT EXISTS saga_actors_{name} (
     type text NOT NULL,
     version integer NOT NULL,
     data jsonb NOT NULL,
-    checksum bigint NOT NULL,
+    checksum bigint NOT NULL,{extra}
     PRIMARY KEY (persistence_id, sequence_nr)
 );"""
+# Who wrote an event: the node and the lease epoch of a fenced write (NULL for an unfenced one),
+# so that an operator can see which incarnation of which node wrote what.
+_WRITER_COLUMNS = """
+    writer_node text COLLATE "C",
+    writer_epoch bigint,"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS saga_actors_schema (version integer NOT NULL);
@@ -139,7 +151,10 @@ CREATE TABLE IF NOT EXISTS saga_actors_nodes (
     epoch bigint NOT NULL,
     expires_at timestamptz NOT NULL
 );
-""".format(rows_events=_ROWS_TABLE.format(name="events"), rows_snapshots=_ROWS_TABLE.format(name="snapshots"))
+""".format(
+    rows_events=_ROWS_TABLE.format(name="events", extra=_WRITER_COLUMNS),
+    rows_snapshots=_ROWS_TABLE.format(name="snapshots", extra=""),
+)
 
 # `row_checksum` in SQL, over the columns r.p (persistence id), r.s (sequence number), r.t (type),
 # r.v (version) and r.d (jsonb): the same framing, the first 8 bytes of SHA-256 as a signed bigint.
@@ -160,7 +175,15 @@ def _insert_rows(table: str) -> str:
     )
 
 
-_INSERT_EVENTS = _insert_rows("saga_actors_events")
+# Events: the same, with two more arrays, the writer's node and epoch (NULLs when not fenced).
+_INSERT_EVENTS = (
+    "INSERT INTO saga_actors_events "
+    "(persistence_id, sequence_nr, type, version, data, checksum, writer_node, writer_epoch) "
+    f"SELECT r.p, r.s, r.t, r.v, r.d, {_CHECKSUM}, r.n, r.e FROM ("
+    "SELECT u.p, u.s, u.t, u.v, u.d::jsonb AS d, u.n, u.e "
+    "FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::bigint[]) "
+    "AS u(p, s, t, v, d, n, e)) r"
+)
 _INSERT_SNAPSHOT = _insert_rows("saga_actors_snapshots") + (
     " ON CONFLICT (persistence_id, sequence_nr) DO UPDATE SET type = excluded.type, "
     "version = excluded.version, data = excluded.data, checksum = excluded.checksum, "
@@ -809,8 +832,22 @@ class PostgresJournal:
         """See `LeaseStore.take_over`. One transaction: `by`'s lease checked live (FOR SHARE),
         `dead`'s epoch bumped if it is still at `dead.epoch` and expired (the UPDATE waits for
         a write of `dead` in flight, which holds its row FOR SHARE), then its open streams with
-        `prefix` (by their last event's type) given to `by`."""
+        `prefix` (by their last event's type) given to `by`. None, with nothing changed, if the
+        dead node's write in flight holds its row for more than `LEASE_CALL_TIMEOUT` (its
+        transaction is ended by the server after `WRITER_IDLE_IN_TRANSACTION`: the next try
+        goes ahead)."""
         names = [self.codec.name_of(cls) for cls in final_types]
+        try:
+            return self._take_over(dead, by, prefix, names)
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            logger.info(
+                "journal %s: node %s still has a write in flight; taking it over later",
+                self.path,
+                dead.node_id,
+            )
+            return None
+
+    def _take_over(self, dead: Fence, by: Fence, prefix: str, names: list[str]) -> list[str] | None:
         with self._transaction() as cur:
             live = cur.execute(
                 "SELECT 1 FROM saga_actors_nodes WHERE node_id = %s AND epoch = %s "
@@ -820,7 +857,8 @@ class PostgresJournal:
             if live is None:
                 raise LeaseLost(by.node_id, by.epoch, None, "lease lost: cannot take over")
             fenced_off = cur.execute(
-                "UPDATE saga_actors_nodes SET epoch = epoch + 1 WHERE node_id = %s AND epoch = %s "
+                "UPDATE saga_actors_nodes SET epoch = epoch + 1, expires_at = '-infinity' "
+                "WHERE node_id = %s AND epoch = %s "
                 "AND expires_at <= clock_timestamp() RETURNING 1",
                 (dead.node_id, dead.epoch),
             ).fetchone()
@@ -955,11 +993,15 @@ class PostgresJournal:
     # --- internals: connections ---
 
     def _connect_options(self, role: str) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": f"saga-actors {self.mode} {role} pid {os.getpid()}",
         }
+        if role == "writer":
+            milliseconds = int(WRITER_IDLE_IN_TRANSACTION * 1000)
+            options["options"] = f"-c idle_in_transaction_session_timeout={milliseconds}"
+        return options
 
     def _connect(self, role: str) -> psycopg.Connection[Any]:
         """A new connection (autocommit); PostgresUnavailable, without the password, if it fails."""
@@ -1047,7 +1089,14 @@ class PostgresJournal:
             raise RuntimeError(f"journal {self.path} is open read-only (mode='reader')")
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                milliseconds = str(int(LEASE_CALL_TIMEOUT * 1000))
+                cur.execute(
+                    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                    (milliseconds, milliseconds),
+                )
                 yield cur
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            raise  # the server is there: a lock was held too long (see LEASE_CALL_TIMEOUT)
         except psycopg.OperationalError as error:
             raise self._unavailable("lost the connection", error) from None
 
@@ -1228,7 +1277,7 @@ class PostgresJournal:
                 (touched,),
             ):
                 streams[pid] = [highest, last_type, owner]
-        rows: list[tuple[str, int, str, int, str]] = []
+        rows: list[tuple[Any, ...]] = []
         dirty: set[str] = set()
         for op in live:
             if op.run is None:
@@ -1277,7 +1326,7 @@ class PostgresJournal:
 
     @staticmethod
     def _check_append(
-        op: _Op, streams: dict[str, list[Any]], rows: list[tuple[str, int, str, int, str]], dirty: set[str]
+        op: _Op, streams: dict[str, list[Any]], rows: list[tuple[Any, ...]], dirty: set[str]
     ) -> None:
         """Optimistic concurrency against the stream's row as locked in this transaction."""
         assert op.persistence_id is not None and op.events is not None
@@ -1299,7 +1348,8 @@ class PostgresJournal:
             op.last_type,
             stream[2] if stream[2] is not None or op.fence is None else op.fence.node_id,
         ]
-        rows.extend((pid, *event) for event in op.events)
+        node, epoch = (op.fence.node_id, op.fence.epoch) if op.fence is not None else (None, None)
+        rows.extend((pid, *event, node, epoch) for event in op.events)
         dirty.add(pid)
 
     # --- internals: notices ---
@@ -1375,7 +1425,7 @@ def _check_owner(op: _Op, streams: dict[str, list[Any]], *, claim: bool) -> None
 
 def _flush(
     cur: psycopg.Cursor[Any],
-    rows: list[tuple[str, int, str, int, str]],
+    rows: list[tuple[Any, ...]],
     dirty: set[str],
     streams: dict[str, list[Any]],
 ) -> None:

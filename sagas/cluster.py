@@ -20,6 +20,7 @@ in an actor, and no actor waits for it.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -300,8 +301,8 @@ class ClusterMember:
         if fence is None:
             return
         for lease in self.store.leases():
-            if lease.node_id == self.node_id or lease.expires_in > 0:
-                continue
+            if lease.node_id == self.node_id or lease.expires_in > 0 or lease.expires_in == -math.inf:
+                continue  # itself, live, or taken over already
             if self._handled.get(lease.node_id) == lease.epoch:
                 continue  # taken over already (by this node or another)
             try:
@@ -310,6 +311,8 @@ class ClusterMember:
                 )
             except LeaseLost:
                 return  # this node's own lease is gone: the next renewal says so
+            if taken is None:
+                continue  # renewed, taken by another node, or its write in flight still holds it
             self._handled[lease.node_id] = lease.epoch + 1
             if taken:
                 self.takeovers += len(taken)

@@ -585,6 +585,7 @@ class SagaRuntime:
         self._store: Any = None  # the journal shared by nodes (cluster mode), while running
         self._member: ClusterMember | None = None
         self._remote = RemoteWaiters()
+        self._rejoining = False
         cluster_metrics = CLUSTER_METRICS if node_id is not None else ()
         self.metrics_counters = Metrics((*metric_names, *RUNTIME_METRICS, *cluster_metrics))
         self._metrics_endpoint = (
@@ -686,6 +687,12 @@ class SagaRuntime:
     def running(self) -> bool:
         """True between a successful `start()` and `stop()`, or until a failure stops the runtime."""
         return self._running
+
+    @property
+    def rejoining(self) -> bool:
+        """True while a node that lost its lease has stopped its sagas and is acquiring a new lease
+        (not `running` meanwhile: `submit` raises `SystemNotRunning`); it runs again after."""
+        return self._rejoining
 
     @property
     def failure(self) -> BaseException | None:
@@ -954,8 +961,9 @@ class SagaRuntime:
             from saga_actors.persistence.postgres import PostgresJournal  # the extra `postgres`
 
             assert isinstance(given, str)
-            mode = "node" if self.node_id is not None else "writer"
-            journal: JournalWithSnapshots = PostgresJournal(given, self._full_codec(), mode=mode)
+            journal: JournalWithSnapshots = PostgresJournal(
+                given, self._full_codec(), mode="node" if self.node_id is not None else "writer"
+            )
             return journal
         if isinstance(given, (str, os.PathLike)):
             return SQLiteJournal(given, self._full_codec())
@@ -1013,7 +1021,7 @@ class SagaRuntime:
         with self._lock:
             if not self._running:
                 return
-            self._running = False
+            self._running, self._rejoining = False, True
             self.metrics_counters.increment("leases_lost")
             waiting = self._registry.abandon_all()
             self._stop_tree()
@@ -1028,6 +1036,7 @@ class SagaRuntime:
                 logger.warning("%s: node %s cannot acquire a lease yet: %s", self.name, self.node_id, error)
                 member.wait_stopping(1.0)
         with self._lock:
+            self._rejoining = False
             if fence is None or member.stopping:
                 return
             try:

@@ -66,12 +66,13 @@ class Client:
         self.answers: list[tuple[str, bool]] = []
         self.conflicts: list[str] = []
         self.retries = 0
+        self.aborted = threading.Event()  # the test failed: every client gives up
 
     def place(self, request: dict[str, Any], first: int) -> None:
         body = json.dumps(request).encode()
         deadline = time.monotonic() + SETTLE
         attempt = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.aborted.is_set():
             node = self.nodes[(first + attempt) % len(self.nodes)]
             attempt += 1
             try:
@@ -88,7 +89,9 @@ class Client:
                 return
             with self.lock:
                 self.retries += 1
-            threading.Event().wait(0.05 * min(attempt, 10))  # a client's backoff, not a sync
+            self.aborted.wait(0.05 * min(attempt, 10))  # a client's backoff, not a sync
+        if self.aborted.is_set():
+            return
         raise AssertionError(f"order {request['order_id']} got no answer in {SETTLE} s")
 
     def answered(self) -> int:
@@ -121,20 +124,22 @@ def get(url: str) -> tuple[int, Any]:
 
 class LeaseWatch:
     """Reads the nodes' leases from the database every 20 ms (its own thread): when each node's
-    epoch last changed, by this process's clock and by the database's."""
+    epoch changed, by this process's clock and by the database's."""
 
     def __init__(self, url: str) -> None:
         import psycopg
 
+        self.url = url
         self.conn = psycopg.connect(url, autocommit=True)
         self.lock = threading.Lock()
-        self.epochs: dict[str, int] = {}
-        self.changed: dict[str, tuple[float, Any]] = {}  # node -> (monotonic, database time)
+        self.history: dict[str, list[tuple[int, float, Any]]] = {}  # node -> (epoch, monotonic, db time)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
     def run(self) -> None:
+        import psycopg
+
         while not self.stopping.wait(0.02):
             try:
                 rows = self.conn.execute(
@@ -144,26 +149,29 @@ class LeaseWatch:
                 with contextlib.suppress(Exception):
                     self.conn.close()
                 with contextlib.suppress(Exception):
-                    import psycopg
-
-                    self.conn = psycopg.connect(self.conn.info.dsn, autocommit=True)
+                    self.conn = psycopg.connect(self.url, autocommit=True)
                 continue
+            seen = time.monotonic()
             with self.lock:
                 for node_id, epoch, now in rows:
-                    if self.epochs.get(node_id) != epoch:
-                        if node_id in self.epochs:
-                            self.changed[node_id] = (time.monotonic(), now)
-                        self.epochs[node_id] = epoch
+                    history = self.history.setdefault(node_id, [])
+                    if not history or history[-1][0] != epoch:
+                        history.append((epoch, seen, now))
 
     def epoch(self, node_id: str) -> int | None:
         with self.lock:
-            return self.epochs.get(node_id)
+            history = self.history.get(node_id)
+            return history[-1][0] if history else None
 
     def changed_since(self, node_id: str, epoch: int) -> tuple[float, Any] | None:
+        """When the node's epoch first moved on from `epoch` (monotonic, database time), or None."""
         with self.lock:
-            if self.epochs.get(node_id, epoch) != epoch:
-                return self.changed[node_id]
-            return None
+            history = self.history.get(node_id, [])
+            epochs = [e for e, _, _ in history]
+            if epoch not in epochs or epochs.index(epoch) == len(history) - 1:
+                return None
+            _, seen, now = history[epochs.index(epoch) + 1]
+            return seen, now
 
     def close(self) -> None:
         self.stopping.set()
@@ -178,6 +186,20 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         threading.Event().wait(0.02)
     return result
+
+
+@contextlib.contextmanager
+def aborting(client: Client, paused: NodeProcess | None = None) -> Iterator[None]:
+    """If the block fails, the clients give up at once and a paused node goes on (so that the
+    test ends instead of waiting for every client's deadline)."""
+    try:
+        yield
+    except BaseException:
+        client.aborted.set()
+        if paused is not None:
+            with contextlib.suppress(Exception):
+                paused.signal(signal.SIGCONT)
+        raise
 
 
 def orders(count: int, seed: int) -> list[dict[str, Any]]:
@@ -290,7 +312,7 @@ def test_three_nodes_a_sigkill_and_a_sigstop(tmp_path: Path, postgres_url: str) 
         watch = LeaseWatch(postgres_url)
         client = Client(nodes)
         try:
-            with ThreadPoolExecutor(32) as pool:
+            with ThreadPoolExecutor(32) as pool, aborting(client, n2):
                 jobs = []
                 for i, request in enumerate(requests):
                     jobs.append(pool.submit(client.place, request, i % 3))
@@ -344,13 +366,17 @@ def test_postgres_restarted_mid_run(tmp_path: Path, postgres_url: str) -> None:
     requests = orders(300, seed=11)
     with cluster(tmp_path, postgres_url) as (nodes, inventory, payment):
         client = Client(nodes)
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(16) as pool, aborting(client):
             jobs = [pool.submit(client.place, r, i % 3) for i, r in enumerate(requests)]
             wait_for(lambda: client.answered() >= 120, SETTLE, "40 % of the orders answered")
-            command = [pg_ctl, "-D", data, "restart", "-m", "immediate", "-w"]
+            log = os.path.join(os.path.dirname(data), "server.log")  # where .ci/postgres logs
+            command = [pg_ctl, "-D", data, "-l", log, "restart", "-m", "immediate", "-w", "-t", "60"]
             if runas:
                 command = ["runuser", "-u", runas, "--", *command]
-            subprocess.run(command, check=True, capture_output=True, timeout=60)
+            # The server's output goes to its log: a pipe would be held open by the server.
+            subprocess.run(
+                command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90
+            )
             for job in jobs:
                 job.result()
         assert all(node.running() for node in nodes)  # they reconnected; none gave up
