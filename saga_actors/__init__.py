@@ -39,7 +39,8 @@ from saga_actors.actors import (
     SystemNotRunning,
 )
 from saga_actors.actors.system import DEFAULT_RETENTION, RecoveryReport
-from saga_actors.persistence import EventCodec, JournalCorrupted
+from saga_actors.persistence import EventCodec, JournalCorrupted, LeaseLost
+from saga_actors.sagas.cluster import LeaseUnavailable
 from saga_actors.sagas.definition import SagaContext, SagaDefinition, Step
 from saga_actors.sagas.participant import ParticipantActor
 from saga_actors.sagas.runtime import (
@@ -53,7 +54,7 @@ from saga_actors.sagas.runtime import (
     SagaRuntime,
 )
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 # A library logs; the application decides where it goes. Without this, Python's last-resort
 # handler would print the engine's warnings (a fault drill, a crashed participant) on stderr.
@@ -67,6 +68,8 @@ __all__ = [
     "InvalidOrder",
     "JournalCorrupted",
     "JournalInUse",
+    "LeaseLost",
+    "LeaseUnavailable",
     "NotAJournal",
     "OrderFuture",
     "OrderSystem",
