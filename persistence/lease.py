@@ -285,10 +285,12 @@ class InMemoryLeaseJournal(InMemoryJournal):
             and isinstance(events[-1].event, final_types)
         )
 
-    def _check_fence(self, fence: Fence, persistence_id: str | None, claim: bool) -> None:
+    def _check_fence(
+        self, fence: Fence, persistence_id: str | None, claim: bool, check_owner: bool = True
+    ) -> None:
         if not self._live(fence, self._clock()):
             raise LeaseLost(fence.node_id, fence.epoch, persistence_id, "lease expired or taken over")
-        if persistence_id is None:
+        if persistence_id is None or not check_owner:
             return
         owner = self._owners.get(persistence_id)
         if owner is None and claim and self._highest.get(persistence_id, 0) == 0:
@@ -308,13 +310,14 @@ class _FencedInMemory:
     def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
         store = self._store
         with store._lock:
-            store._check_fence(self.fence, persistence_id, claim=True)
+            store._check_fence(self.fence, persistence_id, claim=True, check_owner=False)  # the lease first
             highest = store._highest.get(persistence_id, 0)
-            if expected_sequence_nr != highest:
+            if expected_sequence_nr != highest:  # then the sequence: a stale writer learns that
                 raise ConcurrencyError(
                     f"{persistence_id}: expected sequence number {expected_sequence_nr}, "
                     f"journal is at {highest}"
                 )
+            store._check_fence(self.fence, persistence_id, claim=True)  # then the stream's owner
             now = time.time()
             stored = store._events.setdefault(persistence_id, [])
             for offset, event in enumerate(events, start=1):

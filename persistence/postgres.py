@@ -1331,14 +1331,15 @@ class PostgresJournal:
         """Optimistic concurrency against the stream's row as locked in this transaction."""
         assert op.persistence_id is not None and op.events is not None
         pid = op.persistence_id
-        _check_owner(op, streams, claim=True)
-        if op.error is not None:
+        if op.error is not None:  # its lease is lost (checked first, for the whole batch)
             return
         stream = streams.get(pid, [0, None, None])
-        if stream[0] != op.expected:
+        if stream[0] != op.expected:  # then the sequence: a stale writer learns that
             op.error = ConcurrencyError(
                 f"{pid}: expected sequence number {op.expected}, journal is at {stream[0]}"
             )
+            return
+        if _check_owner(op, streams, claim=True):  # then the stream's owner
             return
         op.result = op.expected + len(op.events)
         if not op.events:
@@ -1409,18 +1410,19 @@ def _release_lock(conn: psycopg.Connection[Any]) -> None:
         conn.close()
 
 
-def _check_owner(op: _Op, streams: dict[str, list[Any]], *, claim: bool) -> None:
+def _check_owner(op: _Op, streams: dict[str, list[Any]], *, claim: bool) -> bool:
     """LeaseLost for a fenced operation on a stream another node owns (or, unless it `claim`s a
-    new stream, no node owns)."""
+    new stream, no node owns); True if the operation failed (then or before)."""
     if op.fence is None or op.persistence_id is None or op.error is not None:
-        return
+        return op.error is not None
     highest, _, owner = streams.get(op.persistence_id, [0, None, None])
     if owner == op.fence.node_id or (owner is None and claim and highest == 0):
-        return
+        return False
     shown = f"node {owner}" if owner is not None else "no node (written without a fence)"
     op.error = LeaseLost(
         op.fence.node_id, op.fence.epoch, op.persistence_id, f"the stream is owned by {shown}"
     )
+    return True
 
 
 def _flush(

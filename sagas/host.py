@@ -111,6 +111,10 @@ class SagaSpec:
         journal read before the first append.
     resume_forward: a recovered saga without the commit decision carries on
         instead of rolling back (its process still holds `ephemeral`).
+    journaled: its start is in the journal already, this many events (what
+        `Start` decides that is durable), written by whoever spawned it (a
+        cluster node claims a saga id that way): the saga begins as a fresh
+        one does, without a journal read and without writing them again.
     log_context: extra fields for every log record of this saga.
     """
 
@@ -120,6 +124,7 @@ class SagaSpec:
     fresh: bool = False
     resume_forward: bool = False
     log_context: Mapping[str, Any] | None = None
+    journaled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,13 +240,16 @@ class _Saga:
         # -> (participant, when sent). Their late replies still count as the step's latency.
         self.abandoned: dict[tuple[str, str, int], tuple[str, float]] = {}
         self._random: random.Random | None = None  # made on first use: most sagas never retry
+        self.start_journaled = 0  # the events of its start already in the journal (SagaSpec.journaled)
         self.log = _SagaLog(logger, {"saga_id": spec.saga_id, **(spec.log_context or {})})
 
     # lifecycle
 
     def begin(self) -> None:
         spec = self.spec
-        if not (spec.fresh and spec.data is not None):
+        if spec.journaled and spec.data is not None:
+            self.sequence_nr = self.start_journaled = spec.journaled
+        elif not (spec.fresh and spec.data is not None):
             self._recover()
         if spec.data is not None and self.state.phase == "new":
             self.host.metrics.saga_began(self.saga_id)
@@ -307,6 +315,9 @@ class _Saga:
             state = evolve(self.host.definition, state, event)
         self.state = state
         journaled = [e for e in events if is_durable(e)]
+        if self.start_journaled and isinstance(message, Start):
+            assert len(journaled) == self.start_journaled, "the journaled start is not what Start decides"
+            journaled, self.start_journaled = [], 0  # written by whoever spawned the saga
         # Effects that only touch this saga's own bookkeeping run now; those that
         # reach the world (a request, a scheduled retry, the callers) wait until
         # the events that justify them are durable.

@@ -751,14 +751,17 @@ class SagaRuntime:
             answer(future, None, registry.conflict(saga_id))
         if decision != "new":
             return result
+        if self._member is not None:
+            self._submit_to_cluster(saga_id, data, ephemeral)
+            if not self._running:
+                registry.finished(saga_id, None, SystemNotRunning(f"{self.name} stopped"))
+            return result
         try:
             state = self._replay(saga_id)
         except Exception as error:
             registry.finished(saga_id, None, error)
             return result
-        if self._member is not None:
-            self._submit_to_cluster(saga_id, data, ephemeral, state)
-        elif state.phase == "new":
+        if state.phase == "new":
             self._spawn(SagaSpec(saga_id, data, ephemeral, fresh=True, resume_forward=True))
         elif not self._same_data(state.data, data):
             registry.finished(saga_id, None, registry.conflict(saga_id))
@@ -770,30 +773,34 @@ class SagaRuntime:
             registry.finished(saga_id, None, SystemNotRunning(f"{self.name} stopped"))
         return result
 
-    def _submit_to_cluster(self, saga_id: str, data: Any, ephemeral: Any, state: SagaState) -> None:
+    def _submit_to_cluster(self, saga_id: str, data: Any, ephemeral: Any) -> None:
         """Cluster mode (the caller's thread): journal the saga's start, which makes this node its
-        owner cluster-wide, and run it here; if another node started it first, wait for its
-        outcome through the journal (or answer from it, or refuse other data)."""
+        owner cluster-wide, and run it here; if it was started before (here or on another node),
+        wait for its outcome through the journal (or answer from it, or refuse other data)."""
         registry, journal = self._registry, self._journal
         assert journal is not None
-        if state.phase == "new":
-            try:
-                journal.append(
-                    saga_persistence_id(self.definition, saga_id), self._start_events(saga_id, data), 0
-                )
-            except ConcurrencyError:
-                state = self._replay(saga_id)  # another node journaled its start first
-            except LeaseLost as error:
-                registry.finished(
-                    saga_id, None, SystemNotRunning(f"node {self.node_id} lost its lease ({error})")
-                )
-                return
-            except Exception as error:
-                registry.finished(saga_id, None, error)
-                return
-            else:
-                self._spawn(SagaSpec(saga_id, data, ephemeral, resume_forward=True))
-                return
+        start = self._start_events(saga_id, data)
+        try:
+            # One write, no read: the database lets one node win the stream's first sequence number.
+            journal.append(saga_persistence_id(self.definition, saga_id), start, 0)
+        except ConcurrencyError:
+            pass  # started before: read on
+        except LeaseLost as error:
+            registry.finished(
+                saga_id, None, SystemNotRunning(f"node {self.node_id} lost its lease ({error})")
+            )
+            return
+        except Exception as error:
+            registry.finished(saga_id, None, error)
+            return
+        else:
+            self._spawn(SagaSpec(saga_id, data, ephemeral, resume_forward=True, journaled=len(start)))
+            return
+        try:
+            state = self._replay(saga_id)
+        except Exception as error:
+            registry.finished(saga_id, None, error)
+            return
         if not self._same_data(state.data, data):
             registry.finished(saga_id, None, registry.conflict(saga_id))
         elif state.phase == "done":
