@@ -1212,8 +1212,9 @@ def cluster_rows(
         f"  take-over: {takeover['orders']} orders in flight on node a at the SIGKILL (half past the pivot, "
         f"half authorizing; {takeover['answered_before_kill']} answered), payment "
         f"{TAKEOVER_PAYMENT_LATENCY} s a call: a's epoch moved on after {seconds(taken)}, every order "
-        f"confirmed or cancelled on b after {seconds(done)} ({waves}), every saga ended after {seconds(ended)}; bound: lease "
-        f"{TAKEOVER_LEASE:g} s + renewal {TAKEOVER_LEASE / 3:.2f} s = {bound:.2f} s",
+        f"confirmed or cancelled on b after {seconds(done)} ({waves}), every saga ended after "
+        f"{seconds(ended)}; bound: lease {TAKEOVER_LEASE:g} s + renewal {TAKEOVER_LEASE / 3:.2f} s "
+        f"= {bound:.2f} s",
         flush=True,
     )
     target_row(
