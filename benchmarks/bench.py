@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -735,6 +736,508 @@ def bench_services(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     return results
 
 
+# --- cluster: order nodes as processes, on SQLite and on PostgreSQL ---
+
+BENCH_POSTGRES = "SAGA_ACTORS_BENCH_POSTGRES"  # a PostgreSQL server's URL for the cluster section
+CLUSTER_CLIENTS = 64
+TAKEOVER_LEASE = 2.0  # seconds: the lease of the take-over's two nodes
+TAKEOVER_PAYMENT_LATENCY = 0.5  # seconds the payment service spends on each call during the take-over
+
+
+class ClusterSkipped(Exception):
+    """No PostgreSQL server for the cluster section; the message says why."""
+
+
+def find_pg_ctl() -> str | None:
+    """pg_ctl on PATH or the newest in /usr/lib/postgresql/*/bin (where .ci/postgres looks)."""
+    import glob
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return found
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: [int(x) for x in
+                      Path(p).parent.parent.name.split(".") if x.isdigit()])  # fmt: skip
+    return versions[-1] if versions else None
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[dict[str, Any]]:
+    """A PostgreSQL server for the section: {"url", "origin", "settings", "postmaster"}.
+
+    SAGA_ACTORS_BENCH_POSTGRES if set (used as it is: its settings are reported, not changed);
+    else a throwaway one from `.ci/postgres start`, restarted with fsync and full_page_writes
+    on (the script runs it without, for the tests; command-line settings override ALTER SYSTEM,
+    hence the restart), and stopped at the end whatever happens. ClusterSkipped if neither.
+    """
+    import psycopg
+
+    given = os.environ.get(BENCH_POSTGRES)
+    if given:
+        try:
+            psycopg.connect(given, autocommit=True, connect_timeout=5).close()
+        except psycopg.Error as error:
+            raise ClusterSkipped(f"cannot connect to {BENCH_POSTGRES}: {str(error).strip()[:160]}") from None
+        yield {"url": given, "origin": BENCH_POSTGRES, "postmaster": None}
+        return
+    if find_pg_ctl() is None:
+        raise ClusterSkipped(f"no PostgreSQL here (no pg_ctl) and {BENCH_POSTGRES} is not set")
+    root = Path(__file__).resolve().parent.parent
+    script = root / ".ci" / "postgres"
+    started = subprocess.run(
+        ["bash", str(script), "start"], cwd=root, capture_output=True, text=True, timeout=120, check=False
+    )
+    exports = dict(
+        line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines() if "=" in line
+    )
+    env = {**os.environ, **exports}
+    if started.returncode != 0 or "SAGA_ACTORS_TEST_POSTGRES" not in exports:
+        if exports.get("SAGA_ACTORS_TEST_PGDATA"):
+            subprocess.run(
+                ["bash", str(script), "stop"], env=env, capture_output=True, timeout=60, check=False
+            )
+        why = (started.stderr.strip().splitlines() or [f"status {started.returncode}"])[-1]
+        raise ClusterSkipped(f"bash .ci/postgres start failed: {why[:160]}")
+    try:
+        url, data = exports["SAGA_ACTORS_TEST_POSTGRES"], exports["SAGA_ACTORS_TEST_PGDATA"]
+        pg_ctl, runas = exports["SAGA_ACTORS_TEST_PG_CTL"], exports.get("SAGA_ACTORS_TEST_PG_RUNAS", "")
+        base = os.path.dirname(data)
+        port = urllib.parse.urlsplit(url).port
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c max_connections=300 "
+            "-c fsync=on -c full_page_writes=on"
+        )
+        command = [pg_ctl, "-D", data, "-l", os.path.join(base, "server.log"), "restart", "-m", "fast",
+                   "-w", "-t", "60", "-o", options]  # fmt: skip
+        if runas:
+            command = ["runuser", "-u", runas, "--", *command]
+        # The server's output goes to its log: a pipe would be held open by the server.
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90)
+        postmaster = int(Path(data, "postmaster.pid").read_text().split()[0])
+        yield {
+            "url": url,
+            "origin": "bash .ci/postgres start (restarted with fsync on)",
+            "postmaster": postmaster,
+        }
+    finally:
+        subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True, timeout=60, check=False)
+
+
+def postgres_settings(url: str) -> dict[str, str]:
+    import psycopg
+
+    names = ("fsync", "full_page_writes", "synchronous_commit", "wal_sync_method", "server_version")
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in names}  # type: ignore[index]
+
+
+def database_url(server: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(server)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def fresh_database(server: str) -> Iterator[str]:
+    """A new, empty database on `server` (its URL), dropped WITH (FORCE) when the block ends."""
+    import psycopg
+
+    name = f"saga_bench_{secrets.token_hex(8)}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield database_url(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def postgres_commit_rate(url: str, seconds: float) -> float:
+    """Commits/s of one connection inserting one row per transaction: the server's durable-write limit."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_commits (x bigint)")
+        n, started = 0, time.perf_counter()
+        while n < 50 or time.perf_counter() - started < seconds:
+            conn.execute("INSERT INTO bench_commits VALUES (%s)", (n,))
+            n += 1
+        took = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_commits")
+    return n / took
+
+
+def children_cpu_seconds(parent: int | None) -> float:
+    """The CPU time of `parent`'s live child processes (a PostgreSQL server's backends), from /proc."""
+    if parent is None:
+        return 0.0
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    total += process_cpu_seconds(int(entry.name))
+    return total + process_cpu_seconds(parent)
+
+
+async def post_orders(
+    urls: list[str], token: str, orders: int, prefix: str, clients: int = CLUSTER_CLIENTS
+) -> dict[str, Any]:
+    """`clients` concurrent clients (one aiohttp session, keep-alive) placing `orders` orders,
+    order i on node i mod len(urls): orders/s, p50/p99 latency, failures."""
+    import asyncio
+
+    import aiohttp
+
+    latencies: list[float] = []
+    failures: collections.Counter[str] = collections.Counter()
+    counter = iter(range(orders))
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for i in counter:
+            url = f"{urls[i % len(urls)]}/orders?timeout=60"
+            began = time.perf_counter()
+            try:
+                async with session.post(url, json=request(f"{prefix}-{i}", 1 + i % PRODUCTS)) as answer:
+                    body = await answer.json()
+                    ok = answer.status == 200 and body.get("confirmed") is True
+                    if not ok:
+                        failures[f"{answer.status} {body.get('error', 'rolled back')}"] += 1
+            except (TimeoutError, aiohttp.ClientError) as error:
+                failures[type(error).__name__] += 1
+            latencies.append(time.perf_counter() - began)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=90)
+    async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {
+        "orders": orders,
+        "clients": clients,
+        "seconds": elapsed,
+        "orders_per_s": orders / elapsed,
+        "p50_ms": 1000 * percentile(latencies, 0.5),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+        "failed": sum(failures.values()),
+        "failures": dict(failures),
+    }
+
+
+def drive_nodes(
+    args: argparse.Namespace, nodes: list[Any], token: str, prefix: str, postmaster: int | None
+) -> dict[str, Any]:
+    """A warm-up, then the measured orders over HTTP; the CPU per order of the node processes
+    (and, beside them, of this process's clients and of the PostgreSQL server we started)."""
+    import asyncio
+
+    urls = [node.url for node in nodes]
+    asyncio.run(post_orders(urls, token, args.cluster_warm, f"{prefix}-warm"))
+    pids = [node.pid for node in nodes if node.pid is not None]
+    nodes_cpu = sum(process_cpu_seconds(pid) for pid in pids)
+    postgres_cpu = children_cpu_seconds(postmaster)
+    client_cpu = time.process_time()
+    run = asyncio.run(post_orders(urls, token, args.cluster_orders, prefix))
+    client_cpu = time.process_time() - client_cpu
+    nodes_cpu = sum(process_cpu_seconds(pid) for pid in pids) - nodes_cpu
+    postgres_cpu = children_cpu_seconds(postmaster) - postgres_cpu
+    run["nodes"] = len(nodes)
+    run["nodes_cpu_ms_per_order"] = 1000 * nodes_cpu / run["orders"]
+    run["clients_cpu_ms_per_order"] = 1000 * client_cpu / run["orders"]
+    if postmaster is not None:
+        run["postgres_cpu_ms_per_order"] = 1000 * postgres_cpu / run["orders"]
+    return run
+
+
+def measure_takeover(
+    args: argparse.Namespace, server: str, folder: str, inventory_url: str, token: str
+) -> dict[str, Any]:
+    """Two nodes on PostgreSQL with a 2 s lease, a payment service spending 0.5 s on each call;
+    orders in flight on node A, SIGKILL A: when its epoch moved on (B took its sagas over; the
+    lease table polled every 10 ms), when every one of its orders was finished (B's GET
+    /orders/<id> confirmed or cancelled) and when every one of its sagas had ended (the last
+    event of each saga's stream final: compensations done too).
+
+    Two waves, so that both ways a taken-over saga ends are measured: the first half of the
+    orders is past its pivot at the kill (commit decided, the capture in flight: B finishes
+    them, confirmed); the second half has just begun (the authorization in flight: B cannot
+    authorize - the card is held in memory only - and rolls them back, cancelled).
+    """
+    import asyncio
+
+    import aiohttp
+    import psycopg
+
+    from saga_actors.actors.processes import NodeProcess, ServiceProcess
+    from saga_actors.actors.system import ORDER_SAGA
+    from saga_actors.sagas.engine import FINAL_EVENTS, CommitDecided
+    from saga_actors.sagas.host import saga_persistence_id
+
+    n = args.takeover_orders
+    latency = f"{TAKEOVER_PAYMENT_LATENCY},{TAKEOVER_PAYMENT_LATENCY}"
+    payment = ServiceProcess(
+        "payment", os.path.join(folder, "takeover-payment.db"), "--latency", latency, token=token
+    )
+    ids = [f"takeover-{i}" for i in range(n)]
+    waves = [ids[: n // 2], ids[n // 2 :]]
+    codec = order_codec()
+    final = [codec.name_of(cls) for cls in FINAL_EVENTS]
+    decided = codec.name_of(CommitDecided)
+    headers = {"Authorization": f"Bearer {token}"}
+    with fresh_database(server) as url, payment, contextlib.ExitStack() as stack:
+        a, b = (
+            stack.enter_context(
+                NodeProcess(
+                    url,
+                    *("--node-id", name, "--lease", str(TAKEOVER_LEASE)),
+                    *("--inventory", inventory_url, "--payment", payment.url),
+                    token=token,
+                )
+            )
+            for name in ("a", "b")
+        )
+        watch = psycopg.connect(url, autocommit=True)
+        stack.callback(watch.close)
+
+        def epoch() -> int | None:
+            row = watch.execute("SELECT epoch FROM saga_actors_nodes WHERE node_id = 'a'").fetchone()
+            return int(row[0]) if row else None
+
+        def sagas(wanted: list[str]) -> tuple[int, int, int]:
+            """Of the orders `wanted`: (sagas begun, commit decided, ended), from the journal."""
+            ids = [saga_persistence_id(ORDER_SAGA, order_id) for order_id in wanted]
+            row = watch.execute(
+                "SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM saga_actors_events e "
+                "WHERE e.persistence_id = s.persistence_id AND e.type = %s)), "
+                "count(*) FILTER (WHERE last_type = ANY(%s)) "
+                "FROM saga_actors_streams s WHERE persistence_id = ANY(%s)",
+                (decided, final, ids),
+            ).fetchone()
+            return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+        async def until(condition: Callable[[], bool], seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while not condition():
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+
+        async def scenario() -> dict[str, Any]:
+            async with aiohttp.ClientSession(headers=headers) as session:
+
+                async def place(order_id: str, i: int) -> int:
+                    body = request(order_id, 1 + i % PRODUCTS)
+                    try:
+                        async with session.post(f"{a.url}/orders?timeout=60", json=body) as answer:
+                            return answer.status
+                    except aiohttp.ClientError:
+                        return 0  # A was killed: no answer
+
+                async def state(order_id: str) -> str | None:
+                    with contextlib.suppress(aiohttp.ClientError, ValueError):
+                        async with session.get(f"{b.url}/orders/{order_id}") as answer:
+                            if answer.status == 200:
+                                return str((await answer.json())["state"])
+                    return None
+
+                before = epoch()
+                first, second = waves
+                posts = [asyncio.ensure_future(place(order_id, i)) for i, order_id in enumerate(first)]
+                await until(lambda: sagas(first)[1] == len(first), 30)  # past the pivot: capturing
+                posts += [asyncio.ensure_future(place(order_id, i)) for i, order_id in enumerate(second)]
+                await until(lambda: sagas(second)[0] == len(second), 30)  # begun: authorizing
+                at_kill = {"first wave": sagas(first), "second wave": sagas(second)}
+                answered = sum(p.done() for p in posts)
+                a.kill()  # SIGKILL
+                killed = time.monotonic()
+                taken = None
+                if await until(lambda: epoch() != before, 30):
+                    taken = time.monotonic() - killed
+                await asyncio.gather(*posts)
+                done_after, states = None, [None] * n
+                while time.monotonic() - killed < 60:
+                    states = list(await asyncio.gather(*(state(order_id) for order_id in ids)))
+                    if all(s in ("confirmed", "cancelled") for s in states):
+                        done_after = time.monotonic() - killed
+                        break
+                    await asyncio.sleep(0.02)
+                ended = None
+                if await until(lambda: sagas(ids)[2] == n, max(0.0, 60 - (time.monotonic() - killed))):
+                    ended = time.monotonic() - killed
+                return {
+                    "orders": n,
+                    "at_kill": {
+                        k: dict(zip(("begun", "commit_decided", "ended"), v, strict=True))
+                        for k, v in at_kill.items()
+                    },
+                    "answered_before_kill": answered,
+                    "epoch_before": before,
+                    "taken_over_s": taken,
+                    "all_finished_s": done_after,
+                    "sagas_ended_s": ended,
+                    "states": dict(collections.Counter(str(s) for s in states)),
+                    "states_by_wave": [
+                        dict(collections.Counter(str(s) for s in states[: len(first)])),
+                        dict(collections.Counter(str(s) for s in states[len(first) :])),
+                    ],
+                }
+
+        result = asyncio.run(scenario())
+    result["lease_s"] = TAKEOVER_LEASE
+    result["renew_every_s"] = TAKEOVER_LEASE / 3
+    result["bound_s"] = TAKEOVER_LEASE + TAKEOVER_LEASE / 3
+    result["payment_latency_s"] = TAKEOVER_PAYMENT_LATENCY
+    return result
+
+
+def bench_cluster(args: argparse.Namespace, folder: str) -> dict[str, Any]:
+    """Durable orders/s through `saga-actors node` processes over HTTP (64 clients in one
+    asyncio loop here, keep-alive), 1 node on SQLite, 1 on PostgreSQL (one writer, and a
+    cluster of one), 3 on PostgreSQL, in front of the same two service processes; then a
+    take-over: two nodes, SIGKILL one with orders in flight."""
+    try:
+        import aiohttp  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as missing:
+        print(
+            f"  skipped: the cluster needs {missing.name} (pip install 'saga-actors[http,postgres]')",
+            flush=True,
+        )
+        return {"skipped": f"{missing.name} is not installed"}
+    from saga_actors.actors.processes import NodeProcess, ServiceProcess
+
+    try:
+        with postgres_server() as server:
+            return cluster_rows(args, folder, server, NodeProcess, ServiceProcess)
+    except ClusterSkipped as skipped:
+        print(f"  skipped: {skipped}", flush=True)
+        return {"skipped": str(skipped)}
+
+
+def cluster_rows(
+    args: argparse.Namespace, folder: str, server: dict[str, Any], node_process: Any, service_process: Any
+) -> dict[str, Any]:
+    settings = postgres_settings(server["url"])
+    with fresh_database(server["url"]) as url:
+        pg_commits = postgres_commit_rate(url, 0.3 if args.quick else 1.0)
+    durability = f"fsync={settings['fsync']}, full_page_writes={settings['full_page_writes']}, " \
+                 f"synchronous_commit={settings['synchronous_commit']}"  # fmt: skip
+    print(
+        f"  PostgreSQL {settings['server_version']} ({server['origin']}): {durability}; "
+        f"one connection commits {count(pg_commits)}/s",
+        flush=True,
+    )
+    results: dict[str, Any] = {
+        "postgres": {**settings, "origin": server["origin"], "commits_per_s": pg_commits}
+    }
+    token = secrets.token_urlsafe(32)
+    stocked = ",".join(f"{product}={10**9}" for product in range(1, PRODUCTS + 1))
+    inventory = service_process(
+        "inventory", os.path.join(folder, "cluster-inventory.db"), "--stock", stocked, token=token
+    )
+    payment = service_process("payment", os.path.join(folder, "cluster-payment.db"), token=token)
+    rows = [
+        ("sqlite_1", "1 node, SQLite", 1, None),
+        ("postgres_1_writer", "1 node, PostgreSQL, one writer", 1, None),
+        ("postgres_1", "1 node, PostgreSQL, cluster mode", 1, "cluster"),
+        ("postgres_3", "3 nodes, PostgreSQL", 3, "cluster"),
+    ]
+    machine_note = f"{args.machine['cpus']} cores shared by every process"
+    with inventory, payment:
+        services = [inventory.url, payment.url]
+        for key, label, many, mode in rows:
+            with contextlib.ExitStack() as stack:
+                if key.startswith("sqlite"):
+                    journal = os.path.join(folder, "cluster-node.db")
+                else:
+                    journal = stack.enter_context(fresh_database(server["url"]))
+                nodes = []
+                for i in range(many):
+                    cluster = ("--node-id", f"n{i + 1}") if mode == "cluster" else ()
+                    node = node_process(
+                        journal, *cluster, "--inventory", services[0], "--payment", services[1], token=token
+                    )
+                    nodes.append(stack.enter_context(node))
+                postmaster = None if key.startswith("sqlite") else server["postmaster"]
+                run = drive_nodes(args, nodes, token, key, postmaster)
+            results[key] = run
+            extra = (
+                f", PostgreSQL {run['postgres_cpu_ms_per_order']:.2f}"
+                if "postgres_cpu_ms_per_order" in run
+                else ""
+            )
+            print(
+                f"  {label:<32}: {count(run['orders_per_s']):>5} orders/s at {CLUSTER_CLIENTS} clients "
+                f"({run['orders']} orders, {run['failed']} failed; p50 {run['p50_ms']:.1f} ms, "
+                f"p99 {run['p99_ms']:.1f} ms; CPU per order {run['nodes_cpu_ms_per_order']:.2f} ms in the "
+                f"node{'s' if many > 1 else ''}, {run['clients_cpu_ms_per_order']:.2f} in the clients"
+                f"{extra})",
+                flush=True,
+            )
+            if key == "sqlite_1":
+                limit = f"fsync {count(args.machine['fsync']['fsyncs_per_s'])}/s; {machine_note}"
+            else:
+                limit = (
+                    f"PostgreSQL commit {count(pg_commits)}/s (fsync {settings['fsync']}, "
+                    f"full_page_writes {settings['full_page_writes']}); {machine_note}"
+                )
+            compared = ""
+            if key == "postgres_3" and "postgres_1" in results:
+                compared = f", {run['orders_per_s'] / results['postgres_1']['orders_per_s']:.2f}x 1 node"
+                limit += ": 3 nodes cannot scale here"
+            target_row(
+                "cluster",
+                f"orders/s, {label}",
+                run["orders_per_s"],
+                f"{count(run['orders_per_s'])} (p50 {run['p50_ms']:.0f} ms, p99 {run['p99_ms']:.0f} ms; "
+                f"node CPU {run['nodes_cpu_ms_per_order']:.2f} ms/order{compared})",
+                "none",
+                limit,
+                None,
+            )
+        takeover = measure_takeover(args, server["url"], folder, services[0], token)
+    results["takeover"] = takeover
+    taken, done, ended = takeover["taken_over_s"], takeover["all_finished_s"], takeover["sagas_ended_s"]
+    bound = takeover["bound_s"]
+
+    def seconds(value: float | None) -> str:
+        return f"{value:.2f} s" if value is not None else "never (60 s)"
+
+    waves = " and ".join(
+        f"{', '.join(f'{k} {v}' for k, v in wave.items())}" for wave in takeover["states_by_wave"]
+    )
+    print(
+        f"  take-over: {takeover['orders']} orders in flight on node a at the SIGKILL (half past the pivot, "
+        f"half authorizing; {takeover['answered_before_kill']} answered), payment "
+        f"{TAKEOVER_PAYMENT_LATENCY} s a call: a's epoch moved on after {seconds(taken)}, every order "
+        f"confirmed or cancelled on b after {seconds(done)} ({waves}), every saga ended after "
+        f"{seconds(ended)}; bound: lease {TAKEOVER_LEASE:g} s + renewal {TAKEOVER_LEASE / 3:.2f} s "
+        f"= {bound:.2f} s",
+        flush=True,
+    )
+    target_row(
+        "cluster",
+        "take-over after SIGKILL (a's epoch bumped)",
+        taken,
+        seconds(taken),
+        f"<= lease + renewal = {bound:.2f} s",
+        f"lease {TAKEOVER_LEASE:g} s, renewed every {TAKEOVER_LEASE / 3:.2f} s; polled every 10 ms",
+        taken is not None and taken <= bound,
+    )
+    target_row(
+        "cluster",
+        f"{takeover['orders']} orders of the killed node finished",
+        done,
+        f"{seconds(done)} after the kill ({waves}); sagas ended {seconds(ended)}",
+        "none",
+        f"take-over + the rest of each saga (payment {TAKEOVER_PAYMENT_LATENCY} s a call)",
+        None,
+    )
+    return results
+
+
 # --- group commit ---
 
 
@@ -1360,6 +1863,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, str], dict[str, Any]]] = {
     "per_order": bench_per_order,
     "critical_path": bench_critical_path,
     "services": bench_services,
+    "cluster": bench_cluster,
     "group_commit": bench_group_commit,
     "recovery": bench_recovery,
     "history": bench_history,
@@ -1381,6 +1885,9 @@ def configure(args: argparse.Namespace) -> None:
     args.services_warm = 100 if quick else 300
     args.services_one = 20 if quick else 200
     args.services_many = 256 if quick else 4000
+    args.cluster_warm = 32 if quick else 300
+    args.cluster_orders = 128 if quick else 2000
+    args.takeover_orders = 16 if quick else 48
     args.recovery_events = [2000] if quick else [10_000, 100_000, 1_000_000]
     args.history_first = args.history_first or (500 if quick else 1000)
     args.history_last = args.history_last or (5000 if quick else 100_000)
