@@ -201,12 +201,12 @@ def make_node_app(
         except BodyRefused as refused:
             error = "body too large" if refused.status == 413 else "malformed request"
             raise _Answer(refused.status, {"error": error, "problems": [refused.problem]}) from None
-        try:
-            future = system.submit(body)  # validates, then tells the order service: no wait
-        except SystemNotRunning:
-            raise _Answer(503, {"error": "node not running"}) from None
         deadline = time.monotonic() + timeout
-        outcome = asyncio.wrap_future(waiting.submit(_outcome, future, deadline))
+        # Placed in a waiter thread, not here: on a node of a cluster, placing an order writes
+        # its start to the shared journal (a round trip), which must not hold the event loop.
+        placed: concurrent.futures.Future[OrderFuture] = concurrent.futures.Future()
+        job = waiting.submit(_place, system, body, deadline, placed)
+        outcome = asyncio.wrap_future(job)
         over: asyncio.Future[Any] = asyncio.ensure_future(drain.over.wait())
         either: set[asyncio.Future[Any]] = {outcome, over}
         try:
@@ -214,9 +214,16 @@ def make_node_app(
         finally:
             over.cancel()
         if not outcome.done():  # no waiter free in time, or the node is stopping
-            outcome.cancel()
-            return _not_known(future)
-        return _answer(future, outcome.result())
+            if job.cancel():  # it never started: nothing was placed
+                raise _Answer(503, {"error": "node busy"})
+            if placed.done():
+                return _not_known(placed.result().order_id)
+            order_id = body.get("order_id") if isinstance(body, dict) else None
+            return _not_known(order_id if isinstance(order_id, str) else None)
+        result = outcome.result()
+        if isinstance(result, SystemNotRunning) and not placed.done():
+            raise _Answer(503, {"error": "node not running"})
+        return _answer(placed.result(), result)
 
     async def order(request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
@@ -248,9 +255,17 @@ def make_node_app(
     return app
 
 
-def _outcome(future: OrderFuture, deadline: float) -> bool | BaseException:
-    """In a waiter thread: the order's outcome, or the error its future raised (TimeoutError
-    if it is not known by `deadline`, a `time.monotonic()` instant)."""
+def _place(
+    system: OrderSystem, body: Any, deadline: float, placed: concurrent.futures.Future[OrderFuture]
+) -> bool | BaseException:
+    """In a waiter thread: place the order (its future is set on `placed`), then its outcome,
+    or the error its future raised (TimeoutError if it is not known by `deadline`, a
+    `time.monotonic()` instant); `SystemNotRunning` with `placed` unset if it was not placed."""
+    try:
+        future = system.submit(body)  # validates; on a cluster node, journals the order's start
+    except SystemNotRunning as error:
+        return error
+    placed.set_result(future)
     try:
         return future.get(max(deadline - time.monotonic(), 0.0))
     except Exception as error:
@@ -266,14 +281,14 @@ def _answer(future: OrderFuture, outcome: bool | BaseException) -> web.StreamRes
         body = {"error": "idempotency conflict", "order_id": outcome.order_id}
         return web.json_response(body, status=409)
     if isinstance(outcome, TimeoutError):
-        return _not_known(future)
+        return _not_known(future.order_id)
     if isinstance(outcome, SystemNotRunning):
         return web.json_response({"error": "node stopping", "order_id": future.order_id}, status=503)
     raise outcome  # a bug: the guard answers 500
 
 
-def _not_known(future: OrderFuture) -> web.StreamResponse:
-    return web.json_response({"order_id": future.order_id, "error": "outcome not known in time"}, status=504)
+def _not_known(order_id: str | None) -> web.StreamResponse:
+    return web.json_response({"order_id": order_id, "error": "outcome not known in time"}, status=504)
 
 
 async def run_node(

@@ -162,10 +162,11 @@ class LeaseStore(Protocol):
         Reads are not fenced. Closing the handle does not close the store."""
         ...
 
-    def publish(self, payload: str) -> None:
-        """Tell every subscriber, on every node, `payload` (at most 1,000 characters) after
-        this call's transaction commits. Best effort: a subscriber that was disconnected
-        misses it, so a waiter must also poll."""
+    def publish(self, *payloads: str) -> None:
+        """Tell every subscriber, on every node, each payload (at most 1,000 characters each;
+        ValueError, and nothing sent, otherwise), in order, once this call's one transaction
+        commits. Best effort: a subscriber that was disconnected misses them, so a waiter must
+        also poll."""
         ...
 
     def subscribe(self, on_notice: Callable[[str], None]) -> Callable[[], None]:
@@ -252,13 +253,15 @@ class InMemoryLeaseJournal(InMemoryJournal):
 
     # --- notices ---
 
-    def publish(self, payload: str) -> None:
-        if len(payload) > MAX_NOTICE:
-            raise ValueError(f"a notice is at most {MAX_NOTICE} characters, got {len(payload)}")
+    def publish(self, *payloads: str) -> None:
+        for payload in payloads:
+            if len(payload) > MAX_NOTICE:
+                raise ValueError(f"a notice is at most {MAX_NOTICE} characters, got {len(payload)}")
         with self._lock:
             subscribers = list(self._subscribers)
-        for on_notice in subscribers:
-            on_notice(payload)
+        for payload in payloads:
+            for on_notice in subscribers:
+                on_notice(payload)
 
     def subscribe(self, on_notice: Callable[[str], None]) -> Callable[[], None]:
         with self._lock:

@@ -883,15 +883,21 @@ class PostgresJournal:
         `LeaseStore.fenced`)."""
         return _FencedPostgres(self, fence)
 
-    def publish(self, payload: str) -> None:
-        """NOTIFY the journal's channel with `payload` (at most 1,000 characters, no NUL; else
-        ValueError). Sent at once, in its own transaction."""
-        if len(payload) > MAX_NOTICE or "\x00" in payload:
-            raise ValueError(
-                f"a notice is at most {MAX_NOTICE} characters without NUL, got {len(payload)} characters"
-            )
+    def publish(self, *payloads: str) -> None:
+        """NOTIFY the journal's channel with each payload (at most 1,000 characters, no NUL; else
+        ValueError, and nothing is sent). Sent at once, all in one transaction (one commit)."""
+        for payload in payloads:
+            if len(payload) > MAX_NOTICE or "\x00" in payload:
+                raise ValueError(
+                    f"a notice is at most {MAX_NOTICE} characters without NUL, got {len(payload)} characters"
+                )
+        if not payloads:
+            return
         with self._transaction() as cur:
-            cur.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
+            cur.execute(
+                "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS u(p, n) ORDER BY n",
+                (self.channel, list(payloads)),
+            )
 
     def subscribe(self, on_notice: Callable[[str], None]) -> Callable[[], None]:
         """Call `on_notice(payload)` in the listener thread ("journal-listener") for each notice

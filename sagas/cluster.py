@@ -29,7 +29,7 @@ from typing import Any
 
 import pykka
 
-from saga_actors.persistence.lease import Fence, LeaseLost, LeaseStore
+from saga_actors.persistence.lease import MAX_NOTICE, Fence, LeaseLost, LeaseStore
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -326,11 +326,16 @@ class ClusterMember:
                 self._on_taken(taken)
 
     def _publish(self, saga_ids: list[str]) -> None:
-        for saga_id in saga_ids:
-            try:
-                self.store.publish(saga_id)
-            except Exception as error:  # best effort: the waiters' poll finds it
-                self._outage(f"cannot publish ({type(error).__name__}: {error})")
+        """One notice per finished saga, all those queued in one transaction (one commit for a
+        batch, not one per saga). An id a notice cannot hold (too long, a NUL) is found by the
+        waiters' poll."""
+        notices = [s for s in saga_ids if len(s) <= MAX_NOTICE and "\x00" not in s]
+        if not notices:
+            return
+        try:
+            self.store.publish(*notices)
+        except Exception as error:  # best effort: the waiters' poll finds them
+            self._outage(f"cannot publish ({type(error).__name__}: {error})")
 
     def _outage(self, problem: str) -> None:
         now = time.monotonic()
