@@ -59,6 +59,7 @@ from saga_actors.actors.http_common import (
 )
 from saga_actors.actors.orders import OrderView
 from saga_actors.actors.system import OrderFuture, OrderSystem
+from saga_actors.actors.validation import check_order_id
 from saga_actors.actors.wire import MAX_BODY
 
 __all__ = [
@@ -187,9 +188,15 @@ def make_node_app(
                 status=error.status,
                 headers={k: v for k, v in error.headers.items() if k.lower() == "allow"},
             )
+        except ConnectionError as error:  # the journal's database is unreachable (PostgresUnavailable)
+            logger.warning(
+                "%s %s: journal unavailable (%s)", request.method, mask_digits(request.path), error
+            )
+            return web.json_response({"error": "journal unavailable"}, status=503)
         except Exception as error:
             # A bug. Only the error's type is logged: its message or traceback might quote the request.
-            logger.error("%s %s: internal error (%s)", request.method, request.path, type(error).__name__)
+            shown = mask_digits(request.path)
+            logger.error("%s %s: internal error (%s)", request.method, shown, type(error).__name__)
             return web.json_response({"error": "internal error"}, status=500)
 
     async def place(request: web.Request) -> web.StreamResponse:
@@ -227,8 +234,11 @@ def make_node_app(
 
     async def order(request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
+        order_id, _ = check_order_id(request.match_info["order_id"])
+        if order_id is None:  # not an order id (a NUL, too long...): no order can have it
+            raise _Answer(404, {"error": "no such order"})
         try:
-            view = await loop.run_in_executor(views, system.order, request.match_info["order_id"])
+            view = await loop.run_in_executor(views, system.order, order_id)
         except SystemNotRunning:
             raise _Answer(503, {"error": "node not running"}) from None
         if view is None:
@@ -282,6 +292,8 @@ def _answer(future: OrderFuture, outcome: bool | BaseException) -> web.StreamRes
         return web.json_response(body, status=409)
     if isinstance(outcome, TimeoutError):
         return _not_known(future.order_id)
+    if isinstance(outcome, ConnectionError):  # the journal's database is unreachable: nothing known
+        return web.json_response({"error": "journal unavailable", "order_id": future.order_id}, status=503)
     if isinstance(outcome, SystemNotRunning):
         return web.json_response({"error": "node stopping", "order_id": future.order_id}, status=503)
     raise outcome  # a bug: the guard answers 500

@@ -347,7 +347,10 @@ class StreamOrders(pykka.ThreadingActor):
             else:
                 reply = Reply.success(message.correlation)
             if message.reply_to is not None:
-                message.reply_to.tell(reply)
+                try:
+                    message.reply_to.tell(reply)
+                except pykka.ActorDeadError:
+                    pass  # the saga's host stopped (its node is stopping or rejoining): nobody waits
         return None
 
 

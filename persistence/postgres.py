@@ -514,7 +514,10 @@ class PostgresJournal:
     `group_commit=False` writes one transaction per operation (for
     comparison); `max_batch` bounds the operations in one transaction;
     `pool_size` the readers' connections; `channel` is the LISTEN/NOTIFY
-    channel of `publish`/`subscribe`.
+    channel of `publish`/`subscribe`. `lease_call_timeout` (seconds) bounds
+    each lease call's waits for locks and statements; `writer_idle_timeout`
+    (seconds) is how long the server lets the writer's transaction sit idle
+    before it ends it (a node paused mid-write then holds no lock longer).
 
     The constructor opens the journal (see `open()`). Threads: see the module
     docstring. Reads and writes may come from any thread; `open()` and
@@ -531,8 +534,20 @@ class PostgresJournal:
         max_batch: int = 1000,
         pool_size: int = 4,
         channel: str = "saga_actors",
+        lease_call_timeout: float = LEASE_CALL_TIMEOUT,
+        writer_idle_timeout: float = WRITER_IDLE_IN_TRANSACTION,
     ) -> None:
         problems = []
+        for name, seconds in (
+            ("lease_call_timeout", lease_call_timeout),
+            ("writer_idle_timeout", writer_idle_timeout),
+        ):
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not 0.01 <= seconds <= 3600
+            ):
+                problems.append(f"{name} must be a number of seconds from 0.01 to 3600, got {seconds!r:.40}")
         if mode not in MODES:
             problems.append(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -551,6 +566,8 @@ class PostgresJournal:
         self.mode: Mode = mode
         self.channel = channel
         self._max_batch = max_batch if group_commit else 1
+        self.lease_call_timeout = float(lease_call_timeout)
+        self.writer_idle_timeout = float(writer_idle_timeout)
         self._pool_size = pool_size
         self._queue_lock = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = True
@@ -1004,8 +1021,8 @@ class PostgresJournal:
             "connect_timeout": CONNECT_TIMEOUT,
             "application_name": f"saga-actors {self.mode} {role} pid {os.getpid()}",
         }
-        if role == "writer":
-            milliseconds = int(WRITER_IDLE_IN_TRANSACTION * 1000)
+        if role in ("writer", "pool"):  # the writes and the lease calls; not the inspector's reads
+            milliseconds = int(self.writer_idle_timeout * 1000)
             options["options"] = f"-c idle_in_transaction_session_timeout={milliseconds}"
         return options
 
@@ -1095,7 +1112,7 @@ class PostgresJournal:
             raise RuntimeError(f"journal {self.path} is open read-only (mode='reader')")
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                milliseconds = str(int(LEASE_CALL_TIMEOUT * 1000))
+                milliseconds = str(int(self.lease_call_timeout * 1000))
                 cur.execute(
                     "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
                     (milliseconds, milliseconds),

@@ -96,6 +96,8 @@ class ClusterMember:
         on_taken(saga_ids): this node took over these sagas of a dead node.
         check(saga_ids): read these sagas' streams and answer their callers
             (None: every saga a caller here waits for).
+        reconcile(): resume this node's unfinished sagas that run nowhere (every
+            lease).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class ClusterMember:
         on_lost: Callable[[], None],
         on_taken: Callable[[list[str]], None],
         check: Callable[[list[str] | None], None],
+        reconcile: Callable[[], None],
         name: str,
         poll_every: float = POLL_EVERY,
     ) -> None:
@@ -123,6 +126,7 @@ class ClusterMember:
         self._on_lost = on_lost
         self._on_taken = on_taken
         self._check = check
+        self._reconcile = reconcile
         self._name = name
         self._stopping = threading.Event()
         self._inbox: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
@@ -226,6 +230,7 @@ class ClusterMember:
     def _loop(self) -> None:
         next_renewal = time.monotonic() + self.renew_every
         next_poll = time.monotonic() + self.poll_every
+        next_reconcile = time.monotonic() + self.lease
         while not self._stopping.is_set():
             now = time.monotonic()
             try:
@@ -261,6 +266,9 @@ class ClusterMember:
                 if now >= next_poll:
                     next_poll = now + self.poll_every
                     self._check(None)
+                if now >= next_reconcile:
+                    next_reconcile = now + self.lease
+                    self._reconcile()
             except Exception:  # the thread must live on: the next round tries again
                 logger.exception("node %s: lease thread", self.node_id)
 

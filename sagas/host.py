@@ -65,6 +65,7 @@ from saga_actors.sagas.engine import (
 from saga_actors.sagas.metrics import STEP_COMPENSATIONS, STEP_LATENCY, STEP_RETRIES, Metrics
 from saga_actors.sagas.policy import RetryPolicy
 from saga_actors.sagas.protocol import Correlation, Reply, Request, StepKind
+from saga_actors.sagas.redaction import mask_digits
 from saga_actors.supervision.address import Address
 from saga_actors.supervision.monitor import Monitored
 from saga_actors.supervision.spec import Backoff, Intensity, RestartWindow
@@ -209,7 +210,7 @@ class _SagaLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         assert self.extra is not None
         kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
-        return f"[{self.extra['saga_id']}] {msg}", kwargs
+        return f"[{self.extra['saga_id']}] {msg}", kwargs  # masked (see _Saga)
 
 
 # --- one saga ---
@@ -241,7 +242,10 @@ class _Saga:
         self.abandoned: dict[tuple[str, str, int], tuple[str, float]] = {}
         self._random: random.Random | None = None  # made on first use: most sagas never retry
         self.start_journaled = 0  # the events of its start already in the journal (SagaSpec.journaled)
-        self.log = _SagaLog(logger, {"saga_id": spec.saga_id, **(spec.log_context or {})})
+        context = {
+            key: mask_digits(v) if isinstance(v, str) else v for key, v in (spec.log_context or {}).items()
+        }
+        self.log = _SagaLog(logger, {"saga_id": mask_digits(spec.saga_id), **context})
 
     # lifecycle
 
@@ -681,7 +685,9 @@ class SagaHost(Monitored, pykka.ThreadingActor):
                 elif saga_id in self._restarting:
                     self._restarting[saga_id].mailbox.append(inner)
                 else:
-                    logger.debug("[%s] %s for a saga not running: dropped", saga_id, type(inner).__name__)
+                    logger.debug(
+                        "[%s] %s for a saga not running: dropped", mask_digits(saga_id), type(inner).__name__
+                    )
             case _Durable(saga_id=saga_id, incarnation=incarnation, error=error, effects=effects):
                 saga = self._sagas.get(saga_id)
                 if saga is None or saga.incarnation != incarnation:
@@ -692,7 +698,7 @@ class SagaHost(Monitored, pykka.ThreadingActor):
                     self._guarded(saga, saga.durable, effects)
             case StartSaga(spec=spec):
                 if spec.saga_id in self._sagas or spec.saga_id in self._restarting:
-                    logger.debug("[%s] already running", spec.saga_id)
+                    logger.debug("[%s] already running", mask_digits(spec.saga_id))
                 else:
                     self._start(spec)
             case GetSagaView(saga_id=saga_id):
@@ -769,7 +775,9 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         )
         self._restarting.pop(saga_id, None)
         for message in entry.mailbox:
-            logger.debug("[%s] %s dropped with the suspended saga", saga_id, type(message).__name__)
+            logger.debug(
+                "[%s] %s dropped with the suspended saga", mask_digits(saga_id), type(message).__name__
+            )
         self.metrics.increment("sagas_suspended")
         if self._on_suspend is not None:
             self._on_suspend(saga_id, error)
@@ -784,7 +792,7 @@ class SagaHost(Monitored, pykka.ThreadingActor):
         saga = self._sagas.get(saga_id)
         if saga is None:
             return  # failed again at once: rescheduled
-        logger.info("[%s] saga restarted (restart %d)", saga_id, entry.consecutive)
+        logger.info("[%s] saga restarted (restart %d)", mask_digits(saga_id), entry.consecutive)
         if self._on_restart is not None:
             self._on_restart(saga_id)
         while entry.mailbox and self._sagas.get(saga_id) is saga:

@@ -81,6 +81,7 @@ from saga_actors.sagas.host import SagaFinished, SagaHost, SagaHosts, SagaSpec, 
 from saga_actors.sagas.metrics import HistogramData, Metrics
 from saga_actors.sagas.policy import RetryPolicy, is_finite_number, show_parameter
 from saga_actors.sagas.prometheus import DEFAULT_HOST, MetricsEndpoint
+from saga_actors.sagas.redaction import mask_digits
 from saga_actors.sagas.simulation import FaultInjector, FaultPlan, SimulatedLink
 from saga_actors.supervision import (
     ONE_FOR_ONE,
@@ -586,6 +587,7 @@ class SagaRuntime:
         self._member: ClusterMember | None = None
         self._remote = RemoteWaiters()
         self._rejoining = False
+        self._suspended_ids: set[str] = set()  # suspended sagas (bounded by the poisoned ones)
         cluster_metrics = CLUSTER_METRICS if node_id is not None else ()
         self.metrics_counters = Metrics((*metric_names, *RUNTIME_METRICS, *cluster_metrics))
         self._metrics_endpoint = (
@@ -630,6 +632,7 @@ class SagaRuntime:
             if self._running:
                 return self
             self._failure = None
+            self._suspended_ids.clear()  # a start resumes them
             self._registry.reset({}, None)
             try:
                 if self._metrics_endpoint is not None:  # first: a busy port must leave nothing written
@@ -790,8 +793,10 @@ class SagaRuntime:
                 saga_id, None, SystemNotRunning(f"node {self.node_id} lost its lease ({error})")
             )
             return
-        except Exception as error:
-            registry.finished(saga_id, None, error)
+        except Exception as error:  # the journal's connection failed: was it stored? The journal says
+            shown = mask_digits(saga_id)
+            logger.warning("[%s] its start may not be journaled (%s): reading on", shown, error)
+            self._await_elsewhere(saga_id, registry.abandon(saga_id))  # found by the poll, either way
             return
         else:
             self._spawn(SagaSpec(saga_id, data, ephemeral, resume_forward=True, journaled=len(start)))
@@ -994,6 +999,7 @@ class SagaRuntime:
             on_lost=self._rejoin,
             on_taken=self._taken_over,
             check=self._check_awaited,
+            reconcile=self._reconcile,
             name=self.name,
         )
         fence = member.acquire(self._lease + 5 * member.renew_every)
@@ -1092,12 +1098,39 @@ class SagaRuntime:
             try:
                 state = self._replay(saga_id)
             except Exception as error:  # the journal is unreachable now: the next poll tries again
-                logger.debug("[%s] cannot read its outcome yet: %s", saga_id, error)
+                logger.debug("[%s] cannot read its outcome yet: %s", mask_digits(saga_id), error)
                 return
             if state.phase == "done":
                 outcome = self._registry.outcome_of(_finished_of(saga_id, state))
                 for future in self._remote.pop(saga_id):
                     answer(future, outcome)
+            elif state.phase == "new":  # its start never reached the journal: nothing happened
+                never = SystemNotRunning(
+                    f"saga {mask_digits(saga_id)!r} was not started (its node lost its lease or the journal "
+                    "its connection first): nothing happened; submit it again"
+                )
+                for future in self._remote.pop(saga_id):
+                    answer(future, None, never)
+
+    def _reconcile(self) -> None:
+        """Resume the sagas this node owns, unfinished in the journal, that run nowhere here (the
+        lease thread): one whose start was journaled although its append reported a failure (a
+        connection lost during COMMIT). Resumed as recovery does. A suspended saga is left alone."""
+        journal = self._journal
+        if not self._running or journal is None:
+            return
+        prefix = saga_persistence_id(self.definition, "")
+        owned = [p[len(prefix) :] for p in journal.open_persistence_ids(prefix, FINAL_EVENTS)]
+        with self._lock:
+            if not self.running:  # it may have stopped meanwhile
+                return
+            running = self._registry.running()
+            orphans = [s for s in owned if s not in running and s not in self._suspended_ids]
+            adopted = self._registry.adopt(orphans)
+            for saga_id in adopted:
+                self._spawn(self._spec_for(saga_id, None, False))
+        if adopted:
+            logger.warning("%s: resumed %d saga(s) of its own that ran nowhere", self.name, len(adopted))
 
     def _full_codec(self) -> EventCodec:
         codec = self._codec if self._codec is not None else EventCodec()
@@ -1264,7 +1297,7 @@ class SagaRuntime:
         try:
             self._hosts.start(spec)
         except pykka.ActorDeadError:
-            logger.warning("[%s] saga host restarting: the saga starts with it", spec.saga_id)
+            logger.warning("[%s] saga host restarting: the saga starts with it", mask_digits(spec.saga_id))
 
     def _finished(self, finished: SagaFinished) -> None:
         """A saga's end is durable (a host's or the journal's thread): answer its callers."""
@@ -1278,6 +1311,7 @@ class SagaRuntime:
     def _suspended(self, saga_id: str, error: BaseException) -> None:
         """A saga host gave up restarting a saga (its thread): its callers get `SagaFailed`, and it
         no longer counts as in flight here (the journal still has it: the next start resumes it)."""
+        self._suspended_ids.add(saga_id)
         self._registry.finished(saga_id, None, SagaFailed(saga_id, error))
 
     def _replay(self, saga_id: str) -> SagaState:

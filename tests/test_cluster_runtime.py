@@ -276,3 +276,84 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         with self.lock:
             self.offset += seconds
+
+
+class LosingStore(InMemoryLeaseJournal):
+    """A store whose fenced appends of a saga's start fail as a lost connection would: the
+    first `lose` of them after storing the events (the COMMIT's answer was lost), or before
+    (`stored=False`: the transaction never committed)."""
+
+    def __init__(self, lose: int, stored: bool) -> None:
+        super().__init__()
+        self.lose, self.stored = lose, stored
+
+    def fenced(self, fence: Fence) -> Any:
+        handle = super().fenced(fence)
+        store = self
+        append = handle.append
+
+        def losing_append(persistence_id: str, events: Any, expected: int) -> int:
+            if expected == 0 and store.lose > 0:
+                store.lose -= 1
+                if store.stored:
+                    append(persistence_id, events, expected)
+                raise ConnectionError("connection lost while committing (simulated)")
+            return append(persistence_id, events, expected)
+
+        handle.append = losing_append  # type: ignore[method-assign]
+        return handle
+
+
+def test_a_start_whose_commit_answer_was_lost_still_runs_and_its_caller_gets_the_outcome(started):
+    store, hotel = LosingStore(lose=1, stored=True), Hotel()
+    n1 = started(node(store, "n1", hotel))
+    # The start is in the journal, the node was told it failed: the saga is resumed from the
+    # journal within a lease (as recovery does: no commit decision, so rolled back), and the
+    # caller gets that outcome rather than an error.
+    outcome = n1.run("lost-1", Booking("Ada", 2), timeout=10)
+    assert outcome == SagaOutcome("lost-1", False, "interrupted")
+    assert store.owner(saga_persistence_id(BOOKING, "lost-1")) == "n1"
+    assert n1.run("ok-1", Booking("Bob", 1), timeout=10).committed  # and the node goes on
+
+
+def test_a_start_that_never_reached_the_journal_is_reported_not_started(started):
+    store, hotel = LosingStore(lose=1, stored=False), Hotel()
+    n1 = started(node(store, "n1", hotel))
+    with pytest.raises(SystemNotRunning, match="was not started"):
+        n1.run("lost-2", Booking("Ada", 2), timeout=10)
+    assert store.highest_sequence_nr(saga_persistence_id(BOOKING, "lost-2")) == 0
+    assert n1.run("lost-2", Booking("Ada", 2), timeout=10).committed  # sent again: it runs
+
+
+def test_the_same_id_on_three_nodes_at_once_one_outcome_or_conflicts_never_an_error(started):
+    store, hotel = InMemoryLeaseJournal(), Hotel()
+    nodes = [started(node(store, f"n{i}", hotel, latency=0.02)) for i in (1, 2, 3)]
+    for round_ in range(20):
+        same = f"same-{round_}"
+        futures = [n.submit(same, Booking("Ada", 1)) for n in nodes]
+        assert len({f.get(timeout=10) for f in futures}) == 1
+        other = f"other-{round_}"
+        futures = [n.submit(other, Booking(f"guest {i}", 1)) for i, n in enumerate(nodes)]
+        won, conflicts = 0, 0
+        for future in futures:
+            try:
+                future.get(timeout=10)
+                won += 1
+            except SagaConflict:
+                conflicts += 1
+        assert (won, conflicts) == (1, 2)
+
+
+def test_a_card_number_in_a_saga_id_is_never_logged(started, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="saga_actors")
+    store, hotel = InMemoryLeaseJournal(), Hotel()
+    n1 = started(node(store, "n1", hotel))
+    for saga_id in ("4242424242424242", "4242-4242-4242-4242"):
+        n1.run(saga_id, Booking("Ada", 12), timeout=10)  # refused: rolled back, logged
+    assert caplog.records
+    assert "4242424242424242" not in caplog.text and "4242-4242-4242-4242" not in caplog.text
+    assert all(
+        "4242424242424242" not in str(getattr(r, "saga_id", "")) for r in caplog.records
+    )  # nor in the records' extra fields

@@ -291,8 +291,10 @@ def test_a_notice_published_on_one_store_reaches_a_subscriber_on_another(two_sto
 def test_take_over_waits_for_a_write_in_flight_and_then_sees_it(postgres_url):
     """PostgreSQL: the dead node's append holds its node row FOR SHARE until it commits; the
     take-over's UPDATE of that row waits for it, then finds the stream the append created."""
-    a = PostgresJournal(postgres_url, CODEC, mode="node")
-    b = PostgresJournal(postgres_url, CODEC, mode="node")
+    # Long timeouts: this test holds the write for as long as it takes to see the take-over wait
+    # (the short defaults, which let a take-over give up and try again, are tested elsewhere).
+    a = PostgresJournal(postgres_url, CODEC, mode="node", writer_idle_timeout=60)
+    b = PostgresJournal(postgres_url, CODEC, mode="node", lease_call_timeout=60)
     try:
         fa, fb = a.acquire_lease("a", SHORT), b.acquire_lease("b", LONG)
         in_flight, let_go = threading.Event(), threading.Event()

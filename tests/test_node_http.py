@@ -64,6 +64,9 @@ def test_an_order_is_confirmed_and_its_view_says_so(node: NodeProcess) -> None:
         },
     )
     assert order(node, "never-placed") == (404, {"error": "no such order"})
+    # Not an order id at all (a NUL, a control character, too long): no order has it (not a 500).
+    for not_an_id in ("%00", "a%0Ab", "x" * 300):
+        assert order(node, not_an_id) == (404, {"error": "no such order"}), not_an_id
 
 
 def test_a_declined_card_is_an_answer_not_an_error(node: NodeProcess) -> None:

@@ -372,3 +372,29 @@ def messages_with_a_password(postgres_url: str, user: str, secret: str) -> list[
         PostgresJournal(empty, CODEC, mode="reader")
     shown.append(str(not_a_journal.value))
     return shown
+
+
+def test_a_transaction_left_open_by_a_paused_node_is_ended_by_the_server(postgres_url):
+    """A node paused inside a lease call or a write (SIGSTOP, a GC) would hold its node row's lock
+    for as long as it is paused; the server ends such a transaction after `writer_idle_timeout`,
+    and a take-over that waits for the lock gives up after `lease_call_timeout` and tries again."""
+    import psycopg
+
+    paused = PostgresJournal(postgres_url, CODEC, mode="node", writer_idle_timeout=0.8)
+    other = PostgresJournal(postgres_url, CODEC, mode="node", lease_call_timeout=0.2)
+    try:
+        fence = paused.acquire_lease("p", 0.3)
+        mine = other.acquire_lease("o", 30)
+        assert fence is not None and mine is not None
+        wait_until(lambda: not [n for n in other.leases() if n.node_id == "p" and n.expires_in > 0])
+        with pytest.raises(psycopg.Error, match="idle-in-transaction"), paused._transaction() as cur:
+            cur.execute("SELECT 1 FROM saga_actors_nodes WHERE node_id = 'p' FOR UPDATE")  # then paused
+            assert other.take_over(fence, mine, "x", ()) is None  # the lock is held: try later
+            taken: list[object] = []
+            # The server ends the idle transaction, which frees the lock: the next try goes ahead.
+            wait_until(lambda: taken.append(other.take_over(fence, mine, "x", ())) or taken[-1] is not None)
+            assert taken[-1] == []
+            cur.execute("SELECT 1")  # the paused node's connection is gone, its transaction undone
+    finally:
+        paused.close()
+        other.close()
