@@ -82,6 +82,7 @@ from saga_actors.sagas.runtime import (
     SagaRegistry,
     SagaRuntime,
     check_timeout,
+    is_postgres_url,
     shown_journal,
 )
 from saga_actors.sagas.simulation import FaultPlan
@@ -210,11 +211,16 @@ class OrderSystem:
         given = journal if journal is not None else journal_path
         _check_arguments(given, stock, inventory_faults, payment_faults, retry, snapshot_every, retention)
         urls = _check_services(inventory, payment, service_token, stock, inventory_faults, payment_faults)
-        if node_id is not None and set(urls) != {"inventory", "payment"}:
-            raise ValueError(
-                "invalid OrderSystem arguments: a node of a cluster (node_id) calls shared services: "
-                "give inventory and payment as URLs"
-            )
+        if node_id is not None:
+            problems = []
+            if set(urls) != {"inventory", "payment"}:
+                problems.append(
+                    "a node of a cluster (node_id) calls shared services: give inventory and payment as URLs"
+                )
+            if not (is_postgres_url(given) or hasattr(given, "fenced")):
+                problems.append("a node of a cluster (node_id) needs a PostgreSQL journal (postgresql://...)")
+            if problems:
+                raise ValueError("invalid OrderSystem arguments: " + "; ".join(problems))
         self._cluster = node_id is not None
         self._journal_path = given
         self._stock = dict(stock or {})

@@ -621,7 +621,7 @@ class PostgresJournal:
             if pool is not None:
                 pool.close()
             if lock is not None:
-                lock.close()
+                _release_lock(lock)  # at once: the server frees a closed session's lock a little later
             if isinstance(error, psycopg.OperationalError):
                 raise self._unavailable("cannot connect", error) from None
             raise

@@ -275,6 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _node(args: argparse.Namespace) -> int:
     """`saga-actors node`: check every option, start the order system, serve it until a signal."""
     from saga_actors.actors.system import OrderSystem
+    from saga_actors.persistence.journal import JournalCorrupted, JournalInUse
 
     shown = without_password(args.journal)
     options = _node_options(args, OrderSystem)
@@ -302,7 +303,11 @@ def _node(args: argparse.Namespace) -> int:
         system.start()
     except Exception as failed:
         problem = open_problem(args.journal, failed) if shown == args.journal else None
-        raise _Unusable(_hide(problem or f"--journal {shown}: {failed}", args.journal, shown)) from None
+        if problem is None:  # the error names the journal already (without its password): say it once
+            reason = " ".join(str(failed).split())  # one line: libpq's hints come on lines of their own
+            named = isinstance(failed, (ConnectionError, JournalInUse, JournalCorrupted))
+            problem = reason if named else f"--journal {shown}: {reason}"
+        raise _Unusable(_hide(problem, args.journal, shown)) from None
     where = f"node {printable(args.node_id)}, " if args.node_id is not None else ""
     try:
         return asyncio.run(

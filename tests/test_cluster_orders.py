@@ -56,7 +56,9 @@ def cluster(tmp_path: Path, initial: dict[int, int], nodes: int = 3) -> Iterator
 def test_a_node_needs_shared_services_and_a_shared_journal(tmp_path):
     with pytest.raises(ValueError, match="give inventory and payment as URLs"):
         OrderSystem(journal=InMemoryLeaseJournal(), node_id="n1")
-    with pytest.raises(ValueError, match="node_id needs a journal shared by nodes"):
+    with pytest.raises(ValueError, match=r"give inventory and payment as URLs.*needs a PostgreSQL journal"):
+        OrderSystem(node_id="n1")  # both problems named at once
+    with pytest.raises(ValueError, match="needs a PostgreSQL journal"):
         OrderSystem(
             journal=tmp_path / "o.db",
             node_id="n1",
