@@ -41,6 +41,7 @@ from saga_actors.persistence.journal import (
 __all__ = [
     "MAX_NOTICE",
     "Fence",
+    "FencedHandle",
     "InMemoryLeaseJournal",
     "LeaseLost",
     "LeaseStore",
@@ -303,12 +304,51 @@ class InMemoryLeaseJournal(InMemoryJournal):
             raise LeaseLost(fence.node_id, fence.epoch, persistence_id, f"the stream is owned by {shown}")
 
 
-class _FencedInMemory:
+class FencedHandle:
+    """What every fenced handle shares (see `LeaseStore.fenced`): its `fence`, and reads that are
+    the store's, unfenced. A backend subclasses it with the fenced writes and
+    `open_persistence_ids`."""
+
+    def __init__(self, store: JournalWithSnapshots, fence: Fence) -> None:
+        self._reads = store
+        self.fence = fence
+
+    def replay(
+        self,
+        persistence_id: str,
+        from_sequence_nr: int = 1,
+        to_sequence_nr: int = MAX_SEQUENCE_NR,
+        max_count: int = MAX_SEQUENCE_NR,
+    ) -> list[PersistentEvent]:
+        return self._reads.replay(persistence_id, from_sequence_nr, to_sequence_nr, max_count)
+
+    def highest_sequence_nr(self, persistence_id: str) -> int:
+        return self._reads.highest_sequence_nr(persistence_id)
+
+    def persistence_ids(self, prefix: str = "") -> list[str]:
+        return self._reads.persistence_ids(prefix)
+
+    def load_snapshot(
+        self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
+    ) -> SelectedSnapshot | None:
+        return self._reads.load_snapshot(persistence_id, max_sequence_nr)
+
+    def flush(self) -> None:
+        self._reads.flush()
+
+    def open(self) -> None:
+        pass  # the store's lifecycle is its own
+
+    def close(self) -> None:
+        pass
+
+
+class _FencedInMemory(FencedHandle):
     """A fenced handle on an `InMemoryLeaseJournal` (see `LeaseStore.fenced`)."""
 
     def __init__(self, store: InMemoryLeaseJournal, fence: Fence) -> None:
+        super().__init__(store, fence)
         self._store = store
-        self.fence = fence
 
     def append(self, persistence_id: str, events: Sequence[Any], expected_sequence_nr: int) -> int:
         store = self._store
@@ -340,21 +380,6 @@ class _FencedInMemory:
         else:
             on_done(highest, None)
 
-    def replay(
-        self,
-        persistence_id: str,
-        from_sequence_nr: int = 1,
-        to_sequence_nr: int = MAX_SEQUENCE_NR,
-        max_count: int = MAX_SEQUENCE_NR,
-    ) -> list[PersistentEvent]:
-        return self._store.replay(persistence_id, from_sequence_nr, to_sequence_nr, max_count)
-
-    def highest_sequence_nr(self, persistence_id: str) -> int:
-        return self._store.highest_sequence_nr(persistence_id)
-
-    def persistence_ids(self, prefix: str = "") -> list[str]:
-        return self._store.persistence_ids(prefix)
-
     def open_persistence_ids(self, prefix: str, final_types: tuple[type, ...]) -> list[str]:
         store = self._store
         with store._lock:
@@ -376,21 +401,7 @@ class _FencedInMemory:
             self._store._check_fence(self.fence, persistence_id, claim=False)
             self._store.save_snapshot(persistence_id, sequence_nr, snapshot)
 
-    def load_snapshot(
-        self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
-    ) -> SelectedSnapshot | None:
-        return self._store.load_snapshot(persistence_id, max_sequence_nr)
-
     def delete_snapshots(self, persistence_id: str, max_sequence_nr: int) -> None:
         with self._store._lock:
             self._store._check_fence(self.fence, persistence_id, claim=False)
             self._store.delete_snapshots(persistence_id, max_sequence_nr)
-
-    def flush(self) -> None:
-        pass
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

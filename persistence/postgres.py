@@ -61,6 +61,7 @@ from saga_actors.persistence.journal import (
 from saga_actors.persistence.lease import (
     MAX_NOTICE,
     Fence,
+    FencedHandle,
     LeaseLost,
     NodeLease,
     check_lease_seconds,
@@ -636,6 +637,7 @@ class PostgresJournal:
         self._listening = threading.Event()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._closed = False
         if self.mode != "reader":
             self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
@@ -649,6 +651,7 @@ class PostgresJournal:
             if self._closed:
                 return
             self._closed = True
+            self._stopping.set()
             self._queue.put(_STOP)
         try:
             if self._thread is not None:
@@ -1219,7 +1222,8 @@ class PostgresJournal:
                     )
                 if time.monotonic() + delay > deadline:
                     raise self._unavailable("cannot reconnect", error) from None
-                time.sleep(delay)  # a backoff between connection attempts, not synchronisation
+                if self._stopping.wait(delay):  # a backoff between attempts; close() cuts it short
+                    raise self._unavailable("closed while reconnecting", error) from None
                 delay = min(delay * 2, 1.0)
         if self._outage_since is not None:
             logger.info(
@@ -1467,13 +1471,13 @@ def _flush(
     dirty.clear()
 
 
-class _FencedPostgres:
+class _FencedPostgres(FencedHandle):
     """A fenced handle on a `PostgresJournal` (see `LeaseStore.fenced`): writes carry the fence,
     checked in the writer's transaction; reads are the journal's."""
 
     def __init__(self, journal: PostgresJournal, fence: Fence) -> None:
+        super().__init__(journal, fence)
         self._journal = journal
-        self.fence = fence
 
     def __repr__(self) -> str:
         return f"<fenced {self._journal!r} node {self.fence.node_id} epoch {self.fence.epoch}>"
@@ -1493,21 +1497,6 @@ class _FencedPostgres:
         operation = journal._append_op(persistence_id, events, expected_sequence_nr, self.fence, on_done)
         journal._enqueue(operation)
 
-    def replay(
-        self,
-        persistence_id: str,
-        from_sequence_nr: int = 1,
-        to_sequence_nr: int = MAX_SEQUENCE_NR,
-        max_count: int = MAX_SEQUENCE_NR,
-    ) -> list[PersistentEvent]:
-        return self._journal.replay(persistence_id, from_sequence_nr, to_sequence_nr, max_count)
-
-    def highest_sequence_nr(self, persistence_id: str) -> int:
-        return self._journal.highest_sequence_nr(persistence_id)
-
-    def persistence_ids(self, prefix: str = "") -> list[str]:
-        return self._journal.persistence_ids(prefix)
-
     def open_persistence_ids(self, prefix: str, final_types: tuple[type, ...]) -> list[str]:
         """Only the open streams this handle's node owns."""
         return self._journal._open_ids(prefix, final_types, self.fence.node_id)
@@ -1518,19 +1507,5 @@ class _FencedPostgres:
     def save_snapshot(self, persistence_id: str, sequence_nr: int, snapshot: Any) -> None:
         self._journal._submit(self._journal._snapshot_op(persistence_id, sequence_nr, snapshot, self.fence))
 
-    def load_snapshot(
-        self, persistence_id: str, max_sequence_nr: int = MAX_SEQUENCE_NR
-    ) -> SelectedSnapshot | None:
-        return self._journal.load_snapshot(persistence_id, max_sequence_nr)
-
     def delete_snapshots(self, persistence_id: str, max_sequence_nr: int) -> None:
         self._journal._submit(self._journal._delete_snapshots_op(persistence_id, max_sequence_nr, self.fence))
-
-    def flush(self) -> None:
-        self._journal.flush()
-
-    def open(self) -> None:
-        pass  # the journal's lifecycle is its own
-
-    def close(self) -> None:
-        pass

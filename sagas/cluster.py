@@ -133,11 +133,8 @@ class ClusterMember:
         self._thread: threading.Thread | None = None
         self._fence: Fence | None = None
         self._renewed_at = 0.0  # time.monotonic() before the last renewal that succeeded
-        self._handled: dict[str, int] = {}  # dead node -> the epoch whose sagas were taken over
         self._outage_logged = 0.0
         self._unsubscribe: Callable[[], None] | None = None
-        self.takeovers = 0  # sagas this node took over
-        self.lost = 0  # leases this node lost
 
     @property
     def fence(self) -> Fence | None:
@@ -258,7 +255,6 @@ class ClusterMember:
                 if now >= next_renewal:
                     next_renewal = now + self.renew_every
                     if not self._renew():
-                        self.lost += 1
                         self._on_lost()
                         next_renewal = time.monotonic() + self.renew_every
                         continue
@@ -311,8 +307,6 @@ class ClusterMember:
         for lease in self.store.leases():
             if lease.node_id == self.node_id or lease.expires_in > 0 or lease.expires_in == -math.inf:
                 continue  # itself, live, or taken over already
-            if self._handled.get(lease.node_id) == lease.epoch:
-                continue  # taken over already (by this node or another)
             try:
                 taken = self.store.take_over(
                     Fence(lease.node_id, lease.epoch), fence, self._prefix, self._final_types
@@ -321,9 +315,7 @@ class ClusterMember:
                 return  # this node's own lease is gone: the next renewal says so
             if taken is None:
                 continue  # renewed, taken by another node, or its write in flight still holds it
-            self._handled[lease.node_id] = lease.epoch + 1
             if taken:
-                self.takeovers += len(taken)
                 logger.warning(
                     "node %s: took over %d unfinished saga(s) of node %s (lease expired %.1f s ago)",
                     self.node_id,
