@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import sqlite3
 import threading
@@ -70,6 +69,7 @@ from saga_actors.persistence.lease import (
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 from saga_actors.persistence.sqlite import SCHEMA as SQLITE_SCHEMA
 from saga_actors.persistence.sqlite import NotAJournal, _checksum_problem, row_checksum
+from saga_actors.persistence.writer import QueuedWrite, WriteQueue
 
 _DRIVER_MISSING: ImportError | None = None
 try:
@@ -446,8 +446,8 @@ def copy_for_inspection(url: str) -> tuple[sqlite3.Connection, int, int, dict[st
 # --- the writer's operations -----------------------------------------------------------------
 
 
-class _Op:
-    """A unit of work for the writer thread; the caller waits until `done` is released.
+class _Op(QueuedWrite):
+    """A unit of work for the writer thread (see `QueuedWrite`).
 
     An append carries its rows (five parallel lists, see `_insert_rows`);
     anything else carries `run`, a function of a cursor run inside the
@@ -455,18 +455,7 @@ class _Op:
     checked in the same transaction; `persistence_id`: the stream it writes.
     """
 
-    __slots__ = (
-        "callback",
-        "done",
-        "error",
-        "events",
-        "expected",
-        "fence",
-        "last_type",
-        "persistence_id",
-        "result",
-        "run",
-    )
+    __slots__ = ("events", "expected", "fence", "last_type", "persistence_id", "run")
 
     def __init__(
         self,
@@ -484,15 +473,7 @@ class _Op:
         self.events = events  # (sequence number, type, version, JSON) of an append
         self.expected = expected
         self.last_type = events[-1][1] if events else None
-        self.callback = callback  # set: nobody waits, the writer calls it instead
-        self.done = threading.Lock()
-        if callback is None:
-            self.done.acquire()  # released by the writer
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-_STOP = object()
+        super().__init__(callback)
 
 
 class PostgresJournal:
@@ -635,13 +616,9 @@ class PostgresJournal:
         self._listener: threading.Thread | None = None
         self._listener_stop = threading.Event()
         self._listening = threading.Event()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._writes = None if self.mode == "reader" else WriteQueue(self.path, self._max_batch, self._write)
         self._closed = False
-        if self.mode != "reader":
-            self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
-            self._thread.start()
 
     def close(self) -> None:
         """Finish the queued writes, stop the writer and the listener, close the connections and
@@ -652,10 +629,9 @@ class PostgresJournal:
                 return
             self._closed = True
             self._stopping.set()
-            self._queue.put(_STOP)
         try:
-            if self._thread is not None:
-                self._thread.join()
+            if self._writes is not None:
+                self._writes.stop(after=self._close_writer_connection)
             self._listener_stop.set()
             if self._listener is not None:
                 self._listener.join()
@@ -1166,34 +1142,21 @@ class PostgresJournal:
     # --- internals: the writer ---
 
     def _enqueue(self, operation: _Op) -> None:
-        with self._queue_lock:
-            if self._closed:
-                raise RuntimeError(f"journal {self.path} is closed")
-            if self.mode == "reader":
-                raise RuntimeError(f"journal {self.path} is open read-only (mode='reader'): it cannot write")
-            self._queue.put(operation)
+        self._write_queue().put(operation)
 
     def _submit(self, operation: _Op) -> Any:
-        self._enqueue(operation)
-        operation.done.acquire()
-        if operation.error is not None:
-            raise operation.error
-        return operation.result
+        return self._write_queue().submit(operation)
 
-    def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if any(op is _STOP for op in batch):
-                stopping = True
-                batch = [op for op in batch if op is not _STOP]
-            if batch:
-                self._write(batch)
+    def _write_queue(self) -> WriteQueue:
+        """The writer's queue; RuntimeError for a reader or a closed journal."""
+        if self._writes is None:
+            raise RuntimeError(f"journal {self.path} is open read-only (mode='reader'): it cannot write")
+        if self._closed:
+            raise RuntimeError(f"journal {self.path} is closed")
+        return self._writes
+
+    def _close_writer_connection(self) -> None:
+        """The writer thread's last act (see `WriteQueue.stop`)."""
         if self._writer_conn is not None:
             self._writer_conn.close()
 
@@ -1268,15 +1231,6 @@ class PostgresJournal:
                 if operation.error is None:
                     operation.error = failure
                     operation.result = None
-        finally:
-            for operation in batch:
-                if operation.callback is None:
-                    operation.done.release()
-                    continue
-                try:
-                    operation.callback(operation.result, operation.error)
-                except Exception:
-                    logger.exception("journal %s: append callback failed", self.path)
 
     def _write_batch(self, cur: psycopg.Cursor[Any], batch: list[_Op]) -> None:
         """The batch inside its transaction: fences, then the streams locked in order, then each

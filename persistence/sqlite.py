@@ -36,7 +36,6 @@ import functools
 import hashlib
 import logging
 import os
-import queue
 import sqlite3
 import stat
 import threading
@@ -56,6 +55,7 @@ from saga_actors.persistence.journal import (
     SelectedSnapshot,
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
+from saga_actors.persistence.writer import QueuedWrite, WriteQueue
 
 __all__ = [
     "DEFAULT_CACHED_STREAMS",
@@ -292,15 +292,15 @@ def _stored_row_checksum(
         return 0
 
 
-class _Operation:
-    """A unit of work for the writer thread; the caller waits until `done` is released.
+class _Operation(QueuedWrite):
+    """A unit of work for the writer thread (see `QueuedWrite`).
 
     An append carries its rows (`append`), checked against the writer's
     record of each stream's highest sequence number; anything else carries
     a function to run inside the transaction.
     """
 
-    __slots__ = ("append", "callback", "done", "error", "result", "run")
+    __slots__ = ("append", "run")
 
     def __init__(
         self,
@@ -308,17 +308,9 @@ class _Operation:
         append: tuple[str, int, list[tuple[Any, ...]]] | None = None,
         callback: AppendCallback | None = None,
     ) -> None:
+        super().__init__(callback)
         self.run = run
         self.append = append
-        self.callback = callback  # set: nobody waits, the writer calls it instead
-        self.done = threading.Lock()
-        if callback is None:
-            self.done.acquire()  # released by the writer: cheaper than an Event
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-_STOP = object()
 
 
 class SQLiteJournal:
@@ -358,7 +350,6 @@ class SQLiteJournal:
         self._synchronous = synchronous.upper()
         self._max_batch = max_batch if group_commit else 1
         self._reader_lock = threading.Lock()
-        self._queue_lock = threading.Lock()  # nothing is queued behind the writer's stop
         self._closed = True
         self.transactions = 0  # for measurements: operations / transactions = batch size
         self.operations = 0
@@ -409,12 +400,10 @@ class SQLiteJournal:
                 _migrate(writer, self.path, version)
             reader = self._connect(self._synchronous)
             self._writer, self._reader, self._lock_fd, self._file_fd = writer, reader, lock_fd, file_fd
-            self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
             # The writer's record of recently written streams, least recently written first.
             self._highest: OrderedDict[str, int] = OrderedDict()
-            self._thread = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+            self._writes = WriteQueue(self.path, self._max_batch, self._write)
             self._closed = False
-            self._thread.start()
         except BaseException as error:
             self._closed = True
             try:
@@ -647,13 +636,11 @@ class SQLiteJournal:
         Writes submitted after it starts raise RuntimeError ("closed"). The
         lock is released even if closing a connection fails.
         """
-        with self._queue_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
+        if self._closed:
+            return
+        self._closed = True
         try:
-            self._thread.join()
+            self._writes.stop()
             self._writer.close()
             with self._reader_lock:
                 self._reader.close()
@@ -733,38 +720,15 @@ class SQLiteJournal:
         return value
 
     def _enqueue(self, operation: _Operation) -> None:
-        """Queue `operation` for the writer, or raise RuntimeError if the journal is closed.
-
-        Checked and queued under the lock `close()` takes to queue the writer's
-        stop: an operation queued behind the stop would never be done, and its
-        caller (a thread writing a snapshot, say) would wait for ever.
-        """
-        with self._queue_lock:
-            if self._closed:
-                raise RuntimeError(f"journal {self.path} is closed")
-            self._queue.put(operation)
+        """Queue `operation` for the writer, or raise RuntimeError if the journal is closed."""
+        if self._closed:
+            raise RuntimeError(f"journal {self.path} is closed")
+        self._writes.put(operation)
 
     def _submit(self, operation: _Operation) -> Any:
-        self._enqueue(operation)
-        operation.done.acquire()
-        if operation.error is not None:
-            raise operation.error
-        return operation.result
-
-    def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if any(op is _STOP for op in batch):
-                stopping = True
-                batch = [op for op in batch if op is not _STOP]
-            if batch:
-                self._write(batch)
+        if self._closed:
+            raise RuntimeError(f"journal {self.path} is closed")
+        return self._writes.submit(operation)
 
     def _write(self, batch: list[_Operation]) -> None:
         """One transaction, one fsync, for every operation in the batch."""
@@ -792,20 +756,11 @@ class SQLiteJournal:
             self.operations += len(batch)
         except Exception as error:  # the transaction failed: nothing in it is durable
             logger.exception("journal %s: write failed", self.path)
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             for operation in batch:
                 if operation.error is None:
                     operation.error = error
-        finally:
-            for operation in batch:
-                if operation.callback is None:
-                    operation.done.release()
-                    continue
-                try:
-                    operation.callback(operation.result, operation.error)
-                except Exception:
-                    logger.exception("journal %s: append callback failed", self.path)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
 
     def _check_append(
         self,
