@@ -68,7 +68,7 @@ from saga_actors.persistence.lease import (
 )
 from saga_actors.persistence.serialization import EventCodec, SerializationError
 from saga_actors.persistence.sqlite import SCHEMA as SQLITE_SCHEMA
-from saga_actors.persistence.sqlite import NotAJournal, _checksum_problem, row_checksum
+from saga_actors.persistence.sqlite import NotAJournal, decode_checked, row_checksum
 from saga_actors.persistence.writer import QueuedWrite, WriteQueue
 
 _DRIVER_MISSING: ImportError | None = None
@@ -1121,23 +1121,9 @@ class PostgresJournal:
     ) -> Any:
         """The stored value, once its checksum and decoding both pass; else JournalCorrupted
         (decoding problems first, noting a checksum mismatch too)."""
-        expected = row_checksum(persistence_id, sequence_nr, type_name, version, data)
-        changed = checksum != expected
-        try:
-            value = self.codec.decode(type_name, version, data)
-        except SerializationError as error:
-            problem = f"{what}: {error}"
-            if changed:
-                problem += f" (and its checksum does not match: {_checksum_problem(checksum, expected)})"
-            raise JournalCorrupted(persistence_id, sequence_nr, problem) from error
-        if changed:
-            raise JournalCorrupted(
-                persistence_id,
-                sequence_nr,
-                f"{what}: checksum does not match, the stored {type_name} changed after it was written "
-                f"({_checksum_problem(checksum, expected)})",
-            )
-        return value
+        row = (persistence_id, sequence_nr, type_name, version, data)
+        expected = row_checksum(*row)
+        return decode_checked(self.codec, *row, checksum=checksum, expected=expected, what=what)
 
     # --- internals: the writer ---
 

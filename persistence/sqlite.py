@@ -703,21 +703,8 @@ class SQLiteJournal:
                         sequence_nr,
                         f"{what}: stored {column} is {value.problem()}, changed after it was written",
                     )
-        try:
-            value = self.codec.decode(type_name, version, data)
-        except SerializationError as error:
-            problem = f"{what}: {error}"
-            if changed:
-                problem += f" (and its checksum does not match: {_checksum_problem(checksum, expected)})"
-            raise JournalCorrupted(persistence_id, sequence_nr, problem) from error
-        if changed:
-            raise JournalCorrupted(
-                persistence_id,
-                sequence_nr,
-                f"{what}: checksum does not match, the stored {type_name} changed after it was written "
-                f"({_checksum_problem(checksum, expected)})",
-            )
-        return value
+        row = (persistence_id, sequence_nr, type_name, version, data)
+        return decode_checked(self.codec, *row, checksum=checksum, expected=expected, what=what)
 
     def _enqueue(self, operation: _Operation) -> None:
         """Queue `operation` for the writer, or raise RuntimeError if the journal is closed."""
@@ -869,6 +856,41 @@ def _lock_file_itself(path: str, lock_fd: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def decode_checked(
+    codec: EventCodec,
+    persistence_id: str,
+    sequence_nr: int,
+    type_name: str,
+    version: int,
+    data: str,
+    *,
+    checksum: object,
+    expected: int,
+    what: str,
+) -> Any:
+    """A stored row's value, once its checksum (`expected`: the row's `row_checksum`) and its
+    decoding both pass (what every journal that keeps `row_checksum`s does on a read); else
+    `JournalCorrupted` naming the row - a row that does not decode is reported as such, first
+    (adding "and its checksum does not match" if it was also changed after it was written); one
+    that decodes but does not match is reported as changed."""
+    changed = checksum != expected
+    try:
+        value = codec.decode(type_name, version, data)
+    except SerializationError as error:
+        problem = f"{what}: {error}"
+        if changed:
+            problem += f" (and its checksum does not match: {_checksum_problem(checksum, expected)})"
+        raise JournalCorrupted(persistence_id, sequence_nr, problem) from error
+    if changed:
+        raise JournalCorrupted(
+            persistence_id,
+            sequence_nr,
+            f"{what}: checksum does not match, the stored {type_name} changed after it was written "
+            f"({_checksum_problem(checksum, expected)})",
+        )
+    return value
 
 
 def _checksum_problem(stored: object, expected: int) -> str:
