@@ -783,6 +783,7 @@ class SagaRuntime:
         registry, journal = self._registry, self._journal
         assert journal is not None
         start = self._start_events(saga_id, data)
+        unknown = False
         try:
             # One write, no read: the database lets one node win the stream's first sequence number.
             journal.append(saga_persistence_id(self.definition, saga_id), start, 0)
@@ -796,15 +797,20 @@ class SagaRuntime:
         except Exception as error:  # the journal's connection failed: was it stored? The journal says
             shown = mask_digits(saga_id)
             logger.warning("[%s] its start may not be journaled (%s): reading on", shown, error)
-            self._await_elsewhere(saga_id, registry.abandon(saga_id))  # found by the poll, either way
-            return
+            unknown = True
         else:
             self._spawn(SagaSpec(saga_id, data, ephemeral, resume_forward=True, journaled=len(start)))
             return
         try:
             state = self._replay(saga_id)
         except Exception as error:
-            registry.finished(saga_id, None, error)
+            if unknown:  # still unreachable: the poll finds out, and the lease thread resumes it if stored
+                self._await_elsewhere(saga_id, registry.abandon(saga_id))
+            else:
+                registry.finished(saga_id, None, error)
+            return
+        if unknown and state.phase == "new":  # it was not stored: nothing happened
+            registry.finished(saga_id, None, SystemNotRunning(_not_started(saga_id)))
             return
         if not self._same_data(state.data, data):
             registry.finished(saga_id, None, registry.conflict(saga_id))
@@ -1105,10 +1111,7 @@ class SagaRuntime:
                 for future in self._remote.pop(saga_id):
                     answer(future, outcome)
             elif state.phase == "new":  # its start never reached the journal: nothing happened
-                never = SystemNotRunning(
-                    f"saga {mask_digits(saga_id)!r} was not started (its node lost its lease or the journal "
-                    "its connection first): nothing happened; submit it again"
-                )
+                never = SystemNotRunning(_not_started(saga_id))
                 for future in self._remote.pop(saga_id):
                     answer(future, None, never)
 
@@ -1389,6 +1392,13 @@ def shown_journal(journal: object) -> str:
             return urlunsplit(parts._replace(netloc=netloc, query=""))
         return urlunsplit(parts._replace(query=""))
     return str(journal)
+
+
+def _not_started(saga_id: str) -> str:
+    return (
+        f"saga {mask_digits(saga_id)!r} was not started (its node lost its lease or the journal its "
+        "connection first): nothing happened; submit it again"
+    )
 
 
 def _finished_of(saga_id: str, state: SagaState) -> SagaFinished:

@@ -281,16 +281,17 @@ class FakeClock:
 class LosingStore(InMemoryLeaseJournal):
     """A store whose fenced appends of a saga's start fail as a lost connection would: the
     first `lose` of them after storing the events (the COMMIT's answer was lost), or before
-    (`stored=False`: the transaction never committed)."""
+    (`stored=False`: the transaction never committed); and whose next `unreadable` reads
+    fail the same way (the connection is not back yet)."""
 
-    def __init__(self, lose: int, stored: bool) -> None:
+    def __init__(self, lose: int, stored: bool, unreadable: int = 0) -> None:
         super().__init__()
-        self.lose, self.stored = lose, stored
+        self.lose, self.stored, self.unreadable = lose, stored, unreadable
 
     def fenced(self, fence: Fence) -> Any:
         handle = super().fenced(fence)
         store = self
-        append = handle.append
+        append, replay = handle.append, handle.replay
 
         def losing_append(persistence_id: str, events: Any, expected: int) -> int:
             if expected == 0 and store.lose > 0:
@@ -300,19 +301,35 @@ class LosingStore(InMemoryLeaseJournal):
                 raise ConnectionError("connection lost while committing (simulated)")
             return append(persistence_id, events, expected)
 
+        def failing_replay(persistence_id: str, *args: Any) -> Any:
+            if store.unreadable > 0 and store.lose == 0:
+                store.unreadable -= 1
+                raise ConnectionError("connection lost (simulated)")
+            return replay(persistence_id, *args)
+
         handle.append = losing_append  # type: ignore[method-assign]
+        handle.replay = failing_replay  # type: ignore[method-assign]
         return handle
 
 
-def test_a_start_whose_commit_answer_was_lost_still_runs_and_its_caller_gets_the_outcome(started):
+def test_a_start_whose_commit_answer_was_lost_carries_on(started):
     store, hotel = LosingStore(lose=1, stored=True), Hotel()
     n1 = started(node(store, "n1", hotel))
-    # The start is in the journal, the node was told it failed: the saga is resumed from the
-    # journal within a lease (as recovery does: no commit decision, so rolled back), and the
-    # caller gets that outcome rather than an error.
-    outcome = n1.run("lost-1", Booking("Ada", 2), timeout=10)
-    assert outcome == SagaOutcome("lost-1", False, "interrupted")
+    # The start is in the journal, the node was told it failed: it reads the stream, finds the
+    # start its own, and carries the saga on (it still holds the data): the order goes ahead.
+    assert n1.run("lost-1", Booking("Ada", 2), timeout=10) == SagaOutcome("lost-1", True, None)
     assert store.owner(saga_persistence_id(BOOKING, "lost-1")) == "n1"
+    assert hotel.confirmed == {"lost-1"} and max(hotel.applied.values()) == 1
+
+
+def test_a_lost_commit_answer_with_the_journal_still_unreachable_is_resumed_by_the_lease_thread(started):
+    store, hotel = LosingStore(lose=1, stored=True, unreadable=1), Hotel()
+    n1 = started(node(store, "n1", hotel))
+    # Neither the append's answer nor the read after it came back: the caller waits through the
+    # journal, and the lease thread resumes the node's own unfinished saga that runs nowhere, as
+    # recovery does (no commit decision: rolled back). The caller gets that outcome.
+    outcome = n1.run("lost-2", Booking("Ada", 2), timeout=10)
+    assert outcome == SagaOutcome("lost-2", False, "interrupted")
     assert n1.run("ok-1", Booking("Bob", 1), timeout=10).committed  # and the node goes on
 
 
@@ -320,9 +337,9 @@ def test_a_start_that_never_reached_the_journal_is_reported_not_started(started)
     store, hotel = LosingStore(lose=1, stored=False), Hotel()
     n1 = started(node(store, "n1", hotel))
     with pytest.raises(SystemNotRunning, match="was not started"):
-        n1.run("lost-2", Booking("Ada", 2), timeout=10)
-    assert store.highest_sequence_nr(saga_persistence_id(BOOKING, "lost-2")) == 0
-    assert n1.run("lost-2", Booking("Ada", 2), timeout=10).committed  # sent again: it runs
+        n1.run("lost-3", Booking("Ada", 2), timeout=10)
+    assert store.highest_sequence_nr(saga_persistence_id(BOOKING, "lost-3")) == 0
+    assert n1.run("lost-3", Booking("Ada", 2), timeout=10).committed  # sent again: it runs
 
 
 def test_the_same_id_on_three_nodes_at_once_one_outcome_or_conflicts_never_an_error(started):
