@@ -278,7 +278,7 @@ def _node(args: argparse.Namespace) -> int:
     from saga_actors.persistence.journal import JournalCorrupted, JournalInUse
 
     shown = without_password(args.journal)
-    options = _node_options(args, OrderSystem)
+    options = _node_options(args)
     try:
         from saga_actors.actors.node_server import run_node
     except ImportError as missing:
@@ -327,7 +327,7 @@ def _node(args: argparse.Namespace) -> int:
         logger.info("node stopped")
 
 
-def _node_options(args: argparse.Namespace, order_system: type) -> dict[str, Any]:
+def _node_options(args: argparse.Namespace) -> dict[str, Any]:
     """The OrderSystem's arguments from the node's options (but the journal and the token);
     _Unusable naming the first problem."""
     if args.journal.startswith(("postgresql://", "postgres://")):

@@ -81,10 +81,6 @@ class RemoteWaiters:
             self._waiting = {}
             return futures
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._waiting)
-
 
 class ClusterMember:
     """The lease of one node, kept by a thread of its own (see the module docstring).
